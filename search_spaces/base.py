@@ -1,0 +1,386 @@
+"""The integer encoding shared by every family, and the registry of spaces.
+
+A vector ``x`` holds one index per variable, each into that variable's sorted choices:
+
+    [resolution, width (one, or one per stage), depth per stage,
+     kernel per block slot, (expand ratio per block slot, MBConv only)]
+
+Slots beyond a stage's depth are inactive; :meth:`SearchSpace.repair` sets them to 0 so every
+architecture has exactly one encoding (the surrogate then never sees two codes for one net).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .arch import STEMS, Arch, ArchArrays
+
+__all__ = ["SearchSpace", "complexity", "get", "list_spaces", "register"]
+
+_SPACES: dict[str, type[SearchSpace]] = {}
+_COMPLEXITY: dict[str, Callable[[ArchArrays, int], tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def register(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]]:
+    """Class decorator adding a space to the registry under ``name``; duplicates raise."""
+
+    def add(cls: type[SearchSpace]) -> type[SearchSpace]:
+        if name in _SPACES:
+            raise ValueError(f"search space {name!r} is registered twice")
+        cls.name = name
+        _SPACES[name] = cls
+        _COMPLEXITY[cls.family] = cls.complexity_of_arrays
+        return cls
+
+    return add
+
+
+def list_spaces() -> list[str]:
+    """Names of the registered search spaces."""
+    return sorted(_SPACES)
+
+
+def get(name: str, **options: Any) -> SearchSpace:
+    """Build the search space ``name`` with its options (see each space's docstring)."""
+    if name not in _SPACES:
+        raise ValueError(f"unknown search space {name!r}: choose one of {list_spaces()}")
+    try:
+        return _SPACES[name](**options)
+    except TypeError as err:
+        raise ValueError(f"bad option for search space {name!r}: {err}") from err
+
+
+def complexity(arch: Arch | Sequence[Arch], num_classes: int) -> tuple[Any, Any]:
+    """(parameters, MACs) of static architectures of any registered family, analytically.
+
+    MACs are multiply-accumulates of convolutions and linear layers for one image, as
+    torchvision counts them. Scalars for one ``Arch``, int64 arrays for a sequence.
+    """
+    archs = [arch] if isinstance(arch, Arch) else list(arch)
+    if not archs:
+        raise ValueError("no architecture given")
+    family = archs[0].family
+    if family not in _COMPLEXITY:
+        raise ValueError(f"unknown family {family!r}: choose one of {sorted(_COMPLEXITY)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    params, macs = _COMPLEXITY[family](ArchArrays.from_archs(archs), num_classes)
+    if isinstance(arch, Arch):
+        return int(params[0]), int(macs[0])
+    return params, macs
+
+
+def _sorted_choices(name: str, values: Sequence, kind: type = int) -> tuple:
+    try:
+        choices = tuple(sorted({kind(v) for v in values}))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name}: expected a list of numbers, got {values!r}") from err
+    if not choices:
+        raise ValueError(f"{name}: needs at least one choice")
+    if any(c <= 0 for c in choices):
+        raise ValueError(f"{name}: choices must be positive, got {choices}")
+    return choices
+
+
+class SearchSpace:
+    """A family's architectures as integer vectors. Subclasses set ``family``, build their
+    stage table in ``__init__`` and implement ``_assemble`` and ``complexity_of_arrays``."""
+
+    name: str = ""
+    family: str = ""
+
+    def __init__(
+        self,
+        *,
+        resolutions: Sequence[int],
+        width_mults: Sequence[float],
+        width_per_stage: bool,
+        depths: Sequence[Sequence[int]],
+        kernel_sizes: Sequence[int],
+        expand_ratios: Sequence[float] | None,
+        stem: str,
+    ) -> None:
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}: choose one of {STEMS}")
+        self.stem = stem
+        self.resolutions = _sorted_choices("resolutions", resolutions)
+        if self.resolutions[0] < 8:
+            raise ValueError(f"resolutions must be at least 8 px, got {self.resolutions}")
+        self.width_mults = _sorted_choices("width_mults", width_mults, float)
+        self.depth_choices = tuple(_sorted_choices(f"depths[{s}]", d) for s, d in enumerate(depths))
+        self.kernel_sizes = _sorted_choices("kernel_sizes", kernel_sizes)
+        if any(k % 2 == 0 for k in self.kernel_sizes):
+            raise ValueError(f"kernel_sizes must be odd, got {self.kernel_sizes}")
+        self.expand_ratios = (
+            None
+            if expand_ratios is None
+            else _sorted_choices("expand_ratios", expand_ratios, float)
+        )
+        self.n_stages = len(self.depth_choices)
+        self.max_depths = tuple(d[-1] for d in self.depth_choices)
+        n_width = self.n_stages if width_per_stage else 1
+
+        names: list[str] = ["resolution"]
+        sizes: list[int] = [len(self.resolutions)]
+        names += [f"width{s}" for s in range(n_width)] if width_per_stage else ["width"]
+        sizes += [len(self.width_mults)] * n_width
+        names += [f"depth{s}" for s in range(self.n_stages)]
+        sizes += [len(d) for d in self.depth_choices]
+        slots = [(s, j) for s in range(self.n_stages) for j in range(self.max_depths[s])]
+        names += [f"kernel{s}.{j}" for s, j in slots]
+        sizes += [len(self.kernel_sizes)] * len(slots)
+        if self.expand_ratios is not None:
+            names += [f"expand{s}.{j}" for s, j in slots]
+            sizes += [len(self.expand_ratios)] * len(slots)
+        self.variable_names = tuple(names)
+        self.n_var = len(names)
+        self.lower = np.zeros(self.n_var, dtype=np.int64)
+        self.upper = np.array(sizes, dtype=np.int64) - 1
+
+        # Where each group of variables sits in x.
+        self._width = slice(1, 1 + n_width)
+        self._depth = slice(self._width.stop, self._width.stop + self.n_stages)
+        self._kernel = slice(self._depth.stop, self._depth.stop + len(slots))
+        self._expand = slice(self._kernel.stop, self._kernel.stop + len(slots))
+        self._slot_stage = np.array([s for s, _ in slots])
+        self._slot_index = np.array([j for _, j in slots])
+        self._depth_table = np.zeros((self.n_stages, max(sizes[self._depth])), dtype=np.int64)
+        for s, d in enumerate(self.depth_choices):
+            self._depth_table[s, : len(d)] = d
+
+    # -- to be provided by each family ------------------------------------------------------
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this space with :func:`get` (JSON-able)."""
+        raise NotImplementedError
+
+    def _assemble(
+        self,
+        resolution: np.ndarray,
+        widths: np.ndarray,
+        depth: np.ndarray,
+        kernel: np.ndarray,
+        expand: np.ndarray,
+    ) -> ArchArrays:
+        """Architectures from choice *values*: resolution (n,), widths (n, n_width),
+        depth (n, S), kernel and expand (n, S, D) over the searchable stages."""
+        raise NotImplementedError
+
+    @staticmethod
+    def complexity_of_arrays(arrays: ArchArrays, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(parameters, MACs) as int64 arrays of shape (n,)."""
+        raise NotImplementedError
+
+    # -- the encoding --------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"search_spaces.get({self.name!r}, {opts})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SearchSpace) and (self.name, self.options) == (
+            other.name,
+            other.options,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, repr(self.options)))
+
+    def _check(self, x: np.ndarray) -> np.ndarray:
+        """x as an (n, n_var) int64 array, after checking its shape and bounds."""
+        arr = np.asarray(x)
+        if arr.ndim not in (1, 2) or arr.shape[-1] != self.n_var:
+            raise ValueError(
+                f"expected vectors of {self.n_var} integers for space {self.name!r}, "
+                f"got an array of shape {arr.shape}"
+            )
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError("encodings must be integers; use space.repair(x) to round them")
+        arr = np.atleast_2d(arr).astype(np.int64)
+        bad = (arr < self.lower) | (arr > self.upper)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(
+                f"variable {self.variable_names[col]} = {arr[row, col]} is outside "
+                f"[{self.lower[col]}, {self.upper[col]}]; use space.repair(x)"
+            )
+        return arr
+
+    def to_arrays(self, x: np.ndarray) -> ArchArrays:
+        """Decode a population (n, n_var) into arrays, vectorised."""
+        X = self._check(x)
+        n, d_max = len(X), max(self.max_depths)
+        depth = self._depth_table[np.arange(self.n_stages), X[:, self._depth]]
+        kernel = np.zeros((n, self.n_stages, d_max), dtype=np.int64)
+        kernel[:, self._slot_stage, self._slot_index] = np.asarray(self.kernel_sizes)[
+            X[:, self._kernel]
+        ]
+        expand = np.ones((n, self.n_stages, d_max), dtype=np.float64)
+        if self.expand_ratios is not None:
+            expand[:, self._slot_stage, self._slot_index] = np.asarray(self.expand_ratios)[
+                X[:, self._expand]
+            ]
+        return self._assemble(
+            np.asarray(self.resolutions)[X[:, 0]],
+            np.asarray(self.width_mults)[X[:, self._width]],
+            depth,
+            kernel,
+            expand,
+        )
+
+    def decode(self, x: np.ndarray) -> Arch:
+        """The architecture of one integer vector."""
+        if np.asarray(x).ndim != 1:
+            raise ValueError("decode takes one vector; use to_arrays(X).to_archs() for many")
+        return self.to_arrays(x).to_archs()[0]
+
+    def encode(self, arch: Arch) -> np.ndarray:
+        """The integer vector of an architecture of this space; raises ValueError naming the
+        first field that is not one of the space's choices."""
+        if not isinstance(arch, Arch):
+            raise TypeError(f"encode takes an Arch, got {type(arch).__name__}")
+        if arch.family != self.family:
+            raise ValueError(
+                f"architecture of family {arch.family!r} is not in space {self.name!r}"
+            )
+        if arch.stem != self.stem:
+            raise ValueError(
+                f"architecture has stem {arch.stem!r}, space {self.name!r} has {self.stem!r}"
+            )
+        searchable = self._searchable_stages(arch)
+        if len(searchable) != self.n_stages:
+            raise ValueError(
+                f"architecture has {len(searchable)} searchable stages, space {self.name!r} has "
+                f"{self.n_stages}"
+            )
+        x = np.zeros(self.n_var, dtype=np.int64)
+        x[0] = _index(self.resolutions, arch.resolution, "resolution")
+        for s, stage in enumerate(searchable):
+            x[self._depth.start + s] = _index(
+                self.depth_choices[s], stage.depth, f"depth of stage {s}"
+            )
+            for j, block in enumerate(stage.blocks):
+                slot = self._slot_of(s, j)
+                what = f"stage {s} block {j}"
+                x[self._kernel.start + slot] = _index(
+                    self.kernel_sizes, block.kernel_size, f"kernel size of {what}"
+                )
+                if self.expand_ratios is not None:
+                    x[self._expand.start + slot] = _index(
+                        self.expand_ratios, block.expand_ratio, f"expand ratio of {what}"
+                    )
+                elif block.expand_ratio != 1:
+                    raise ValueError(f"expand ratio of {what} must be 1 in space {self.name!r}")
+        x[self._width] = self._width_indices(arch, x)
+        decoded = self.decode(x)
+        if decoded != arch:
+            raise ValueError(
+                f"architecture is not in space {self.name!r}: its channels "
+                f"(stem {arch.stem_channels}, stages {[s.channels for s in arch.stages]}, head "
+                f"{arch.head_channels}) match no width choice {self.width_mults}"
+            )
+        return x
+
+    def _searchable_stages(self, arch: Arch) -> tuple:
+        """The stages the encoding describes (MBConv has a fixed first stage)."""
+        return arch.stages
+
+    def _slot_of(self, stage: int, block: int) -> int:
+        return int(np.flatnonzero((self._slot_stage == stage) & (self._slot_index == block))[0])
+
+    def _width_indices(self, arch: Arch, x: np.ndarray) -> np.ndarray:
+        """Width indices that reproduce ``arch``'s channels: per stage when width is per
+        stage, else the one multiplier that matches every stage."""
+        n_width = self._width.stop - self._width.start
+        trial = np.repeat(x[None], len(self.width_mults), axis=0)
+        trial[:, self._width] = np.arange(len(self.width_mults))[:, None]
+        channels = self.to_arrays(trial).channels  # (n_choices, S_total)
+        target = np.array([s.channels for s in arch.stages])
+        offset = len(arch.stages) - self.n_stages
+        if n_width == 1:
+            match = np.flatnonzero((channels == target).all(axis=1))
+            return match[:1] if len(match) else np.zeros(1, dtype=np.int64)
+        out = np.zeros(n_width, dtype=np.int64)
+        for s in range(n_width):
+            match = np.flatnonzero(channels[:, offset + s] == target[offset + s])
+            out[s] = match[0] if len(match) else 0
+        return out
+
+    def repair(self, x: np.ndarray) -> np.ndarray:
+        """Round and clip to bounds, and zero the inactive slots: any real vector (or
+        (n, n_var) array) becomes the canonical encoding of a valid architecture."""
+        arr = np.asarray(x, dtype=np.float64)
+        if arr.ndim not in (1, 2) or arr.shape[-1] != self.n_var:
+            raise ValueError(f"expected vectors of {self.n_var} values, got shape {arr.shape}")
+        X = np.clip(np.rint(np.nan_to_num(np.atleast_2d(arr))), self.lower, self.upper)
+        X = X.astype(np.int64)
+        depth = self._depth_table[np.arange(self.n_stages), X[:, self._depth]]
+        inactive = self._slot_index[None, :] >= depth[:, self._slot_stage]
+        X[:, self._kernel] = np.where(inactive, 0, X[:, self._kernel])
+        if self.expand_ratios is not None:
+            X[:, self._expand] = np.where(inactive, 0, X[:, self._expand])
+        return X[0] if arr.ndim == 1 else X
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` valid encodings (n, n_var), each variable uniform over its choices."""
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError("sample needs a numpy Generator, e.g. np.random.default_rng(0)")
+        X = rng.integers(self.lower, self.upper + 1, size=(n, self.n_var))
+        return self.repair(X).reshape(n, self.n_var)
+
+    def smallest(self) -> Arch:
+        """The architecture with the smallest choice everywhere."""
+        return self.decode(self.repair(self.lower))
+
+    def largest(self) -> Arch:
+        """The architecture with the largest choice everywhere."""
+        return self.decode(self.upper)
+
+    def complexity(self, cfg_or_x: Any, num_classes: int) -> tuple[Any, Any]:
+        """(parameters, MACs per image) computed analytically, without building a model.
+
+        Takes an ``Arch``, a list of them, one encoding (n_var,) or a population
+        (n, n_var); returns ints for one architecture, int64 arrays for a population.
+        """
+        if isinstance(cfg_or_x, Arch) or (
+            isinstance(cfg_or_x, (list, tuple)) and cfg_or_x and isinstance(cfg_or_x[0], Arch)
+        ):
+            archs = [cfg_or_x] if isinstance(cfg_or_x, Arch) else cfg_or_x
+            for a in archs:
+                if a.family != self.family:
+                    raise ValueError(
+                        f"architecture of family {a.family!r} given to space {self.name!r}"
+                    )
+            return complexity(cfg_or_x, num_classes)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        params, macs = self.complexity_of_arrays(self.to_arrays(cfg_or_x), num_classes)
+        if np.asarray(cfg_or_x).ndim == 1:
+            return int(params[0]), int(macs[0])
+        return params, macs
+
+
+def _index(choices: tuple, value: Any, what: str) -> int:
+    for i, c in enumerate(choices):
+        if c == value:
+            return i
+    raise ValueError(f"{what} is {value}, not one of the space's choices {choices}")
+
+
+def out_size(size: np.ndarray | int, stride: np.ndarray | int) -> np.ndarray:
+    """Spatial side after a 'same'-padded convolution or pooling of the given stride."""
+    return (np.asarray(size) + stride - 1) // stride
+
+
+def conv(c_in: Any, c_out: Any, kernel: Any, size_out: Any, depthwise: bool = False):
+    """(parameters, MACs) of a bias-free convolution followed by BatchNorm (2 parameters per
+    channel). ``size_out`` is the output side in pixels; depthwise means groups = c_in."""
+    weights = c_out * kernel * kernel * (1 if depthwise else c_in)
+    return weights + 2 * c_out, weights * size_out * size_out
+
+
+def linear(c_in: Any, c_out: int):
+    """(parameters, MACs) of a linear layer with bias."""
+    return c_in * c_out + c_out, c_in * c_out

@@ -1,0 +1,126 @@
+"""MobileNetV2 macro-structure of MBConv blocks (Sandler et al., CVPR 2018).
+
+Searchable: input resolution, one width multiplier, depth of each of the six stages after the
+fixed first block, and per block the depthwise kernel size and the expand ratio.
+The first block (expand 1, 16 channels) is kept fixed, as in OFA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .arch import ArchArrays, make_divisible
+from .base import SearchSpace, conv, linear, out_size, register
+
+__all__ = ["MBv2Space"]
+
+STEM_CHANNELS, FIRST_CHANNELS, HEAD_CHANNELS = 32, 16, 1280
+STAGE_CHANNELS = (24, 32, 64, 96, 160, 320)
+MAX_DEPTHS = (2, 3, 4, 3, 3, 1)
+# "small" keeps the stem and the first stage at stride 1: total stride 8 for 32x32 inputs.
+STAGE_STRIDES = {"imagenet": (2, 2, 2, 1, 2, 1), "small": (1, 2, 2, 1, 2, 1)}
+
+
+@register("mbv2")
+class MBv2Space(SearchSpace):
+    """MBConv space. Options: ``resolutions`` (px), ``width_mults`` (one multiplier for all
+    channels), ``depths`` (choices per stage), ``kernel_sizes``, ``expand_ratios``, ``stem``."""
+
+    family = "mbv2"
+
+    def __init__(
+        self,
+        *,
+        resolutions: Sequence[int] = (24, 28, 32, 36, 40),
+        width_mults: Sequence[float] = (0.5, 0.75, 1.0),
+        depths: Sequence[Sequence[int]] | None = None,
+        kernel_sizes: Sequence[int] = (3, 5, 7),
+        expand_ratios: Sequence[float] = (3, 4, 6),
+        stem: str = "small",
+    ) -> None:
+        if depths is None:
+            depths = [range(1, d + 1) for d in MAX_DEPTHS]
+        if len(depths) != len(STAGE_CHANNELS):
+            raise ValueError(f"mbv2 needs depth choices for {len(STAGE_CHANNELS)} stages")
+        super().__init__(
+            resolutions=resolutions,
+            width_mults=width_mults,
+            width_per_stage=False,
+            depths=depths,
+            kernel_sizes=kernel_sizes,
+            expand_ratios=expand_ratios,
+            stem=stem,
+        )
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {
+            "resolutions": list(self.resolutions),
+            "width_mults": list(self.width_mults),
+            "depths": [list(d) for d in self.depth_choices],
+            "kernel_sizes": list(self.kernel_sizes),
+            "expand_ratios": list(self.expand_ratios),
+            "stem": self.stem,
+        }
+
+    def _searchable_stages(self, arch):
+        return arch.stages[1:]
+
+    def _assemble(self, resolution, widths, depth, kernel, expand) -> ArchArrays:
+        n, w = len(resolution), widths[:, 0]
+        # The fixed first block becomes stage 0: depth 1, kernel 3, expand 1.
+        first_kernel = np.zeros((n, 1, kernel.shape[2]), dtype=np.int64)
+        first_kernel[:, 0, 0] = 3
+        return ArchArrays(
+            family=self.family,
+            stem=self.stem,
+            resolution=resolution,
+            stem_channels=make_divisible(STEM_CHANNELS * w),
+            channels=np.concatenate(
+                [
+                    make_divisible(FIRST_CHANNELS * w)[:, None],
+                    make_divisible(np.outer(w, STAGE_CHANNELS)),
+                ],
+                axis=1,
+            ),
+            strides=np.array((1,) + STAGE_STRIDES[self.stem]),
+            depth=np.concatenate([np.ones((n, 1), dtype=np.int64), depth], axis=1),
+            kernel=np.concatenate([first_kernel, kernel], axis=1),
+            expand=np.concatenate([np.ones((n, 1, kernel.shape[2])), expand], axis=1),
+            head_channels=make_divisible(HEAD_CHANNELS * np.maximum(1.0, w)),
+        )
+
+    @staticmethod
+    def complexity_of_arrays(arrays: ArchArrays, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        a = arrays
+        size = out_size(a.resolution, 2 if a.stem == "imagenet" else 1)
+        params, macs = conv(3, a.stem_channels, 3, size)
+        c_in = a.stem_channels
+        for s in range(len(a.strides)):
+            c_out = a.channels[:, s]
+            for j in range(a.kernel.shape[2]):
+                active = j < a.depth[:, s]
+                block_in = c_in if j == 0 else c_out
+                size_out = out_size(size, a.strides[s]) if j == 0 else size
+                expand = a.expand[:, s, j]
+                hidden = np.rint(block_in * expand).astype(np.int64)
+                p_exp, m_exp = conv(block_in, hidden, 1, size)
+                p_dw, m_dw = conv(hidden, hidden, a.kernel[:, s, j], size_out, depthwise=True)
+                p_proj, m_proj = conv(hidden, c_out, 1, size_out)
+                has_exp = expand != 1
+                params = params + active * (has_exp * p_exp + p_dw + p_proj)
+                macs = macs + active * (has_exp * m_exp + m_dw + m_proj)
+                size = size_out
+            c_in = c_out
+        return _head(params, macs, c_in, a.head_channels, size, num_classes)
+
+
+def _head(params, macs, c_in, head_channels, size, num_classes):
+    """Optional 1x1 convolution to ``head_channels``, global pooling, linear classifier."""
+    p_conv, m_conv = conv(c_in, head_channels, 1, size)
+    has_conv = head_channels > 0
+    p_fc, m_fc = linear(np.where(has_conv, head_channels, c_in), num_classes)
+    return params + has_conv * p_conv + p_fc, macs + has_conv * m_conv + m_fc

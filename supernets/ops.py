@@ -1,0 +1,162 @@
+"""Static layers and their weight-sharing (dynamic) counterparts.
+
+A dynamic layer holds the largest weight and computes with a slice of it: the first
+``c_out`` filters, the first ``c_in`` input channels, and for a smaller kernel the centre crop
+passed through a learned transform (OFA's elastic kernel: one matrix per kernel size, shared
+by all channels, initialised to identity). ``active_weight`` is the one place that slicing is
+written; both the forward pass and extraction into a static layer call it, so an extracted
+model computes exactly what the supernet computed.
+
+Dynamic layers take their active sizes as arguments: no state is stored on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ConvBN",
+    "DynamicBatchNorm2d",
+    "DynamicConv2d",
+    "DynamicConvBN",
+    "DynamicLinear",
+    "channel_shuffle",
+]
+
+
+class ConvBN(nn.Module):
+    """Bias-free convolution ('same' padding) followed by BatchNorm; no activation."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, depthwise: bool = False
+    ) -> None:
+        super().__init__()
+        if depthwise and c_in != c_out:
+            raise ValueError(f"a depthwise convolution keeps its channels: {c_in} != {c_out}")
+        self.conv = nn.Conv2d(
+            c_in,
+            c_out,
+            kernel_size,
+            stride,
+            kernel_size // 2,
+            groups=c_in if depthwise else 1,
+            bias=False,
+        )
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class DynamicConv2d(nn.Module):
+    """Convolution whose output channels, input channels and kernel size are chosen per call."""
+
+    def __init__(
+        self,
+        max_in: int,
+        max_out: int,
+        kernel_sizes: Sequence[int],
+        stride: int = 1,
+        depthwise: bool = False,
+    ) -> None:
+        super().__init__()
+        self.kernel_sizes = tuple(sorted(set(kernel_sizes)))
+        self.stride, self.depthwise = stride, depthwise
+        k = self.kernel_sizes[-1]
+        self.weight = nn.Parameter(torch.empty(max_out, 1 if depthwise else max_in, k, k))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        # transform[str(k)] maps the centre crop of the next larger kernel to size k.
+        self.transform = nn.ParameterDict(
+            {str(s): nn.Parameter(torch.eye(s * s)) for s in self.kernel_sizes[:-1]}
+        )
+
+    def active_weight(self, c_in: int, c_out: int, kernel_size: int) -> torch.Tensor:
+        """Weight of shape (c_out, c_in or 1, kernel_size, kernel_size)."""
+        if kernel_size not in self.kernel_sizes:
+            raise ValueError(f"kernel size {kernel_size} is not one of {self.kernel_sizes}")
+        weight = self.weight[:c_out] if self.depthwise else self.weight[:c_out, :c_in]
+        for size in reversed(self.kernel_sizes[:-1]):
+            if size < kernel_size:
+                break
+            start = (weight.shape[-1] - size) // 2
+            crop = weight[:, :, start : start + size, start : start + size]
+            weight = (crop.reshape(-1, size * size) @ self.transform[str(size)]).reshape(crop.shape)
+        return weight
+
+    def forward(self, x: torch.Tensor, c_out: int, kernel_size: int) -> torch.Tensor:
+        c_in = x.shape[1]
+        if self.depthwise:
+            c_out = c_in
+        weight = self.active_weight(c_in, c_out, kernel_size)
+        return F.conv2d(
+            x, weight, None, self.stride, kernel_size // 2, 1, c_in if self.depthwise else 1
+        )
+
+
+class DynamicBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over the first C channels of its input; running statistics are updated in
+    place in the slices, with the same momentum rule as ``nn.BatchNorm2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if c == self.num_features:
+            return super().forward(x)
+        factor = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
+        use_batch_stats = self.training or self.running_mean is None
+        return F.batch_norm(
+            x,
+            self.running_mean[:c],
+            self.running_var[:c],
+            self.weight[:c],
+            self.bias[:c],
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+
+
+class DynamicConvBN(nn.Module):
+    """:class:`DynamicConv2d` followed by :class:`DynamicBatchNorm2d` (names match ConvBN)."""
+
+    def __init__(
+        self,
+        max_in: int,
+        max_out: int,
+        kernel_sizes: Sequence[int],
+        stride: int = 1,
+        depthwise: bool = False,
+    ) -> None:
+        super().__init__()
+        self.conv = DynamicConv2d(max_in, max_out, kernel_sizes, stride, depthwise)
+        self.bn = DynamicBatchNorm2d(max_out)
+
+    def forward(self, x: torch.Tensor, c_out: int, kernel_size: int) -> torch.Tensor:
+        return self.bn(self.conv(x, c_out, kernel_size))
+
+
+class DynamicLinear(nn.Module):
+    """Linear layer over the first ``c_in`` input features; the outputs are fixed."""
+
+    def __init__(self, max_in: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, max_in))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        nn.init.normal_(self.weight, 0, 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight[:, : x.shape[1]], self.bias)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
+    """Interleave the channels of ``groups`` equal groups (ShuffleNet)."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)

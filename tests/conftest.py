@@ -1,0 +1,20 @@
+import numpy as np
+import pytest
+
+import search_spaces
+
+SPACES = search_spaces.list_spaces()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def small_space(name: str, **extra) -> search_spaces.SearchSpace:
+    """A space small enough to train in seconds on digits (low resolution, narrow)."""
+    options = {"resolutions": (16, 20, 24), "width_mults": (0.25, 0.5)}
+    if name == "resnet":
+        options["width_mults"] = (0.125, 0.25)
+    options.update(extra)
+    return search_spaces.get(name, **options)

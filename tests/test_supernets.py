@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+import torch
+from conftest import SPACES
+from torch import nn
+
+import search_spaces
+import supernets
+from nat.profile import profile
+from supernets import ops
+
+DYNAMIC = (
+    ops.DynamicConv2d,
+    ops.DynamicBatchNorm2d,
+    ops.DynamicConvBN,
+    ops.DynamicLinear,
+    supernets.Supernet,
+)
+
+
+def _scramble(net: nn.Module, seed: int) -> None:
+    """Give BatchNorm statistics and kernel transforms values other than their initial ones,
+    so that a wrong slice or a skipped transform changes the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            if isinstance(m, ops.DynamicConv2d):
+                for t in m.transform.values():
+                    t.add_(torch.randn(t.shape, generator=g) * 0.1)
+
+
+@pytest.fixture(scope="module", params=SPACES)
+def supernet(request):
+    torch.manual_seed(0)
+    net = supernets.build_supernet(search_spaces.get(request.param), num_classes=10)
+    _scramble(net, 0)
+    return net.eval()
+
+
+def test_extracted_model_computes_what_the_supernet_computed(supernet):
+    space = supernet.space
+    X = np.vstack([space.sample(48, np.random.default_rng(1)), space.lower, space.upper])
+    g = torch.Generator().manual_seed(0)
+    for x in X:
+        arch = space.decode(x)
+        supernet.set_active(arch)
+        images = torch.randn(2, 3, arch.resolution, arch.resolution, generator=g)
+        model = supernet.extract()
+        assert not model.training
+        assert not any(isinstance(m, DYNAMIC) for m in model.modules())
+        with torch.no_grad():
+            expected = supernet(images)
+            got = model(images)
+        assert expected.shape == (2, 10)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_transforms_change_the_smaller_kernels(supernet):
+    """A 3x3 subnet's extracted weight is the transformed centre crop, not the raw crop."""
+    conv = next(
+        m
+        for m in supernet.modules()
+        if isinstance(m, ops.DynamicConv2d) and len(m.kernel_sizes) > 1
+    )
+    k_max, k_min = conv.kernel_sizes[-1], conv.kernel_sizes[0]
+    start = (k_max - k_min) // 2
+    raw_crop = conv.weight[:, :, start : start + k_min, start : start + k_min]
+    assert not torch.allclose(
+        conv.active_weight(conv.weight.shape[1], conv.weight.shape[0], k_min), raw_crop
+    )
+
+
+@pytest.mark.parametrize("name", SPACES)
+@pytest.mark.parametrize("resolution", [16, 32, 37])
+def test_analytic_complexity_matches_a_real_forward(name, resolution):
+    space = search_spaces.get(name, resolutions=(resolution,))
+    for x in space.sample(6, np.random.default_rng(resolution)):
+        arch = space.decode(x)
+        model = supernets.build_static(arch, num_classes=10)
+        params, macs = profile(model, resolution)
+        expected_params, expected_macs = space.complexity(arch, 10)
+        assert params == expected_params
+        assert abs(macs - expected_macs) <= 0.01 * expected_macs
+
+
+@pytest.mark.parametrize("stem", ["small", "imagenet"])
+@pytest.mark.parametrize("name", SPACES)
+def test_static_model_params_match_analytic_for_both_stems(name, stem):
+    space = search_spaces.get(name, stem=stem)
+    arch = space.largest()
+    params, macs = profile(supernets.build_static(arch, 1000), arch.resolution)
+    assert (params, macs) == space.complexity(arch, 1000)
+
+
+def test_supernet_rejects_architectures_outside_its_space():
+    net = supernets.build_supernet(search_spaces.get("resnet"), 10)
+    with pytest.raises(ValueError, match="not one of the space's choices"):
+        net.set_active(search_spaces.get("resnet", kernel_sizes=(7,)).largest())
+    with pytest.raises(ValueError, match="family 'mbv2'"):
+        net.extract(search_spaces.get("mbv2").largest())
+
+
+def test_supernets_hold_no_shared_state():
+    space = search_spaces.get("mbv2")
+    a, b = supernets.build_supernet(space, 10), supernets.build_supernet(space, 10)
+    a.set_active(space.smallest())
+    assert b.get_active() == space.largest()
+    assert a.get_active() == space.smallest()
+
+
+def test_recalibrate_bn_sets_statistics_from_the_data():
+    space = search_spaces.get("mbv2", resolutions=(16,))
+    model = supernets.build_static(space.smallest(), 10)
+    images = torch.randn(64, 3, 16, 16) * 3 + 2
+    loader = [(images[i : i + 16], None) for i in range(0, 64, 16)]
+    model.eval()
+    supernets.recalibrate_bn(model, loader, batches=4)
+    assert not model.training
+    mean = model.stem.bn.running_mean
+    expected = model.stem.conv(images).mean((0, 2, 3))
+    torch.testing.assert_close(mean, expected.detach(), atol=1e-4, rtol=1e-3)
+    with pytest.raises(ValueError, match="empty loader"):
+        supernets.recalibrate_bn(model, [], batches=4)
+
+
+def test_extracted_models_export_to_torchscript(tmp_path):
+    for name in SPACES:
+        space = search_spaces.get(name, resolutions=(16,))
+        net = supernets.build_supernet(space, 5).eval()
+        model = net.extract(space.smallest())
+        images = torch.randn(1, 3, 16, 16)
+        traced = torch.jit.trace(model, images)
+        path = tmp_path / f"{name}.pt"
+        traced.save(str(path))
+        loaded = torch.jit.load(str(path))
+        torch.testing.assert_close(loaded(images), model(images))
