@@ -164,6 +164,15 @@ class Supernet(nn.Module):
         self.classifier = DynamicLinear(largest.head_channels or max_in, num_classes)
         self.active = largest
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised classifier for ``num_classes`` (transfer to another
+        task); every other weight is kept."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        device = self.classifier.weight.device
+        self.classifier = DynamicLinear(self.classifier.weight.shape[1], num_classes).to(device)
+        self.num_classes = num_classes
+
     def set_active(self, arch: Arch) -> None:
         """Make ``arch`` the subnet that ``forward`` computes (checked against the space)."""
         self.space.encode(arch)

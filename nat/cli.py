@@ -1,0 +1,370 @@
+"""The ``nat`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import search_spaces
+from search_spaces import Arch
+
+__all__ = ["main"]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+
+
+def _ints(text: str) -> list[int]:
+    values = _floats(text)
+    if any(not v.is_integer() for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return [int(v) for v in values]
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _add_data_options(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        default=default,
+        metavar="SOURCE",
+        help="'digits' (scikit-learn's bundled 8x8 digits, the default), an "
+        "ImageFolder directory, or a .tar.gz of one"
+        + ("" if default else " (default: the checkpoint's training data)"),
+    )
+    g.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use a stratified subset of N images in total (default: all)",
+    )
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="side of the stored images in px (default: the space's largest "
+        "resolution); each subnet resizes them to its own resolution",
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of each class held out for validation (default 0.1)",
+    )
+    g.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of each class held out for testing (default 0.1)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where archives are unpacked and decoded (default $NAT_CACHE_DIR or ~/.cache/nat)",
+    )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed of splits, sampling and training")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where to compute (default: CUDA when present, else CPU)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nat",
+        description="Evolutionary multi-objective neural architecture search with "
+        "weight-sharing supernets. MACs are multiply-accumulates per image; "
+        "parameters count every weight, classifier included.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train-supernet",
+        help="train a supernet on a dataset",
+        description="Train a weight-sharing supernet with the sandwich rule "
+        "and in-place distillation, then report the validation "
+        "accuracy of its largest and smallest subnets.",
+    )
+    p.add_argument(
+        "--space",
+        default="mbv2",
+        choices=search_spaces.list_spaces(),
+        help="search space / network family (default mbv2)",
+    )
+    p.add_argument(
+        "--resolutions",
+        type=_ints,
+        default=None,
+        metavar="PX,PX,...",
+        help="input resolutions to search, in px (default 24,28,32,36,40)",
+    )
+    p.add_argument(
+        "--width-mults",
+        type=_floats,
+        default=None,
+        metavar="W,W,...",
+        help="width multiplier choices (default: the space's)",
+    )
+    p.add_argument(
+        "--space-options",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help='other space options as JSON, e.g. \'{"kernel_sizes": [3, 5], "stem": "imagenet"}\'',
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from this supernet (e.g. trained on another dataset); its "
+        "classifier is rebuilt when the class count differs",
+    )
+    _add_data_options(p)
+    _add_run_options(p)
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    g.add_argument("--weight-decay", type=float, default=4e-5, help="(default 4e-5)")
+    g.add_argument(
+        "--random-subnets",
+        type=int,
+        default=2,
+        help="random subnets per step besides largest and smallest (default 2)",
+    )
+    g.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="checkpoint to write, rewritten after every epoch (default runs/supernet-SPACE.pt)",
+    )
+
+    p = sub.add_parser(
+        "sample",
+        help="take a subnet out of a trained supernet",
+        description="Pick a subnet, recalibrate its BatchNorm on training "
+        "images, evaluate it, and export its config JSON, "
+        "state_dict and TorchScript model. No retraining.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="supernet checkpoint")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--config", metavar="FILE", help="architecture JSON (as exported)")
+    which.add_argument("--random", action="store_true", help="a random subnet (from --seed)")
+    which.add_argument("--smallest", action="store_true", help="the smallest subnet")
+    which.add_argument("--largest", action="store_true", help="the largest subnet")
+    p.add_argument("--export", required=True, metavar="DIR", help="folder to write into")
+    p.add_argument(
+        "--bn-batches",
+        type=int,
+        default=20,
+        help="training batches for BatchNorm recalibration (default 20)",
+    )
+    _add_data_options(p, default=None)
+    _add_run_options(p)
+    return parser
+
+
+def _device(name: str):
+    import torch
+
+    from .train import default_device
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return default_device() if name == "auto" else torch.device(name)
+
+
+def _data_settings(args: argparse.Namespace, image_size: int) -> dict:
+    source = args.data
+    if source != "digits" and Path(source).exists():
+        source = str(Path(source).resolve())
+    return {
+        "source": source,
+        "image_size": args.image_size or image_size,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction,
+        "subset": args.subset,
+    }
+
+
+def _load_data(settings: dict, cache_dir: str | None):
+    from .data import load_dataset
+
+    return load_dataset(
+        settings["source"],
+        image_size=settings["image_size"],
+        seed=settings["seed"],
+        val_fraction=settings["val_fraction"],
+        test_fraction=settings["test_fraction"],
+        subset=settings["subset"],
+        cache_dir=cache_dir,
+    )
+
+
+def _train_supernet(args: argparse.Namespace) -> int:
+    from supernets import build_supernet
+
+    from .checkpoint import load_supernet
+    from .data import make_loader
+    from .train import TrainConfig, evaluate_subnet, train_supernet
+
+    device = _device(args.device)
+    if args.init:
+        supernet, _ = load_supernet(args.init, space=args.space)
+        space = supernet.space
+    else:
+        options = dict(args.space_options)
+        if args.resolutions:
+            options["resolutions"] = args.resolutions
+        if args.width_mults:
+            options["width_mults"] = args.width_mults
+        space = search_spaces.get(args.space, **options)
+    settings = _data_settings(args, max(space.resolutions))
+    data = _load_data(settings, args.cache_dir)
+    if args.init:
+        supernet.reset_classifier(data.num_classes)  # transfer: keep all but the head
+    else:
+        supernet = build_supernet(space, data.num_classes)
+    out = Path(args.out or f"runs/supernet-{space.name}.pt")
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        random_subnets=args.random_subnets,
+        seed=args.seed,
+    )
+    print(
+        f"training {space!r} on {settings['source']} ({len(data.train)} train / "
+        f"{len(data.val)} val images, {data.num_classes} classes) on {device}"
+    )
+    start = time.perf_counter()
+    metadata = {"data": settings, "class_names": data.class_names}
+    history = train_supernet(
+        supernet,
+        data,
+        config,
+        checkpoint=out,
+        device=device,
+        checkpoint_metadata=metadata,
+        progress=not args.quiet,
+    )
+    seconds = time.perf_counter() - start
+    bn_loader = make_loader(data.train_eval, args.batch_size, shuffle=True, seed=args.seed)
+    val_loader = make_loader(data.val, 256, shuffle=False)
+    results = {}
+    for label, arch in (("largest", space.largest()), ("smallest", space.smallest())):
+        acc, _ = evaluate_subnet(supernet, arch, bn_loader, val_loader)
+        params, macs = space.complexity(arch, data.num_classes)
+        results[label] = {"val_accuracy": acc, "params": params, "macs": macs}
+        print(f"{label:>8} subnet: val accuracy {acc:.2%}, {params:,} params, {macs:,} MACs")
+    from .checkpoint import save_supernet
+
+    save_supernet(
+        out, supernet.cpu(), **metadata, history=history, results=results, train_seconds=seconds
+    )
+    print(f"trained {config.epochs} epochs in {seconds:.1f} s; checkpoint: {out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .checkpoint import export_subnet, load_supernet
+    from .data import make_loader
+    from .train import evaluate, evaluate_subnet
+
+    supernet, metadata = load_supernet(args.checkpoint)
+    space = supernet.space
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"architecture file {path} not found")
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"architecture file {path} is not valid JSON: {err}") from err
+        arch = Arch.from_dict(doc.get("arch", doc))
+        space.encode(arch)  # clear error when it is not in the supernet's space
+    elif args.random:
+        arch = space.decode(space.sample(1, np.random.default_rng(args.seed))[0])
+    else:
+        arch = space.smallest() if args.smallest else space.largest()
+    settings = dict(metadata.get("data") or {})
+    if args.data:
+        settings.update(_data_settings(args, max(space.resolutions)))
+    if not settings:
+        raise ValueError("the checkpoint does not name its data: pass --data")
+    data = _load_data(settings, args.cache_dir)
+    if data.num_classes != supernet.num_classes:
+        raise ValueError(
+            f"--data has {data.num_classes} classes, the checkpoint "
+            f"{supernet.num_classes}: retrain with --init for another task"
+        )
+    device = _device(args.device)
+    supernet.to(device).eval()
+    bn_loader = make_loader(data.train_eval, args.batch_size, shuffle=True, seed=args.seed)
+    val_acc, model = evaluate_subnet(
+        supernet, arch, bn_loader, make_loader(data.val, 256, shuffle=False), args.bn_batches
+    )
+    test_acc = evaluate(model, make_loader(data.test, 256, shuffle=False), arch.resolution)
+    params, macs = space.complexity(arch, data.num_classes)
+    info = {
+        "space": space.name,
+        "space_options": space.options,
+        "num_classes": data.num_classes,
+        "class_names": data.class_names,
+        "params": params,
+        "macs": macs,
+        "val_accuracy": val_acc,
+        "test_accuracy": test_acc,
+        "input": "RGB, resolution x resolution px, pixels scaled to -1..1",
+    }
+    export_subnet(model.cpu(), arch, args.export, info)
+    print(
+        f"subnet: {params:,} params, {macs:,} MACs at {arch.resolution} px; "
+        f"val accuracy {val_acc:.2%}, test accuracy {test_acc:.2%}; exported to {args.export}"
+    )
+    return 0
+
+
+COMMANDS = {"train-supernet": _train_supernet, "sample": _sample}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"nat {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

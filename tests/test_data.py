@@ -1,0 +1,597 @@
+"""Tests for nat.data: sources, caching, deterministic splits, augmentation, errors."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+import nat.data
+from nat.data import (
+    DataSplits,
+    ImageTensorDataset,
+    load_dataset,
+    make_loader,
+    resize_batch,
+)
+
+# The shared CIFAR-10 archive lives next to the project, not in it: a fresh clone
+# has no copy, so the test that needs it skips.
+CIFAR_ARCHIVE = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
+)
+
+FOLDER_CLASSES = ["cat", "dog", "fox"]
+IMAGES_PER_CLASS = 6
+# Deliberately not square and not the target size, so every image gets resized.
+FOLDER_IMAGE_SIZES = [(10, 12), (12, 10), (16, 16), (20, 14), (9, 9), (31, 17)]
+
+
+def _splits_of(splits: DataSplits) -> dict[str, ImageTensorDataset]:
+    parts = {
+        "train": splits.train,
+        "train_eval": splits.train_eval,
+        "val": splits.val,
+        "test": splits.test,
+    }
+    for part in parts.values():
+        assert isinstance(part, ImageTensorDataset)
+    return parts  # type: ignore[return-value]
+
+
+def _make_image_folder(root: Path, per_class: int = IMAGES_PER_CLASS) -> Path:
+    """Write a small ImageFolder of random images in assorted modes and formats."""
+    rng = np.random.default_rng(123)
+    for c, name in enumerate(FOLDER_CLASSES):
+        (root / name).mkdir(parents=True)
+        for j in range(per_class):
+            width, height = FOLDER_IMAGE_SIZES[j % len(FOLDER_IMAGE_SIZES)]
+            pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+            image = Image.fromarray(pixels, mode="RGB")
+            if j == 1:  # Grayscale and RGBA files must come out as RGB too.
+                image.convert("L").save(root / name / f"{c}_{j}.png")
+            elif j == 2:
+                image.convert("RGBA").save(root / name / f"{c}_{j}.png")
+            elif j == 3:
+                image.save(root / name / f"{c}_{j}.jpg", quality=90)
+            elif j == 4:
+                image.convert("L").save(root / name / f"{c}_{j}.jpg")
+            else:
+                image.save(root / name / f"{c}_{j}.png")
+    return root
+
+
+def _make_archive(archive: Path, tree: Path, arcname: str = "train") -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname=arcname)
+    return archive
+
+
+def _decoded_cache_files(cache_dir: Path) -> list[Path]:
+    return sorted(cache_dir.glob("decoded-*.pt"))
+
+
+def _crops(image: torch.Tensor, pad: int) -> list[torch.Tensor]:
+    """All crops of a normalised image padded with black (-1), the crop's fill."""
+    size = image.shape[-1]
+    padded = F.pad(image, (pad, pad, pad, pad), value=-1.0)
+    return [
+        padded[:, y : y + size, x : x + size]
+        for y in range(2 * pad + 1)
+        for x in range(2 * pad + 1)
+    ]
+
+
+def _matches_any(image: torch.Tensor, candidates: list[torch.Tensor]) -> bool:
+    return any(torch.equal(image, c) for c in candidates)
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataSplits:
+    return load_dataset("digits", image_size=16)
+
+
+@pytest.fixture(autouse=True)
+def _no_home_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    # A test that forgets cache_dir must not write into the user's home directory.
+    monkeypatch.setenv("NAT_CACHE_DIR", str(tmp_path_factory.mktemp("default-cache")))
+
+
+# --- digits -------------------------------------------------------------------
+
+
+def test_digits_split_sizes_add_up(digits: DataSplits) -> None:
+    assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
+    assert len(digits.train_eval) == len(digits.train)
+    assert digits.num_classes == 10
+    assert digits.class_names == [str(d) for d in range(10)]
+    assert digits.image_size == 16
+
+
+def test_digits_splits_are_disjoint_and_cover_everything(digits: DataSplits) -> None:
+    parts = _splits_of(digits)
+    train, val, test = (set(parts[k].indices.tolist()) for k in ("train", "val", "test"))
+    assert not (train & val or train & test or val & test)
+    assert train | val | test == set(range(1797))
+    assert torch.equal(parts["train"].indices, parts["train_eval"].indices)
+
+
+@pytest.mark.parametrize("size", [8, 20])
+def test_digits_image_shapes_and_labels(size: int) -> None:
+    splits = load_dataset("digits", image_size=size)
+    for part in _splits_of(splits).values():
+        image, label = part[0]
+        assert image.shape == (3, size, size)
+        assert image.dtype == torch.float32
+        assert isinstance(label, int)
+        assert -1.0 <= image.min() and image.max() <= 1.0
+        # Grayscale replicated to 3 channels.
+        assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
+        labels = part.labels
+        assert labels.dtype == torch.int64
+        assert 0 <= int(labels.min()) and int(labels.max()) <= 9
+
+
+def test_digits_without_resize_keep_the_original_pixels() -> None:
+    from sklearn.datasets import load_digits
+
+    original = load_digits()
+    splits = load_dataset("digits", image_size=8)
+    image, label = splits.val[0]
+    row = int(splits.val.indices[0])
+    expected = torch.from_numpy(original.images[row] / 16.0).float()
+    assert label == int(original.target[row])
+    # uint8 storage rounds to 1/255 steps; the normalised range is 2 wide.
+    assert torch.allclose((image[0] + 1.0) / 2.0, expected, atol=1 / 255)
+
+
+def test_split_is_deterministic_for_a_seed() -> None:
+    first = _splits_of(load_dataset("digits", image_size=8, seed=7))
+    again = _splits_of(load_dataset("digits", image_size=8, seed=7))
+    other = _splits_of(load_dataset("digits", image_size=8, seed=8))
+    for name in ("train", "val", "test"):
+        assert torch.equal(first[name].indices, again[name].indices)
+        assert torch.equal(first[name].labels, again[name].labels)
+        assert not torch.equal(first[name].indices, other[name].indices)
+        assert len(first[name]) == len(other[name])
+
+
+def test_split_indices_are_stable_across_versions_and_machines() -> None:
+    # numpy's PCG64 stream is platform independent, so these are fixed for good;
+    # a change here silently changes every benchmark split, so it must be deliberate.
+    splits = load_dataset("digits", image_size=8, seed=0)
+    assert splits.val.indices[:8].tolist() == [14, 17, 19, 23, 24, 48, 61, 77]
+    assert splits.test.indices[:8].tolist() == [5, 9, 12, 16, 34, 38, 46, 51]
+
+
+def test_split_is_stratified(digits: DataSplits) -> None:
+    all_labels = torch.cat([digits.train.labels, digits.val.labels, digits.test.labels])
+    counts = torch.bincount(all_labels, minlength=10)
+    for part in (digits.train, digits.val, digits.test):
+        assert set(part.labels.tolist()) == set(range(10))
+    val_counts = torch.bincount(digits.val.labels, minlength=10)
+    test_counts = torch.bincount(digits.test.labels, minlength=10)
+    for c in range(10):
+        expected = int(np.floor(0.1 * int(counts[c]) + 0.5))
+        assert int(val_counts[c]) == expected
+        assert int(test_counts[c]) == expected
+
+
+def test_subset_is_stratified_and_deterministic() -> None:
+    splits = load_dataset("digits", image_size=8, subset=200, val_fraction=0.2)
+    labels = torch.cat([splits.train.labels, splits.val.labels, splits.test.labels])
+    assert len(labels) == 200
+    assert torch.bincount(labels).tolist() == [20] * 10
+    assert torch.bincount(splits.val.labels).tolist() == [4] * 10
+    again = load_dataset("digits", image_size=8, subset=200, val_fraction=0.2)
+    assert torch.equal(splits.train.indices, again.train.indices)
+
+
+def test_subset_balances_uneven_classes() -> None:
+    # Class 0 has only 2 images: it gives both, the others share the rest evenly,
+    # and leftover single images go to the lowest class indices.
+    quota = nat.data._balanced_quota(np.array([2, 10, 10, 10]), total=13)
+    assert quota.tolist() == [2, 4, 4, 3]
+    assert nat.data._balanced_quota(np.array([5, 5]), total=10).tolist() == [5, 5]
+
+
+def test_train_augmentation_varies_but_evaluation_images_do_not(
+    digits: DataSplits,
+) -> None:
+    torch.manual_seed(0)
+    reads = [digits.train[3][0] for _ in range(12)]
+    assert any(not torch.equal(reads[0], r) for r in reads[1:])
+    assert torch.equal(digits.val[3][0], digits.val[3][0])
+    assert torch.equal(digits.test[3][0], digits.test[3][0])
+    assert torch.equal(digits.train_eval[3][0], digits.train_eval[3][0])
+    assert digits.train[3][1] == digits.train_eval[3][1]
+    # Augmented images are crops of the unaugmented one (black padding).
+    crops = _crops(digits.train_eval[3][0], pad=16 // 8)
+    assert all(_matches_any(r, crops) for r in reads)
+
+
+def test_digits_are_never_flipped(digits: DataSplits) -> None:
+    assert digits.train.hflip is False
+    plain = digits.train_eval[0][0]
+    crops = _crops(plain, pad=2)
+    flipped = _crops(plain.flip(-1), pad=2)
+    assert not _matches_any(plain.flip(-1), crops)  # The digit is not symmetric.
+    torch.manual_seed(0)
+    for _ in range(60):
+        image = digits.train[0][0]
+        assert _matches_any(image, crops)
+        assert not _matches_any(image, flipped)
+
+
+# --- image folders and archives -------------------------------------------------
+
+
+def test_image_folder_directory(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    cache = tmp_path / "cache"
+    splits = load_dataset(root, image_size=16, cache_dir=cache)
+    assert splits.num_classes == 3
+    assert splits.class_names == FOLDER_CLASSES
+    assert splits.image_size == 16
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 18
+    # Per class: round(0.6) = 1 image to val and 1 to test, 4 to train.
+    assert torch.bincount(splits.val.labels).tolist() == [1, 1, 1]
+    assert torch.bincount(splits.train.labels).tolist() == [4, 4, 4]
+    for part in _splits_of(splits).values():
+        for i in range(len(part)):
+            image, label = part[i]
+            assert image.shape == (3, 16, 16)
+            assert image.dtype == torch.float32
+            assert 0 <= label < 3
+    assert len(_decoded_cache_files(cache)) == 1
+
+
+def test_image_folder_second_load_uses_the_cache(tmp_path: Path, monkeypatch) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    cache = tmp_path / "cache"
+    first = load_dataset(root, image_size=16, cache_dir=cache)
+    [cache_file] = _decoded_cache_files(cache)
+    written = cache_file.stat().st_mtime_ns
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("images were decoded again despite a valid cache")
+
+    monkeypatch.setattr(nat.data, "_decode_folder", no_decoding)
+    second = load_dataset(root, image_size=16, cache_dir=cache)
+    assert cache_file.stat().st_mtime_ns == written
+    assert second.class_names == first.class_names
+    for name in ("train_eval", "val", "test"):
+        a, b = _splits_of(first)[name], _splits_of(second)[name]
+        assert torch.equal(a.indices, b.indices)
+        assert all(torch.equal(a[i][0], b[i][0]) for i in range(len(a)))
+
+
+def test_image_folder_cache_notices_changed_files(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    cache = tmp_path / "cache"
+    load_dataset(root, image_size=16, cache_dir=cache)
+    changed = root / "cat" / "0_0.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(changed)
+    os.utime(changed, ns=(1, 1))  # A new mtime even on coarse-grained file systems.
+    splits = load_dataset(root, image_size=16, cache_dir=cache)
+    assert len(_decoded_cache_files(cache)) == 2
+    found = [
+        part[i][0]
+        for part in (splits.train_eval, splits.val, splits.test)
+        for i in range(len(part))
+        if int(part.indices[i]) == 0
+    ]
+    red = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1).expand(3, 16, 16)
+    assert len(found) == 1 and torch.equal(found[0], red)
+
+
+def test_image_folder_cache_depends_on_image_size(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    cache = tmp_path / "cache"
+    small = load_dataset(root, image_size=8, cache_dir=cache)
+    large = load_dataset(root, image_size=12, cache_dir=cache)
+    assert small.val[0][0].shape == (3, 8, 8)
+    assert large.val[0][0].shape == (3, 12, 12)
+    assert len(_decoded_cache_files(cache)) == 2
+
+
+def test_corrupt_cache_file_is_rebuilt(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    cache = tmp_path / "cache"
+    good = load_dataset(root, image_size=16, cache_dir=cache)
+    [cache_file] = _decoded_cache_files(cache)
+    data = cache_file.read_bytes()
+    cache_file.write_bytes(data[: len(data) // 2])  # As after a crash mid-write.
+    rebuilt = load_dataset(root, image_size=16, cache_dir=cache)
+    assert torch.equal(good.val[0][0], rebuilt.val[0][0])
+    assert torch.load(cache_file, weights_only=True)["images"].shape[0] == 18
+    cache_file.write_bytes(b"not a torch file")
+    assert load_dataset(root, image_size=16, cache_dir=cache).num_classes == 3
+
+
+def test_directory_holding_a_train_folder(tmp_path: Path) -> None:
+    _make_image_folder(tmp_path / "unpacked" / "train")
+    (tmp_path / "unpacked" / "test").mkdir()  # Ignored: we make our own test split.
+    splits = load_dataset(tmp_path / "unpacked", image_size=16, cache_dir=tmp_path / "c")
+    assert splits.class_names == FOLDER_CLASSES
+
+
+def test_hidden_folders_are_not_classes(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    (root / ".ipynb_checkpoints").mkdir()
+    splits = load_dataset(str(root), image_size=16, cache_dir=tmp_path / "cache")
+    assert splits.class_names == FOLDER_CLASSES
+
+
+def test_image_folders_are_flipped_in_training(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    splits = load_dataset(root, image_size=16, cache_dir=tmp_path / "cache")
+    assert splits.train.hflip is True
+    plain = splits.train_eval[0][0]
+    crops = _crops(plain, pad=2)
+    flipped = _crops(plain.flip(-1), pad=2)
+    torch.manual_seed(0)
+    reads = [splits.train[0][0] for _ in range(40)]
+    assert all(_matches_any(r, crops + flipped) for r in reads)
+    assert any(_matches_any(r, flipped) for r in reads)
+    assert any(_matches_any(r, crops) for r in reads)
+
+
+def test_archive_is_unpacked_once_and_cached(tmp_path: Path, monkeypatch) -> None:
+    tree = _make_image_folder(tmp_path / "pets")
+    archive = _make_archive(tmp_path / "pets.tar.gz", tree)
+    cache = tmp_path / "cache"
+    from_dir = load_dataset(tree, image_size=16, cache_dir=tmp_path / "dir-cache")
+    splits = load_dataset(archive, image_size=16, cache_dir=cache)
+    assert splits.num_classes == 3
+    assert splits.class_names == FOLDER_CLASSES
+    assert splits.val[0][0].shape == (3, 16, 16)
+    # Same files in the same order, so the same split and pixels as the directory.
+    assert torch.equal(splits.val.indices, from_dir.val.indices)
+    assert torch.equal(splits.val[0][0], from_dir.val[0][0])
+    # One unpacked folder named after the archive, no temporary leftovers.
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(_decoded_cache_files(cache)) == 1
+    unpacked = [name for name in entries if not name.startswith("decoded-")]
+    assert len(unpacked) == 1 and unpacked[0].startswith("pets-")
+    assert not any(name.startswith(".") for name in entries)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the archive was unpacked or decoded again")
+
+    monkeypatch.setattr(nat.data, "_unpack_archive", fail)
+    monkeypatch.setattr(nat.data, "_decode_folder", fail)
+    again = load_dataset(str(archive), image_size=16, cache_dir=cache)
+    assert torch.equal(again.test[1][0], splits.test[1][0])
+
+
+def test_archive_with_a_wrapper_folder(tmp_path: Path) -> None:
+    tree = _make_image_folder(tmp_path / "pets")
+    archive = _make_archive(tmp_path / "pets.tgz", tree, arcname="pets")
+    splits = load_dataset(archive, image_size=8, cache_dir=tmp_path / "cache")
+    assert splits.class_names == FOLDER_CLASSES
+
+
+def test_default_cache_dir_comes_from_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NAT_CACHE_DIR", str(tmp_path / "env-cache"))
+    root = _make_image_folder(tmp_path / "pets")
+    load_dataset(root, image_size=8)
+    assert len(_decoded_cache_files(tmp_path / "env-cache")) == 1
+
+
+# --- errors ---------------------------------------------------------------------
+
+
+def test_unknown_source(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found: give 'digits'"):
+        load_dataset("cifar-100")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_dataset(tmp_path / "missing.tar.gz", cache_dir=tmp_path)
+
+
+def test_file_that_is_not_an_archive(tmp_path: Path) -> None:
+    image = tmp_path / "image.png"
+    Image.new("RGB", (8, 8)).save(image)
+    with pytest.raises(ValueError, match=r"not a \.tar\.gz"):
+        load_dataset(image, cache_dir=tmp_path / "cache")
+
+
+def test_directory_without_class_folders(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    root.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "a.png")
+    with pytest.raises(ValueError, match="no class folders"):
+        load_dataset(root, cache_dir=tmp_path / "cache")
+
+
+def test_directory_with_one_class(tmp_path: Path) -> None:
+    root = tmp_path / "one"
+    (root / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "cat" / "a.png")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        load_dataset(root, cache_dir=tmp_path / "cache")
+
+
+def test_class_folder_without_images(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    (root / "emu").mkdir()
+    with pytest.raises(ValueError, match=r"\['emu'\].*contain no image files"):
+        load_dataset(root, cache_dir=tmp_path / "cache")
+
+
+def test_undecodable_image(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot decode image file .*broken.png"):
+        load_dataset(root, cache_dir=tmp_path / "cache")
+
+
+def test_archive_without_class_folders(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("no images here")
+    archive = tmp_path / "empty.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "notes.txt", arcname="notes.txt")
+    with pytest.raises(ValueError, match="archive .*empty.tar.gz.* no class folders"):
+        load_dataset(archive, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_archive(tmp_path: Path, damage: str) -> None:
+    tree = _make_image_folder(tmp_path / "pets")
+    archive = _make_archive(tmp_path / "pets.tar.gz", tree)
+    data = archive.read_bytes()
+    if damage == "garbage":
+        archive.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    else:
+        archive.write_bytes(data[: len(data) // 2])
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="cannot read archive .*pets.tar.gz"):
+        load_dataset(archive, cache_dir=cache)
+    # Nothing half-unpacked is left behind to be mistaken for a finished unpack.
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("val_fraction", "test_fraction", "message"),
+    [
+        (0.0, 0.1, "val_fraction must be strictly between 0 and 1"),
+        (1.0, 0.1, "val_fraction must be strictly between 0 and 1"),
+        (0.1, -0.2, "test_fraction must be strictly between 0 and 1"),
+        (0.1, 1.5, "test_fraction must be strictly between 0 and 1"),
+        (0.5, 0.5, r"val_fraction \+ test_fraction must be below 1"),
+        (0.6, 0.7, r"val_fraction \+ test_fraction must be below 1"),
+    ],
+)
+def test_bad_fractions(val_fraction: float, test_fraction: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_dataset("digits", val_fraction=val_fraction, test_fraction=test_fraction)
+
+
+def test_bad_arguments_fail_before_loading(tmp_path: Path) -> None:
+    # The path does not exist, yet the argument error comes first: no slow load.
+    with pytest.raises(ValueError, match="image_size must be at least 8"):
+        load_dataset(tmp_path / "missing.tar.gz", image_size=7)
+
+
+def test_image_size_too_small() -> None:
+    with pytest.raises(ValueError, match="image_size must be at least 8"):
+        load_dataset("digits", image_size=4)
+
+
+def test_subset_out_of_range() -> None:
+    with pytest.raises(ValueError, match="smaller than the number of classes"):
+        load_dataset("digits", image_size=8, subset=9)
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        load_dataset("digits", image_size=8, subset=1798)
+    with pytest.raises(ValueError, match="subset must be a positive"):
+        load_dataset("digits", image_size=8, subset=0)
+
+
+def test_split_leaving_a_class_without_training_images() -> None:
+    # 2 images per class: round(0.6) = 1 to val, 1 to test, none left to train.
+    with pytest.raises(ValueError, match="class '0' would have 0 training images"):
+        load_dataset("digits", image_size=8, subset=20, val_fraction=0.3, test_fraction=0.3)
+
+
+def test_split_leaving_val_empty() -> None:
+    with pytest.raises(ValueError, match="val split would be empty"):
+        load_dataset("digits", image_size=8, subset=10)
+
+
+# --- resize_batch and make_loader ------------------------------------------------
+
+
+def test_resize_batch_shapes() -> None:
+    batch = torch.rand(2, 3, 16, 16)
+    assert resize_batch(batch, 24).shape == (2, 3, 24, 24)
+    assert resize_batch(batch, 8).shape == (2, 3, 8, 8)
+    assert resize_batch(torch.rand(1, 3, 10, 20), 12).shape == (1, 3, 12, 12)
+
+
+def test_resize_batch_returns_same_size_unchanged() -> None:
+    batch = torch.rand(2, 3, 16, 16)
+    assert resize_batch(batch, 16) is batch
+
+
+def test_resize_batch_antialiases_when_shrinking() -> None:
+    batch = torch.rand(2, 3, 32, 32)
+    expected = F.interpolate(
+        batch, size=(8, 8), mode="bilinear", align_corners=False, antialias=True
+    )
+    assert torch.allclose(resize_batch(batch, 8), expected)
+
+
+def test_resize_batch_rejects_unbatched_images() -> None:
+    with pytest.raises(ValueError, match="NCHW"):
+        resize_batch(torch.rand(3, 16, 16), 8)
+
+
+def _loader_order(seed: int, shuffle: bool = True) -> list[int]:
+    dataset = TensorDataset(torch.arange(50))
+    loader = make_loader(dataset, batch_size=8, shuffle=shuffle, seed=seed)
+    return [int(i) for (batch,) in loader for i in batch]
+
+
+def test_make_loader_is_reproducible() -> None:
+    first = _loader_order(seed=3)
+    torch.manual_seed(12345)  # The global generator must not matter.
+    assert _loader_order(seed=3) == first
+    assert _loader_order(seed=4) != first
+    assert sorted(first) == list(range(50))
+    assert _loader_order(seed=3, shuffle=False) == list(range(50))
+
+
+def test_make_loader_batches(digits: DataSplits) -> None:
+    loader = make_loader(digits.val, batch_size=64, shuffle=False, drop_last=True)
+    assert loader.num_workers == 0
+    batches = list(loader)
+    assert len(batches) == len(digits.val) // 64
+    images, labels = batches[0]
+    assert images.shape == (64, 3, 16, 16) and images.dtype == torch.float32
+    assert labels.shape == (64,) and labels.dtype == torch.int64
+    epochs = make_loader(digits.train, batch_size=32, shuffle=True, seed=1)
+    first_epoch = [labels.tolist() for _, labels in epochs]
+    second_epoch = [labels.tolist() for _, labels in epochs]
+    assert first_epoch != second_epoch  # Reshuffled every epoch.
+
+
+# --- CIFAR-10 (needs the shared archive next to the project) ---------------------
+
+
+@pytest.fixture(scope="module")
+def cifar_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not CIFAR_ARCHIVE.is_file():
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
+    return tmp_path_factory.mktemp("cifar-cache")
+
+
+@pytest.mark.slow
+def test_cifar10_subset(cifar_cache: Path) -> None:
+    start = time.perf_counter()
+    splits = load_dataset(CIFAR_ARCHIVE, image_size=32, subset=500, cache_dir=cifar_cache)
+    cold = time.perf_counter() - start
+    assert splits.num_classes == 10
+    assert splits.class_names[:3] == ["airplane", "automobile", "bird"]
+    assert splits.class_names[-1] == "truck"
+    labels = torch.cat([splits.train.labels, splits.val.labels, splits.test.labels])
+    assert torch.bincount(labels).tolist() == [50] * 10
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (400, 50, 50)
+    image, label = splits.train[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0 <= label < 10
+    assert splits.train.hflip is True
+
+    start = time.perf_counter()
+    bigger = load_dataset(CIFAR_ARCHIVE, image_size=32, subset=2000, cache_dir=cifar_cache)
+    warm = time.perf_counter() - start
+    assert len(bigger.train) + len(bigger.val) + len(bigger.test) == 2000
+    print(f"CIFAR-10 load: cold {cold:.1f} s, from cache {warm:.2f} s")
+    assert warm < cold

@@ -1,0 +1,88 @@
+import pytest
+import torch
+from conftest import SPACES, small_space
+
+import supernets
+from nat.checkpoint import load_supernet, save_supernet
+from nat.data import load_dataset, make_loader
+from nat.files import atomic_write
+from nat.train import TrainConfig, evaluate_subnet, train_supernet
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", image_size=16, seed=0)
+
+
+def _accuracies(net, data):
+    bn = make_loader(data.train_eval, 64, shuffle=True, seed=0)
+    val = make_loader(data.val, 256, shuffle=False)
+    space = net.space
+    return [evaluate_subnet(net, a, bn, val, 10)[0] for a in (space.largest(), space.smallest())]
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_short_training_lifts_largest_and_smallest_well_above_chance(name, digits, tmp_path):
+    torch.manual_seed(0)
+    net = supernets.build_supernet(small_space(name, resolutions=(12, 16)), digits.num_classes)
+    before = _accuracies(net, digits)
+    config = TrainConfig(epochs=4, batch_size=64, lr=0.1, random_subnets=1)
+    history = train_supernet(net, digits, config, checkpoint=tmp_path / "sn.pt", progress=False)
+    after = _accuracies(net, digits)
+    assert len(history) == 4 and all(h["seconds"] > 0 for h in history)
+    assert max(before) < 0.3  # chance is 0.1
+    assert after[0] > 0.6 and after[1] > 0.4, (before, after)
+    reloaded, metadata = load_supernet(tmp_path / "sn.pt")
+    assert len(metadata["history"]) == 4
+    assert _accuracies(reloaded, digits) == pytest.approx(after)
+
+
+def test_checkpoint_round_trip_and_transfer(tmp_path):
+    space = small_space("shufflenetv2")
+    net = supernets.build_supernet(space, 10).eval()
+    path = save_supernet(tmp_path / "a.pt", net, note="hello")
+    loaded, metadata = load_supernet(path, space="shufflenetv2")
+    assert metadata == {"note": "hello"} and loaded.space == space
+    images = torch.randn(2, 3, 20, 20)
+    arch = space.decode(space.sample(1, __import__("numpy").random.default_rng(0))[0])
+    for m in (net, loaded.eval()):
+        m.set_active(arch)
+    torch.testing.assert_close(loaded(images), net(images))
+
+    transferred, _ = load_supernet(path, num_classes=3)
+    assert transferred.num_classes == 3
+    assert transferred.extract(arch).classifier.out_features == 3
+    kept = {k: v for k, v in transferred.state_dict().items() if not k.startswith("classifier")}
+    for k, v in kept.items():
+        assert torch.equal(v, net.state_dict()[k]), k
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path):
+    net = supernets.build_supernet(small_space("mbv2"), 10)
+    path = save_supernet(tmp_path / "a.pt", net)
+    with pytest.raises(ValueError, match="space 'mbv2', not 'resnet'"):
+        load_supernet(path, space="resnet")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_supernet(corrupt)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match="not a supernet checkpoint"):
+        load_supernet(other)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_supernet(tmp_path / "missing.pt")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "file.bin"
+    atomic_write(target, lambda f: f.write(b"old"))
+
+    def fail(f):
+        f.write(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, fail)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]  # no temporary left behind
