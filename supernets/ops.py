@@ -73,9 +73,26 @@ class DynamicConv2d(nn.Module):
         self.transform = nn.ParameterDict(
             {str(s): nn.Parameter(torch.eye(s * s)) for s in self.kernel_sizes[:-1]}
         )
+        # The last weight computed without autograd: evaluating one subnet over many batches
+        # then slices and transforms once. Keyed on the parameters' versions, which every
+        # in-place update (optimiser step, load_state_dict) bumps; writes through ``.data``
+        # bypass versions, so use ``torch.no_grad()`` and the parameter itself instead.
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    def _versions(self) -> tuple:
+        return (self.weight._version, *(t._version for t in self.transform.values()))
 
     def active_weight(self, c_in: int, c_out: int, kernel_size: int) -> torch.Tensor:
         """Weight of shape (c_out, c_in or 1, kernel_size, kernel_size)."""
+        if torch.is_grad_enabled():
+            return self._compute_weight(c_in, c_out, kernel_size)
+        key = (c_in, c_out, kernel_size, self.weight.device, *self._versions())
+        if self._cache is None or self._cache[0] != key:
+            weight = self._compute_weight(c_in, c_out, kernel_size).contiguous()
+            self._cache = (key, weight)
+        return self._cache[1]
+
+    def _compute_weight(self, c_in: int, c_out: int, kernel_size: int) -> torch.Tensor:
         if kernel_size not in self.kernel_sizes:
             raise ValueError(f"kernel size {kernel_size} is not one of {self.kernel_sizes}")
         weight = self.weight[:c_out] if self.depthwise else self.weight[:c_out, :c_in]

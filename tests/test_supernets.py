@@ -139,3 +139,22 @@ def test_extracted_models_export_to_torchscript(tmp_path):
         traced.save(str(path))
         loaded = torch.jit.load(str(path))
         torch.testing.assert_close(loaded(images), model(images))
+
+
+def test_cached_eval_weights_follow_training_updates():
+    space = search_spaces.get("resnet", resolutions=(16,), width_mults=(0.125, 0.25))
+    net = supernets.build_supernet(space, 10)
+    arch = space.smallest()
+    net.set_active(arch)
+    images = torch.randn(4, 3, 16, 16)
+    net.eval()
+    with torch.no_grad():
+        before = net(images)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    net(images).square().sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = net(images)
+        expected = net.extract(arch)(images)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected)
