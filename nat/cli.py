@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,58 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
+
+
+_SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_size(text: str) -> float:
+    """'500k' -> 500000, '2.5M' -> 2500000, '60M', '1G', '12000'."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgG]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"expected a number with optional k/M/G suffix, got {text!r}"
+        )
+    return float(match.group(1)) * _SUFFIXES[match.group(2).lower()]
+
+
+def _add_space_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--space",
+        default="mbv2",
+        choices=search_spaces.list_spaces(),
+        help="search space / network family (default mbv2)",
+    )
+    p.add_argument(
+        "--resolutions",
+        type=_ints,
+        default=None,
+        metavar="PX,PX,...",
+        help="input resolutions to search, in px (default 24,28,32,36,40)",
+    )
+    p.add_argument(
+        "--width-mults",
+        type=_floats,
+        default=None,
+        metavar="W,W,...",
+        help="width multiplier choices (default: the space's)",
+    )
+    p.add_argument(
+        "--space-options",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help='other space options as JSON, e.g. \'{"kernel_sizes": [3, 5], "stem": "imagenet"}\'',
+    )
+
+
+def _space_options(args: argparse.Namespace) -> dict:
+    options = dict(args.space_options)
+    if args.resolutions:
+        options["resolutions"] = args.resolutions
+    if args.width_mults:
+        options["width_mults"] = args.width_mults
+    return options
 
 
 def _add_data_options(p: argparse.ArgumentParser, default: str | None = "digits") -> None:
@@ -188,6 +241,91 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_options(p, default=None)
     _add_run_options(p)
+
+    p = sub.add_parser(
+        "search",
+        help="search the accuracy / complexity Pareto front",
+        description="NAT: surrogate-guided NSGA-II over the space, with online "
+        "adaptation of the supernet to the task. Writes the run "
+        "folder: archive.json, pareto.csv, pareto.png, history.csv, "
+        "front/ subnets, report.md, supernet.pt.",
+    )
+    _add_space_options(p)
+    g = p.add_argument_group("budgets and objectives")
+    g.add_argument(
+        "--max-params",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="parameter budget, e.g. 500k or 2.5M (default: none)",
+    )
+    g.add_argument(
+        "--max-macs",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="budget of multiply-accumulates per image, e.g. 60M (default: none)",
+    )
+    g.add_argument(
+        "--objectives",
+        default="params",
+        choices=["params", "macs", "params,macs"],
+        help="complexity objectives besides the error (default params)",
+    )
+    g = p.add_argument_group("search")
+    g.add_argument("--iterations", type=int, default=5, help="NAT iterations (default 5)")
+    g.add_argument(
+        "--doe-size",
+        type=int,
+        default=16,
+        help="random subnets in the initial archive (default 16)",
+    )
+    g.add_argument(
+        "--candidates",
+        type=int,
+        default=8,
+        help="subnets evaluated for real per iteration (default 8)",
+    )
+    g.add_argument("--population", type=int, default=40, help="NSGA-II population (default 40)")
+    g.add_argument(
+        "--generations", type=int, default=20, help="NSGA-II generations per iteration (default 20)"
+    )
+    g.add_argument(
+        "--surrogate",
+        default="adaptive",
+        choices=["adaptive", "rbf", "gp", "mlp", "trees"],
+        help="accuracy predictor (default adaptive: best cross-validated tau)",
+    )
+    g.add_argument(
+        "--adapt-epochs",
+        type=int,
+        default=1,
+        help="supernet adaptation epochs per iteration; 0 turns it off (default 1)",
+    )
+    g.add_argument(
+        "--bn-batches",
+        type=int,
+        default=20,
+        help="training batches for BatchNorm recalibration (default 20)",
+    )
+    g.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="start from this trained supernet (default: train one first)",
+    )
+    g.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=5,
+        help="epochs to train a new supernet, or a transferred one whose classes "
+        "differ (default 5)",
+    )
+    g.add_argument(
+        "--out", default=None, metavar="DIR", help="run folder (default runs/search-SPACE)"
+    )
+    _add_data_options(p)
+    _add_run_options(p)
     return parser
 
 
@@ -241,12 +379,7 @@ def _train_supernet(args: argparse.Namespace) -> int:
         supernet, _ = load_supernet(args.init, space=args.space)
         space = supernet.space
     else:
-        options = dict(args.space_options)
-        if args.resolutions:
-            options["resolutions"] = args.resolutions
-        if args.width_mults:
-            options["width_mults"] = args.width_mults
-        space = search_spaces.get(args.space, **options)
+        space = search_spaces.get(args.space, **_space_options(args))
     settings = _data_settings(args, max(space.resolutions))
     data = _load_data(settings, args.cache_dir)
     if args.init:
@@ -354,7 +487,53 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train-supernet": _train_supernet, "sample": _sample}
+def _search(args: argparse.Namespace) -> int:
+    from .api import search
+
+    if args.data != "digits" and not Path(args.data).exists():
+        raise FileNotFoundError(
+            f"data {args.data} not found: give 'digits', an ImageFolder "
+            "directory or a .tar.gz of one"
+        )
+    out = Path(args.out or f"runs/search-{args.space}")
+    result = search(
+        space=args.space,
+        data=args.data,
+        max_params=args.max_params,
+        max_macs=args.max_macs,
+        iterations=args.iterations,
+        seed=args.seed,
+        out=out,
+        checkpoint=args.checkpoint,
+        pretrain_epochs=args.pretrain_epochs,
+        space_options=_space_options(args),
+        image_size=args.image_size,
+        subset=args.subset,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+        metrics=tuple(args.objectives.split(",")),
+        doe_size=args.doe_size,
+        candidates=args.candidates,
+        population=args.population,
+        generations=args.generations,
+        surrogate=args.surrogate,
+        adapt_epochs=args.adapt_epochs,
+        bn_batches=args.bn_batches,
+        batch_size=args.batch_size,
+    )
+    archive = result.archive
+    print(
+        f"search done in {result.seconds:.0f} s: {len(archive)} subnets evaluated, "
+        f"hypervolume {result.hypervolume:.4f}; front:"
+    )
+    for i in result.front:
+        e = archive.entries[i]
+        print(f"  {e.accuracy:7.2%}  {e.params:>11,} params  {e.macs:>13,} MACs  ({e.source})")
+    print(f"run folder: {out} (report.md, pareto.png, front/)")
+    return 0
+
+
+COMMANDS = {"train-supernet": _train_supernet, "sample": _sample, "search": _search}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,123 @@
+"""The Python entry point: ``nat.search(...)`` does what ``nat search`` does."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import search_spaces
+from supernets import Supernet, build_supernet
+
+from .checkpoint import load_supernet, save_supernet
+from .data import DataSplits, load_dataset
+from .engine import NATSearch, SearchConfig, SearchResult
+from .problem import Budgets
+from .train import TrainConfig, train_supernet
+
+__all__ = ["prepare_supernet", "search"]
+
+
+def prepare_supernet(
+    data: DataSplits,
+    space: str = "mbv2",
+    space_options: dict | None = None,
+    checkpoint: str | Path | None = None,
+    pretrain_epochs: int = 5,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> Supernet:
+    """The supernet to search: loaded from ``checkpoint``, else built. It is trained for
+    ``pretrain_epochs`` when it is new, or when the checkpoint was trained for a task with
+    another number of classes (transfer: the classifier is rebuilt, the rest kept)."""
+    if checkpoint is not None:
+        supernet, _ = load_supernet(checkpoint, space=space)
+        if space_options and search_spaces.get(space, **space_options) != supernet.space:
+            raise ValueError(
+                f"checkpoint {checkpoint} was trained on another {space} space "
+                f"({supernet.space!r}); drop the space options or retrain"
+            )
+        if supernet.num_classes == data.num_classes:
+            return supernet
+        supernet.reset_classifier(data.num_classes)
+    else:
+        torch.manual_seed(seed)  # the initial weights
+        supernet = build_supernet(
+            search_spaces.get(space, **(space_options or {})), data.num_classes
+        )
+    if pretrain_epochs > 0:
+        train_supernet(
+            supernet,
+            data,
+            TrainConfig(epochs=pretrain_epochs, batch_size=batch_size, seed=seed),
+            device=device,
+            progress=progress,
+        )
+    return supernet
+
+
+def search(
+    space: str = "mbv2",
+    data: str = "digits",
+    max_params: float | None = None,
+    max_macs: float | None = None,
+    iterations: int = 5,
+    seed: int = 0,
+    out: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    pretrain_epochs: int = 5,
+    space_options: dict | None = None,
+    image_size: int | None = None,
+    subset: int | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    **config: Any,
+) -> SearchResult:
+    """Search the Pareto front of accuracy against parameters / MACs on a dataset.
+
+    ``max_params`` (parameters) and ``max_macs`` (MACs per image) are hard budgets. Other
+    keywords go to :class:`~nat.engine.SearchConfig` (e.g. ``metrics=("params", "macs")``,
+    ``adapt_epochs=0``). With ``out``, the run folder gets archive.json, pareto.csv,
+    pareto.png, history.csv, the front's subnets and report.md.
+    """
+    from .report import write_outputs  # matplotlib only when files are written
+
+    start = time.perf_counter()
+    resolutions = (space_options or {}).get("resolutions") or search_spaces.get(space).resolutions
+    splits = load_dataset(
+        data,
+        image_size=image_size or max(resolutions),
+        seed=seed,
+        subset=subset,
+        cache_dir=cache_dir,
+    )
+    # Check the budgets before spending minutes on training.
+    Budgets(
+        search_spaces.get(space, **(space_options or {})), splits.num_classes, max_params, max_macs
+    )
+    supernet = prepare_supernet(
+        splits,
+        space,
+        space_options,
+        checkpoint,
+        pretrain_epochs,
+        seed,
+        config.get("batch_size", 64),
+        progress=progress,
+    )
+    if out is not None:
+        save_supernet(Path(out) / "supernet.pt", supernet.cpu(), pretrained=True)
+    cfg = SearchConfig(
+        iterations=iterations, max_params=max_params, max_macs=max_macs, seed=seed, **config
+    )
+    torch.manual_seed(seed)
+    run = NATSearch(supernet.cpu(), splits, cfg, out, progress=progress)
+    result = run.run()
+    if out is not None:
+        write_outputs(run, result, out)
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,135 @@
+"""The archive of real evaluations, and the multi-objective views of it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+import search_spaces
+from search_spaces import SearchSpace
+
+from .files import write_json
+
+__all__ = ["Archive", "Entry", "rank_order"]
+
+FORMAT = "nat-archive/1"
+
+
+@dataclass
+class Entry:
+    """One real evaluation: validation accuracy (0..1) of the subnet ``x`` with inherited
+    weights and recalibrated BatchNorm; ``params``; ``macs`` per image."""
+
+    x: list[int]
+    accuracy: float
+    params: int
+    macs: int
+    source: str  # "doe", "smallest", "largest", "heuristic", "search"
+    iteration: int
+
+
+class Archive:
+    """Evaluated architectures of one space, at most one entry per encoding."""
+
+    def __init__(self, space: SearchSpace, num_classes: int) -> None:
+        self.space, self.num_classes = space, num_classes
+        self.entries: list[Entry] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, x: np.ndarray) -> bool:
+        key = [int(v) for v in x]
+        return any(e.x == key for e in self.entries)
+
+    @property
+    def X(self) -> np.ndarray:
+        return np.array([e.x for e in self.entries], dtype=np.int64).reshape(-1, self.space.n_var)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return np.array([e.accuracy for e in self.entries], dtype=np.float64)
+
+    def add(self, X: np.ndarray, accuracy: np.ndarray, source: str, iteration: int) -> None:
+        """Record evaluated encodings; their complexity is computed here, analytically."""
+        X = np.atleast_2d(X)
+        accuracy = np.asarray(accuracy, dtype=np.float64)
+        if not np.all(np.isfinite(accuracy)):
+            raise ValueError("an evaluation returned a non-finite accuracy; it is not recorded")
+        params, macs = self.space.complexity(X, self.num_classes)
+        for x, acc, p, m in zip(X, accuracy, params, macs, strict=True):
+            if x in self:
+                raise ValueError(f"architecture {list(x)} is already in the archive")
+            self.entries.append(
+                Entry([int(v) for v in x], float(acc), int(p), int(m), source, iteration)
+            )
+
+    def set_accuracy(self, accuracy: np.ndarray) -> None:
+        """Replace every accuracy (after the supernet's weights changed)."""
+        for entry, acc in zip(self.entries, accuracy, strict=True):
+            entry.accuracy = float(acc)
+
+    def objectives(self, metrics: tuple[str, ...]) -> np.ndarray:
+        """(n, 1 + len(metrics)) array to minimise: error, then each complexity metric."""
+        cols = [1.0 - self.accuracy] + [
+            np.array([getattr(e, m) for e in self.entries], dtype=np.float64) for m in metrics
+        ]
+        return np.stack(cols, axis=1)
+
+    def front(self, metrics: tuple[str, ...]) -> list[int]:
+        """Indices of the non-dominated entries, sorted by the first complexity metric."""
+        if not self.entries:
+            return []
+        F = self.objectives(metrics)
+        front = NonDominatedSorting().do(F, only_non_dominated_front=True)
+        return sorted((int(i) for i in front), key=lambda i: (F[i, 1], F[i, 0]))
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "space": self.space.name,
+            "space_options": self.space.options,
+            "num_classes": self.num_classes,
+            "entries": [asdict(e) for e in self.entries],
+        }
+
+    def save(self, path: str | os.PathLike, **extra) -> Path:
+        """Write the archive atomically as JSON, with ``extra`` top-level fields."""
+        return write_json(path, {**self.to_dict(), **extra})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Archive:
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("format") != FORMAT:
+                raise ValueError(f"format is {doc.get('format')!r}, expected {FORMAT!r}")
+            archive = cls(
+                search_spaces.get(doc["space"], **doc["space_options"]), int(doc["num_classes"])
+            )
+            archive.entries = [Entry(**e) for e in doc["entries"]]
+        except FileNotFoundError:
+            raise
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"archive {path} is not readable: {err}") from err
+        return archive
+
+
+def rank_order(F: np.ndarray) -> np.ndarray:
+    """Indices of all rows of F, best first: by non-dominated front, then by decreasing
+    crowding distance within a front (NSGA-II's survival order)."""
+    fronts = NonDominatedSorting().do(F)
+    order = []
+    for front in fronts:
+        front = np.asarray(front)
+        crowding = (
+            calc_crowding_distance(F[front]) if len(front) > 2 else np.full(len(front), np.inf)
+        )
+        order.extend(front[np.argsort(-crowding, kind="stable")].tolist())
+    return np.array(order, dtype=np.int64)

@@ -1,0 +1,401 @@
+"""The NAT loop: surrogate-guided NSGA-II with online supernet adaptation.
+
+Each iteration (Lu et al., Neural Architecture Transfer, TPAMI 2021):
+
+1. adapt the supernet to the task, training subnets drawn from the per-variable categorical
+   distribution of the archive's best architectures (distilled from the largest), then
+   re-evaluate the archive, since the weights changed (skipped with ``adapt_epochs=0``);
+2. fit the accuracy surrogate on the archive (adaptive switching by cross-validated tau);
+3. run NSGA-II on the surrogate, budgets as constraints, seeded with the archive's front;
+4. evaluate K new candidates spread along the predicted front for real; add them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pymoo.indicators.hv import HV
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+from tqdm.auto import tqdm
+
+from search_spaces import Arch, SearchSpace
+from supernets import Supernet
+
+from .archive import Archive, rank_order
+from .checkpoint import save_supernet
+from .data import DataSplits
+from .evaluate import SubnetEvaluator
+from .heuristic import feillet
+from .problem import Budgets, SurrogateProblem, run_nsga2
+from .surrogate import make_surrogate, rank_metrics
+from .train import TrainConfig, train_supernet
+
+__all__ = ["SearchConfig", "SearchResult", "categorical_sampler", "run_search"]
+
+# Evaluates a list of architectures with a supernet: the seam for parallel backends.
+Runner = Callable[[Supernet, list[Arch]], np.ndarray]
+
+
+@dataclass
+class SearchConfig:
+    """Settings of a search. Budgets: ``max_params`` parameters, ``max_macs`` MACs per image
+    (None: unbounded). ``metrics``: complexity objectives besides the error."""
+
+    iterations: int = 5
+    max_params: float | None = None
+    max_macs: float | None = None
+    metrics: tuple[str, ...] = ("params",)
+    doe_size: int = 16
+    candidates: int = 8
+    population: int = 40
+    generations: int = 20
+    surrogate: str = "adaptive"
+    adapt_epochs: int = 1
+    adapt_top: int = 150
+    heuristic_budgets: tuple[float, ...] = ()  # default: 1/4, 1/2 and all of the budget
+    bn_batches: int = 20
+    batch_size: int = 64
+    lr: float = 0.01
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.metrics = tuple(self.metrics)
+        bad = [m for m in self.metrics if m not in ("params", "macs")]
+        if bad or not self.metrics:
+            raise ValueError(f"metrics must be 'params' and/or 'macs', got {self.metrics}")
+        for name in ("iterations", "adapt_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("doe_size", "candidates", "population", "generations", "bn_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_params", "max_macs"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+
+@dataclass
+class SearchResult:
+    """The archive, the indices of its non-dominated entries (by the first metric), and one
+    history record per iteration."""
+
+    archive: Archive
+    front: list[int]
+    history: list[dict]
+    hypervolume: float
+    seconds: float = 0.0
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.archive.X[self.front]
+
+    @property
+    def F(self) -> np.ndarray:
+        return self.archive.objectives(("params", "macs"))[self.front]
+
+    def front_archs(self) -> list[Arch]:
+        return [self.archive.space.decode(x) for x in self.X]
+
+
+def categorical_sampler(space: SearchSpace, X: np.ndarray) -> Callable[[np.random.Generator], Arch]:
+    """Draws architectures variable by variable from the choices' frequencies in ``X`` (one
+    pseudo-count per choice, so nothing is ruled out); then repairs them."""
+    probs = []
+    for v in range(space.n_var):
+        counts = np.bincount(X[:, v], minlength=space.upper[v] + 1).astype(float) + 1.0
+        probs.append(counts / counts.sum())
+
+    def sample(rng: np.random.Generator) -> Arch:
+        x = np.array([rng.choice(len(p), p=p) for p in probs])
+        return space.decode(space.repair(x))
+
+    return sample
+
+
+def _sample_feasible(
+    budgets: Budgets, n: int, rng: np.random.Generator, exclude: Archive
+) -> np.ndarray:
+    """Up to ``n`` distinct random encodings within budget and not in ``exclude``."""
+    space, found, seen = budgets.space, [], set()
+    for _ in range(50):
+        X = space.sample(max(4 * n, 64), rng)
+        for x in X[budgets.feasible(X)]:
+            key = tuple(x)
+            if key not in seen and x not in exclude:
+                seen.add(key)
+                found.append(x)
+            if len(found) == n:
+                return np.array(found)
+    return np.array(found, dtype=np.int64).reshape(-1, space.n_var)
+
+
+def _spread(F: np.ndarray, k: int) -> np.ndarray:
+    """k indices spread evenly along the first complexity objective of a front."""
+    order = np.argsort(F[:, 1], kind="stable")
+    if len(order) <= k:
+        return order
+    return order[np.unique(np.round(np.linspace(0, len(order) - 1, k)).astype(int))]
+
+
+def hypervolume(archive: Archive, budgets: Budgets, metrics: tuple[str, ...]) -> float:
+    """HV of the archive's feasible entries: error and each metric over its budget scale,
+    against the fixed reference point 1.01 (so runs with the same budgets compare)."""
+    feasible = budgets.feasible(archive.X) if len(archive) else np.zeros(0, bool)
+    if not feasible.any():
+        return 0.0
+    F = archive.objectives(metrics)[feasible]
+    F[:, 1:] /= np.array([budgets.scale[m] for m in metrics])
+    return float(HV(ref_point=np.full(F.shape[1], 1.01))(F))
+
+
+class NATSearch:
+    """One search run. ``runner`` evaluates architectures (default: in this process)."""
+
+    def __init__(
+        self,
+        supernet: Supernet,
+        data: DataSplits,
+        config: SearchConfig,
+        out_dir: str | Path | None = None,
+        runner: Runner | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.supernet, self.data, self.config = supernet, data, config
+        self.space = supernet.space
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.budgets = Budgets(self.space, supernet.num_classes, config.max_params, config.max_macs)
+        self.runner = runner or SubnetEvaluator(
+            data, config.bn_batches, config.batch_size, config.seed
+        )
+        self.archive = Archive(self.space, supernet.num_classes)
+        self.history: list[dict] = []
+        self.progress = progress
+        self.rng = np.random.default_rng(config.seed)
+
+    # -- steps ---------------------------------------------------------------------------
+    def _evaluate(self, X: np.ndarray, desc: str) -> np.ndarray:
+        archs = [self.space.decode(x) for x in X]
+        accs = []
+        for arch in tqdm(archs, desc=desc, disable=not self.progress, leave=False):
+            accs.append(self.runner(self.supernet, [arch])[0])
+        return np.array(accs)
+
+    def heuristic_seeds(self) -> np.ndarray:
+        """The Feillet heuristic's architecture (widths snapped to the space) per budget."""
+        metric = self.config.metrics[0]
+        limit = self.budgets.limits[metric] or self.budgets.scale[metric]
+        budgets = self.config.heuristic_budgets or (limit / 4, limit / 2, limit)
+        seeds = []
+        for budget in budgets:
+            try:
+                scaled = feillet(
+                    budget,
+                    self.space.largest(),
+                    self.supernet.num_classes,
+                    metric=metric,
+                    space=self.space,
+                )
+            except ValueError:
+                continue  # a quarter of a tight budget may fit nothing: skip that seed
+            x = self.space.encode(scaled.arch)
+            if self.budgets.feasible(x[None])[0]:
+                seeds.append(x)
+        return np.array(seeds, dtype=np.int64).reshape(-1, self.space.n_var)
+
+    def initialise(self) -> None:
+        """Design of experiments: random feasible subnets, the smallest, the largest (when
+        within budget) and the heuristic's; evaluated for real."""
+        space, groups = self.space, []
+        groups.append(("smallest", self.space.encode(space.smallest())[None]))
+        groups.append(("largest", self.space.encode(space.largest())[None]))
+        groups.append(("heuristic", self.heuristic_seeds()))
+        groups.append(
+            ("doe", _sample_feasible(self.budgets, self.config.doe_size, self.rng, self.archive))
+        )
+        seen: set[tuple] = set()
+        for source, X in groups:
+            keep = []
+            for x in X:
+                if self.budgets.feasible(x[None])[0] and tuple(x) not in seen:
+                    seen.add(tuple(x))
+                    keep.append(x)
+            if keep:
+                X = np.array(keep)
+                self.archive.add(X, self._evaluate(X, f"initial {source}"), source, 0)
+        self._save(supernet=True)
+
+    def adapt(self, iteration: int) -> None:
+        """Fine-tune the supernet on the archive's best architectures, then re-evaluate."""
+        metrics = self.config.metrics
+        order = rank_order(self.archive.objectives(metrics))[: self.config.adapt_top]
+        sampler = categorical_sampler(self.space, self.archive.X[order])
+        config = TrainConfig(
+            epochs=self.config.adapt_epochs,
+            batch_size=self.config.batch_size,
+            lr=self.config.lr,
+            warmup_epochs=0,
+            seed=self.config.seed * 1000 + iteration,
+        )
+        train_supernet(self.supernet, self.data, config, sampler=sampler, progress=self.progress)
+        self.supernet.eval()
+        self.archive.set_accuracy(self._evaluate(self.archive.X, "re-evaluating archive"))
+        self._save(supernet=True)
+
+    def propose(self, iteration: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Fit the surrogate, run NSGA-II on it, and choose the candidates to evaluate."""
+        cfg = self.config
+        start = time.perf_counter()
+        surrogate = make_surrogate(cfg.surrogate, self.space, seed=cfg.seed + iteration)
+        surrogate.fit(self.archive.X, self.archive.accuracy)
+        log = {
+            "surrogate": getattr(surrogate, "chosen", cfg.surrogate),
+            "surrogate_cv_tau": _cv_tau(surrogate),
+            "surrogate_s": time.perf_counter() - start,
+        }
+        start = time.perf_counter()
+        problem = SurrogateProblem(self.budgets, surrogate.predict, cfg.metrics)
+        front = self.archive.front(cfg.metrics)
+        X0 = self.archive.X[front][: cfg.population]
+        fill = _sample_feasible(self.budgets, cfg.population - len(X0), self.rng, self.archive)
+        X0 = np.vstack([X0, fill]) if len(fill) else X0
+        X, F, G = run_nsga2(
+            problem, X0, cfg.generations, cfg.seed * 1000 + iteration, cfg.population
+        )
+        log["nsga2_s"] = time.perf_counter() - start
+        new = np.array(
+            [
+                (G <= 0).all() and x not in self.archive
+                for x, G in zip(X, G if G.size else np.zeros((len(X), 0)), strict=True)
+            ],
+            bool,
+        )
+        X, F = X[new], F[new]
+        _, unique = np.unique(X, axis=0, return_index=True)
+        X, F = X[np.sort(unique)], F[np.sort(unique)]
+        chosen: list[int] = []
+        if len(X):
+            fronts = NonDominatedSorting().do(F)
+            for fr in fronts:  # the predicted front first, then the next ones
+                picks = np.asarray(fr)[_spread(F[fr], cfg.candidates - len(chosen))]
+                chosen.extend(int(i) for i in picks)
+                if len(chosen) >= cfg.candidates:
+                    break
+        X_new, predicted = X[chosen], 1.0 - F[chosen, 0]
+        missing = cfg.candidates - len(X_new)
+        if missing > 0:  # the optimiser found too few new feasible designs: explore at random
+            extra = _sample_feasible(self.budgets, missing, self.rng, self.archive)
+            extra = np.array([x for x in extra if not any((x == X_new).all(1))]).reshape(
+                -1, self.space.n_var
+            )
+            X_new = np.vstack([X_new, extra])
+            predicted = np.concatenate(
+                [predicted, surrogate.predict(extra) if len(extra) else np.zeros(0)]
+            )
+        return X_new, predicted, log
+
+    def step(self, iteration: int) -> dict:
+        start = time.perf_counter()
+        record: dict = {"iteration": iteration}
+        t = time.perf_counter()
+        if self.config.adapt_epochs > 0:
+            self.adapt(iteration)
+        record["adapt_s"] = time.perf_counter() - t
+        X_new, predicted, log = self.propose(iteration)
+        record.update(log)
+        t = time.perf_counter()
+        accuracy = self._evaluate(X_new, f"iteration {iteration} evaluations")
+        record["evaluate_s"] = time.perf_counter() - t
+        self.archive.add(X_new, accuracy, "search", iteration)
+        metrics = rank_metrics(accuracy, predicted) if len(X_new) > 1 else {}
+        record.update({f"new_{k}": v for k, v in metrics.items()})
+        record["evaluated"] = len(X_new)
+        record["archive_size"] = len(self.archive)
+        record["hv"] = hypervolume(self.archive, self.budgets, self.config.metrics)
+        front = self.archive.front(self.config.metrics)
+        record["best_accuracy"] = float(self.archive.accuracy[front].max())
+        record["seconds"] = time.perf_counter() - start
+        self.history.append(record)
+        self._save()
+        return record
+
+    def run(self) -> SearchResult:
+        if not len(self.archive):
+            self.initialise()
+        self.history.append(
+            {
+                "iteration": 0,
+                "archive_size": len(self.archive),
+                "hv": hypervolume(self.archive, self.budgets, self.config.metrics),
+                "best_accuracy": float(self.archive.accuracy.max()),
+            }
+        )
+        bar = tqdm(range(1, self.config.iterations + 1), desc="search", disable=not self.progress)
+        for iteration in bar:
+            r = self.step(iteration)
+            line = (
+                f"iteration {iteration}: HV {r['hv']:.4f}, best accuracy "
+                f"{r['best_accuracy']:.2%}, archive {r['archive_size']}, surrogate "
+                f"{r['surrogate']} (tau {r.get('new_kendall_tau', float('nan')):.2f} on new), "
+                f"{r['seconds']:.1f} s"
+            )
+            tqdm.write(line)
+        return self.result()
+
+    def result(self) -> SearchResult:
+        feasible = self.budgets.feasible(self.archive.X)
+        front = [i for i in self.archive.front(self.config.metrics) if feasible[i]]
+        return SearchResult(
+            self.archive,
+            front,
+            self.history,
+            hypervolume(self.archive, self.budgets, self.config.metrics),
+        )
+
+    def _save(self, supernet: bool = False) -> None:
+        """Rewrite archive.json (after every evaluation batch) and, when its weights changed,
+        the supernet checkpoint."""
+        if self.out_dir is None:
+            return
+        self.archive.save(
+            self.out_dir / "archive.json",
+            config=_jsonable(asdict(self.config)),
+            history=self.history,
+        )
+        if supernet:
+            save_supernet(self.out_dir / "supernet.pt", self.supernet)
+
+
+def _cv_tau(surrogate) -> float:
+    scores = getattr(surrogate, "cv_scores", None)
+    chosen = getattr(surrogate, "chosen", None)
+    if scores and chosen in scores:
+        return float(scores[chosen]["tau_mean"])
+    return float("nan")
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def run_search(
+    supernet: Supernet,
+    data: DataSplits,
+    config: SearchConfig,
+    out_dir: str | Path | None = None,
+    runner: Runner | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Run a NAT search with a trained supernet; see :class:`NATSearch`."""
+    torch.manual_seed(config.seed)
+    return NATSearch(supernet, data, config, out_dir, runner, progress).run()

@@ -1,0 +1,55 @@
+"""Real evaluation of subnets: inherited weights, recalibrated BatchNorm, validation accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import islice
+
+import numpy as np
+import torch
+
+from search_spaces import Arch
+from supernets import Supernet
+
+from .data import DataSplits, make_loader
+from .train import evaluate_subnet
+
+__all__ = ["EvaluationError", "SubnetEvaluator"]
+
+
+class EvaluationError(RuntimeError):
+    """A subnet could not be evaluated; the message names its architecture. Never scored 0."""
+
+
+class SubnetEvaluator:
+    """Scores architectures with the supernet's current weights.
+
+    The BatchNorm batches (training images, no augmentation) and the validation batches are
+    drawn once, from ``seed``, so every subnet is measured on the same images in any order:
+    the same supernet gives the same accuracies, whichever worker evaluates them.
+    """
+
+    def __init__(
+        self, data: DataSplits, bn_batches: int = 20, batch_size: int = 64, seed: int = 0
+    ) -> None:
+        if bn_batches < 1:
+            raise ValueError(f"bn_batches must be at least 1, got {bn_batches}")
+        loader = make_loader(data.train_eval, batch_size, shuffle=True, seed=seed)
+        self.bn_batches = list(islice(iter(loader), bn_batches))
+        self.val_batches = list(make_loader(data.val, 256, shuffle=False))
+
+    @torch.no_grad()
+    def __call__(self, supernet: Supernet, archs: Sequence[Arch]) -> np.ndarray:
+        """Validation accuracies (0..1) of ``archs``; raises EvaluationError on failure."""
+        accuracies = []
+        for arch in archs:
+            try:
+                acc, _ = evaluate_subnet(
+                    supernet, arch, self.bn_batches, self.val_batches, len(self.bn_batches)
+                )
+            except Exception as err:
+                raise EvaluationError(f"evaluating {arch.to_json()} failed: {err}") from err
+            if not np.isfinite(acc):
+                raise EvaluationError(f"evaluating {arch.to_json()} gave accuracy {acc}")
+            accuracies.append(acc)
+        return np.array(accuracies, dtype=np.float64)

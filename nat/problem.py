@@ -1,0 +1,123 @@
+"""NSGA-II (pymoo) over a space's integer encoding, guided by an accuracy surrogate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.core.problem import Problem
+from pymoo.core.repair import Repair
+from pymoo.operators.crossover.sbx import SBX
+from pymoo.operators.mutation.pm import PM
+from pymoo.operators.repair.rounding import RoundingRepair
+from pymoo.optimize import minimize
+
+from search_spaces import SearchSpace
+
+__all__ = ["Budgets", "SpaceRepair", "SurrogateProblem", "run_nsga2"]
+
+METRICS = ("params", "macs")
+
+
+class Budgets:
+    """Upper bounds on parameters and MACs per image (None: unbounded), and the scale each
+    complexity objective is divided by (the budget, else the space's largest value)."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        num_classes: int,
+        max_params: float | None = None,
+        max_macs: float | None = None,
+    ) -> None:
+        self.space, self.num_classes = space, num_classes
+        self.limits = {"params": max_params, "macs": max_macs}
+        largest = dict(zip(METRICS, space.complexity(space.largest(), num_classes), strict=True))
+        smallest = dict(zip(METRICS, space.complexity(space.smallest(), num_classes), strict=True))
+        for metric, limit in self.limits.items():
+            if limit is not None and limit < smallest[metric]:
+                raise ValueError(
+                    f"budget of {limit:,.0f} {metric} is below the smallest {space.name} subnet "
+                    f"({smallest[metric]:,} {metric}): raise it or use a smaller space"
+                )
+        self.scale = {m: float(self.limits[m] or largest[m]) for m in METRICS}
+
+    @property
+    def constrained(self) -> tuple[str, ...]:
+        return tuple(m for m in METRICS if self.limits[m] is not None)
+
+    def violation(self, X: np.ndarray) -> np.ndarray:
+        """(n, number of budgets) relative excess over each budget; feasible when all <= 0."""
+        values = dict(
+            zip(METRICS, self.space.complexity(np.atleast_2d(X), self.num_classes), strict=True)
+        )
+        cols = [(values[m] - self.limits[m]) / self.limits[m] for m in self.constrained]
+        return np.stack(cols, axis=1) if cols else np.zeros((len(np.atleast_2d(X)), 0))
+
+    def feasible(self, X: np.ndarray) -> np.ndarray:
+        return np.all(self.violation(X) <= 0, axis=1)
+
+
+class SpaceRepair(Repair):
+    """The space's own repair: rounds, clips and canonicalises inactive genes."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self.space = space
+
+    def _do(self, problem, X, **kwargs):
+        return self.space.repair(X).astype(float)
+
+
+class SurrogateProblem(Problem):
+    """Objectives: predicted error, then each complexity metric scaled by its budget.
+    Constraints: ``G = (value - budget) / budget <= 0`` for each budget given."""
+
+    def __init__(
+        self,
+        budgets: Budgets,
+        predict_accuracy: Callable[[np.ndarray], np.ndarray],
+        metrics: tuple[str, ...],
+    ) -> None:
+        space = budgets.space
+        super().__init__(
+            n_var=space.n_var,
+            n_obj=1 + len(metrics),
+            n_ieq_constr=len(budgets.constrained),
+            xl=space.lower.astype(float),
+            xu=space.upper.astype(float),
+            vtype=int,
+        )
+        self.budgets, self.predict_accuracy, self.metrics = budgets, predict_accuracy, metrics
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        X = self.budgets.space.repair(X)
+        values = dict(
+            zip(METRICS, self.budgets.space.complexity(X, self.budgets.num_classes), strict=True)
+        )
+        out["F"] = np.column_stack(
+            [1.0 - self.predict_accuracy(X)]
+            + [values[m] / self.budgets.scale[m] for m in self.metrics]
+        )
+        if self.n_ieq_constr:
+            out["G"] = self.budgets.violation(X)
+
+
+def run_nsga2(
+    problem: SurrogateProblem, initial: np.ndarray, generations: int, seed: int, pop_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run NSGA-II from the ``initial`` population (seeds first, as many rows as pop_size);
+    returns the final population's X (ints), F and constraint violation G."""
+    algorithm = NSGA2(
+        pop_size=pop_size,
+        sampling=initial.astype(float),
+        crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+        mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
+        repair=SpaceRepair(problem.budgets.space),
+        eliminate_duplicates=True,
+    )
+    result = minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False)
+    pop = result.pop
+    G = pop.get("G") if problem.n_ieq_constr else np.zeros((len(pop), 0))
+    return problem.budgets.space.repair(pop.get("X")), pop.get("F"), G

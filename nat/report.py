@@ -1,0 +1,188 @@
+"""What a search run leaves in its folder: pareto.csv, pareto.png, history.csv, the front's
+subnets and report.md (archive.json and supernet.pt are written during the run)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers
+import matplotlib.pyplot as plt
+
+from supernets import recalibrate_bn
+
+from .checkpoint import export_subnet
+from .engine import NATSearch, SearchResult
+from .files import atomic_write
+from .train import resized
+
+__all__ = ["write_outputs"]
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
+
+
+def _front_rows(result: SearchResult) -> list[dict]:
+    space = result.archive.space
+    rows = []
+    for rank, i in enumerate(result.front):
+        e = result.archive.entries[i]
+        arch = space.decode(e.x)
+        rows.append(
+            {
+                "rank": rank,
+                "accuracy": e.accuracy,
+                "params": e.params,
+                "macs": e.macs,
+                "resolution": arch.resolution,
+                "depths": " ".join(map(str, arch.depths)),
+                "source": e.source,
+                "iteration": e.iteration,
+                "folder": f"front/{rank:02d}",
+                "x": " ".join(map(str, e.x)),
+            }
+        )
+    return rows
+
+
+def _plot(path: Path, result: SearchResult) -> None:
+    archive = result.archive
+    entries = archive.entries
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, unit in ((axes[0], "macs", "MACs (M)"), (axes[1], "params", "parameters (M)")):
+        x = [getattr(e, metric) / 1e6 for e in entries]
+        ax.scatter(x, [100 * e.accuracy for e in entries], s=14, c="0.7", label="evaluated")
+        front = sorted(result.front, key=lambda i: getattr(entries[i], metric))
+        ax.plot(
+            [getattr(entries[i], metric) / 1e6 for i in front],
+            [100 * entries[i].accuracy for i in front],
+            "o-",
+            c="tab:red",
+            ms=4,
+            label="non-dominated",
+        )
+        heur = [e for e in entries if e.source == "heuristic"]
+        if heur:
+            ax.scatter(
+                [getattr(e, metric) / 1e6 for e in heur],
+                [100 * e.accuracy for e in heur],
+                marker="*",
+                s=120,
+                c="tab:blue",
+                label="Feillet heuristic",
+                zorder=3,
+            )
+        ax.set_xlabel(unit)
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"{archive.space.name}: {len(entries)} subnets evaluated")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> str:
+    cfg, archive = search.config, result.archive
+    budgets = ", ".join(f"{m} ≤ {v:,.0f}" for m, v in search.budgets.limits.items() if v) or "none"
+    lines = [
+        f"# Search report: {archive.space.name}",
+        "",
+        f"- Space: `{archive.space!r}`",
+        f"- Budgets: {budgets}; objectives: error, {', '.join(cfg.metrics)}",
+        f"- Iterations: {cfg.iterations}; real evaluations: {len(archive)} "
+        f"(archive), candidates per iteration: {cfg.candidates}; adaptation epochs per "
+        f"iteration: {cfg.adapt_epochs}; surrogate: {cfg.surrogate}; seed {cfg.seed}",
+        f"- Final hypervolume: {result.hypervolume:.4f} (normalised objectives, reference "
+        "point 1.01)",
+        "",
+        "## Front (validation accuracy with inherited weights, BatchNorm recalibrated)",
+        "",
+        "| rank | accuracy | params | MACs | resolution | depths | source | folder |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['rank']} | {r['accuracy']:.2%} | {r['params']:,} | {r['macs']:,} | "
+        f"{r['resolution']} | {r['depths']} | {r['source']} | {r['folder']} |"
+        for r in front_rows
+    ]
+    heur = [e for e in archive.entries if e.source == "heuristic"]
+    if heur:
+        lines += [
+            "",
+            "## Heuristic vs searched (best evaluated subnet within the heuristic's parameters)",
+            "",
+            "| heuristic params | heuristic accuracy | best searched accuracy | its params |",
+            "|---|---|---|---|",
+        ]
+        for h in heur:
+            within = [
+                e for e in archive.entries if e.params <= h.params and e.source != "heuristic"
+            ]
+            best = max(within, key=lambda e: e.accuracy, default=None)
+            lines.append(
+                f"| {h.params:,} | {h.accuracy:.2%} | "
+                + (f"{best.accuracy:.2%} | {best.params:,} |" if best else "- | - |")
+            )
+    lines += [
+        "",
+        "## Iterations",
+        "",
+        "| iteration | HV | best accuracy | archive | surrogate | tau (new) | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result.history:
+        tau = r.get("new_kendall_tau")
+        lines.append(
+            f"| {r['iteration']} | {r['hv']:.4f} | {r['best_accuracy']:.2%} | "
+            f"{r['archive_size']} | {r.get('surrogate', '-')} | "
+            f"{'-' if tau is None else f'{tau:.2f}'} | {r.get('seconds', 0):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(search: NATSearch, result: SearchResult, out_dir: str | Path) -> None:
+    """Write the run's result files; the front's subnets are exported with recalibrated
+    BatchNorm into ``front/NN/`` (config.json, weights.pt, model.ts)."""
+    out_dir = Path(out_dir)
+    rows = _front_rows(result)
+    _write_csv(out_dir / "pareto.csv", rows)
+    _write_csv(out_dir / "history.csv", result.history)
+    _plot(out_dir / "pareto.png", result)
+    space, supernet = result.archive.space, search.supernet
+    bn_batches = getattr(search.runner, "bn_batches", None)
+    for row, i in zip(rows, result.front, strict=True):
+        entry = result.archive.entries[i]
+        arch = space.decode(entry.x)
+        model = supernet.extract(arch)
+        if bn_batches:
+            recalibrate_bn(model, resized(bn_batches, arch.resolution), len(bn_batches))
+        export_subnet(
+            model,
+            arch,
+            out_dir / row["folder"],
+            {
+                "space": space.name,
+                "space_options": space.options,
+                "num_classes": supernet.num_classes,
+                "params": entry.params,
+                "macs": entry.macs,
+                "val_accuracy": entry.accuracy,
+                "input": "RGB, resolution x resolution px, pixels scaled to -1..1",
+            },
+        )
+    text = _report(result, search, rows)
+    atomic_write(out_dir / "report.md", lambda f: f.write(text.encode()))

@@ -1,0 +1,140 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import small_space
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+import nat
+from nat.cli import main
+from nat.problem import Budgets
+
+TINY = dict(
+    space="shufflenetv2",
+    data="digits",
+    subset=500,
+    pretrain_epochs=1,
+    iterations=2,
+    doe_size=6,
+    candidates=3,
+    population=12,
+    generations=4,
+    adapt_epochs=1,
+    bn_batches=2,
+    progress=False,
+    space_options={"resolutions": [12, 16], "width_mults": [0.25, 0.5]},
+)
+
+
+def _budget() -> float:
+    space = small_space("shufflenetv2", resolutions=(12, 16))
+    low, high = (space.complexity(a, 10)[0] for a in (space.smallest(), space.largest()))
+    return low + 0.4 * (high - low)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    return nat.search(max_params=_budget(), seed=0, out=out, **TINY), out
+
+
+def test_search_writes_every_output(run):
+    result, out = run
+    for name in (
+        "archive.json",
+        "pareto.csv",
+        "pareto.png",
+        "history.csv",
+        "report.md",
+        "supernet.pt",
+    ):
+        assert (out / name).is_file(), name
+    assert len(result.front) >= 1
+    for rank in range(len(result.front)):
+        folder = out / "front" / f"{rank:02d}"
+        assert (folder / "config.json").is_file() and (folder / "weights.pt").is_file()
+    doc = json.loads((out / "archive.json").read_text())
+    assert len(doc["entries"]) == len(result.archive)
+    history = (out / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3  # header, initial archive, two iterations
+    assert "Heuristic vs searched" in (out / "report.md").read_text()
+
+
+def test_every_subnet_respects_the_budget_and_the_front_is_non_dominated(run):
+    result, _ = run
+    budget = _budget()
+    assert all(e.params <= budget for e in result.archive.entries)
+    sources = {e.source for e in result.archive.entries}
+    assert {"smallest", "heuristic", "doe", "search"} <= sources
+    F = result.archive.objectives(("params",))[result.front]
+    assert len(NonDominatedSorting().do(F, only_non_dominated_front=True)) == len(F)
+    assert all(np.isfinite(e.accuracy) and 0 <= e.accuracy <= 1 for e in result.archive.entries)
+    hv = [r["hv"] for r in result.history]
+    assert all(0 < h <= 1.01**2 for h in hv)
+
+
+def test_same_seed_gives_the_same_archive(run, tmp_path):
+    result, _ = run
+    again = nat.search(max_params=_budget(), seed=0, out=tmp_path, **TINY)
+    assert [(e.x, e.accuracy) for e in again.archive.entries] == [
+        (e.x, e.accuracy) for e in result.archive.entries
+    ]
+
+
+def test_impossible_budget_is_a_clear_error():
+    space = small_space("shufflenetv2")
+    with pytest.raises(ValueError, match="below the smallest shufflenetv2 subnet"):
+        Budgets(space, 10, max_params=1000)
+
+
+def test_cli_search_reports_the_front(tmp_path, capsys):
+    argv = [
+        "search",
+        "--space",
+        "shufflenetv2",
+        "--resolutions",
+        "12",
+        "--width-mults",
+        "0.25",
+        "--subset",
+        "300",
+        "--pretrain-epochs",
+        "1",
+        "--iterations",
+        "1",
+        "--doe-size",
+        "4",
+        "--candidates",
+        "2",
+        "--population",
+        "8",
+        "--generations",
+        "2",
+        "--adapt-epochs",
+        "0",
+        "--bn-batches",
+        "2",
+        "--max-params",
+        "1M",
+        "--objectives",
+        "params,macs",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "front:" in out and "MACs" in out
+    assert (tmp_path / "run" / "pareto.png").stat().st_size > 1000
+    assert main(argv[:-2] + ["--max-params", "1k", "--out", str(tmp_path / "bad")]) == 2
+    assert "below the smallest" in capsys.readouterr().err
+
+
+def test_parse_size():
+    from nat.cli import parse_size
+
+    assert parse_size("500k") == 500_000
+    assert parse_size("2.5M") == 2_500_000
+    assert parse_size("1G") == 1e9
+    with pytest.raises(Exception, match="suffix"):
+        parse_size("5 apples")
