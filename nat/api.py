@@ -12,7 +12,7 @@ import search_spaces
 from supernets import Supernet, build_supernet
 
 from .checkpoint import load_supernet, save_supernet
-from .data import DataSplits, load_dataset
+from .data import DataSplits, data_settings, load_dataset
 from .engine import NATSearch, SearchConfig, SearchResult
 from .problem import Budgets
 from .train import TrainConfig, train_supernet
@@ -115,7 +115,11 @@ def search(
         iterations=iterations, max_params=max_params, max_macs=max_macs, seed=seed, **config
     )
     torch.manual_seed(seed)
-    run = NATSearch(supernet.cpu(), splits, cfg, out, progress=progress)
+    metadata = {
+        "data": data_settings(data, splits.image_size, seed, subset),
+        "class_names": splits.class_names,
+    }
+    run = NATSearch(supernet.cpu(), splits, cfg, out, progress=progress, metadata=metadata)
     result = run.run()
     if out is not None:
         write_outputs(run, result, out)

@@ -326,6 +326,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_options(p)
     _add_run_options(p)
+
+    p = sub.add_parser(
+        "compare",
+        help="heuristic vs width-only vs depth-only vs searched",
+        description="At each budget, compare the Feillet heuristic, its "
+        "width-only and depth-only ablations and the searched "
+        "subnet of a `nat search` run: test accuracy with inherited "
+        "weights and after the same short fine-tuning, mean ± std "
+        "over seeds. Writes compare.md, compare.json, compare.png "
+        "into the run folder.",
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="a `nat search` run folder")
+    p.add_argument(
+        "--budgets",
+        required=True,
+        type=lambda t: [parse_size(v) for v in t.split(",")],
+        metavar="SIZE,SIZE,...",
+        help="budgets, e.g. 100k,200k,400k",
+    )
+    p.add_argument(
+        "--metric",
+        default="params",
+        choices=["params", "macs"],
+        help="what the budgets bound (default params)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_ints,
+        default=[0, 1, 2],
+        metavar="S,S,...",
+        help="seeds to average over (default 0,1,2)",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=1,
+        help="equal fine-tuning for every method, in epochs (default 1)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)"
+    )
+    p.add_argument(
+        "--bn-batches",
+        type=int,
+        default=20,
+        help="training batches for BatchNorm recalibration (default 20)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -340,30 +388,15 @@ def _device(name: str):
 
 
 def _data_settings(args: argparse.Namespace, image_size: int) -> dict:
-    source = args.data
-    if source != "digits" and Path(source).exists():
-        source = str(Path(source).resolve())
-    return {
-        "source": source,
-        "image_size": args.image_size or image_size,
-        "seed": args.seed,
-        "val_fraction": args.val_fraction,
-        "test_fraction": args.test_fraction,
-        "subset": args.subset,
-    }
+    from .data import data_settings
 
-
-def _load_data(settings: dict, cache_dir: str | None):
-    from .data import load_dataset
-
-    return load_dataset(
-        settings["source"],
-        image_size=settings["image_size"],
-        seed=settings["seed"],
-        val_fraction=settings["val_fraction"],
-        test_fraction=settings["test_fraction"],
-        subset=settings["subset"],
-        cache_dir=cache_dir,
+    return data_settings(
+        args.data,
+        args.image_size or image_size,
+        args.seed,
+        args.subset,
+        args.val_fraction,
+        args.test_fraction,
     )
 
 
@@ -371,7 +404,7 @@ def _train_supernet(args: argparse.Namespace) -> int:
     from supernets import build_supernet
 
     from .checkpoint import load_supernet
-    from .data import make_loader
+    from .data import load_from_settings, make_loader
     from .train import TrainConfig, evaluate_subnet, train_supernet
 
     device = _device(args.device)
@@ -381,7 +414,7 @@ def _train_supernet(args: argparse.Namespace) -> int:
     else:
         space = search_spaces.get(args.space, **_space_options(args))
     settings = _data_settings(args, max(space.resolutions))
-    data = _load_data(settings, args.cache_dir)
+    data = load_from_settings(settings, args.cache_dir)
     if args.init:
         supernet.reset_classifier(data.num_classes)  # transfer: keep all but the head
     else:
@@ -430,7 +463,7 @@ def _train_supernet(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from .checkpoint import export_subnet, load_supernet
-    from .data import make_loader
+    from .data import load_from_settings, make_loader
     from .train import evaluate, evaluate_subnet
 
     supernet, metadata = load_supernet(args.checkpoint)
@@ -454,7 +487,7 @@ def _sample(args: argparse.Namespace) -> int:
         settings.update(_data_settings(args, max(space.resolutions)))
     if not settings:
         raise ValueError("the checkpoint does not name its data: pass --data")
-    data = _load_data(settings, args.cache_dir)
+    data = load_from_settings(settings, args.cache_dir)
     if data.num_classes != supernet.num_classes:
         raise ValueError(
             f"--data has {data.num_classes} classes, the checkpoint "
@@ -533,7 +566,29 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train-supernet": _train_supernet, "sample": _sample, "search": _search}
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    rows = compare(
+        args.run,
+        args.budgets,
+        tuple(args.seeds),
+        args.finetune_epochs,
+        args.metric,
+        args.lr,
+        args.bn_batches,
+        progress=not args.quiet,
+    )
+    print((Path(args.run) / "compare.md").read_text())
+    return 0 if rows else 2
+
+
+COMMANDS = {
+    "train-supernet": _train_supernet,
+    "sample": _sample,
+    "search": _search,
+    "compare": _compare,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,9 @@ from .files import atomic_write
 __all__ = [
     "DataSplits",
     "ImageTensorDataset",
+    "data_settings",
     "load_dataset",
+    "load_from_settings",
     "make_loader",
     "resize_batch",
 ]
@@ -685,3 +687,41 @@ def _write_tensor_cache(
     except OSError as err:
         # E.g. a read-only cache directory or a full disk: the data is decoded, so carry on.
         logger.warning("Cannot write dataset cache %s (%s)", cache_file, err)
+
+
+def data_settings(
+    source: str | os.PathLike[str],
+    image_size: int,
+    seed: int = 0,
+    subset: int | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> dict:
+    """The arguments of :func:`load_dataset` as a JSON-able record (paths made absolute), so
+    that checkpoints and run folders can reload exactly the same splits."""
+    source = str(source)
+    if source != "digits" and Path(source).exists():
+        source = str(Path(source).resolve())
+    return {
+        "source": source,
+        "image_size": image_size,
+        "seed": seed,
+        "subset": subset,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+    }
+
+
+def load_from_settings(
+    settings: dict, cache_dir: str | os.PathLike[str] | None = None
+) -> DataSplits:
+    """Load the splits that a :func:`data_settings` record describes."""
+    return load_dataset(
+        settings["source"],
+        image_size=settings["image_size"],
+        seed=settings.get("seed", 0),
+        subset=settings.get("subset"),
+        val_fraction=settings.get("val_fraction", 0.1),
+        test_fraction=settings.get("test_fraction", 0.1),
+        cache_dir=cache_dir,
+    )

@@ -166,8 +166,10 @@ class NATSearch:
         out_dir: str | Path | None = None,
         runner: Runner | None = None,
         progress: bool = True,
+        metadata: dict | None = None,
     ) -> None:
         self.supernet, self.data, self.config = supernet, data, config
+        self.metadata = metadata or {}
         self.space = supernet.space
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.budgets = Budgets(self.space, supernet.num_classes, config.max_params, config.max_macs)
@@ -366,6 +368,7 @@ class NATSearch:
         self.archive.save(
             self.out_dir / "archive.json",
             config=_jsonable(asdict(self.config)),
+            **self.metadata,
             history=self.history,
         )
         if supernet:

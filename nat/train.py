@@ -25,6 +25,7 @@ __all__ = [
     "default_device",
     "evaluate",
     "evaluate_subnet",
+    "finetune",
     "resized",
     "train_supernet",
 ]
@@ -217,3 +218,42 @@ def train_supernet(
             )
             supernet.to(device)
     return history
+
+
+def finetune(
+    model: nn.Module,
+    data: DataSplits,
+    resolution: int,
+    epochs: int,
+    lr: float = 0.01,
+    batch_size: int = 64,
+    weight_decay: float = 4e-5,
+    seed: int = 0,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> nn.Module:
+    """Train a static model with cross-entropy, SGD (Nesterov) and a cosine schedule over
+    ``epochs`` at ``resolution`` px; the same recipe fine-tunes inherited weights and trains
+    from scratch, so comparisons are fair. Returns the model, in eval mode."""
+    device = device or default_device()
+    torch.manual_seed(seed)
+    model.to(device).train()
+    loader = make_loader(
+        data.train, batch_size, shuffle=True, seed=seed, drop_last=len(data.train) > batch_size
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+    )
+    total, step = max(1, epochs * len(loader)), 0
+    for epoch in range(epochs):
+        for images, labels in tqdm(
+            loader, desc=f"fine-tune {epoch + 1}/{epochs}", disable=not progress, leave=False
+        ):
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total, 0, lr)
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(resize_batch(images.to(device), resolution))
+            F.cross_entropy(logits, labels.to(device)).backward()
+            optimizer.step()
+            step += 1
+    return model.eval()

@@ -138,3 +138,25 @@ def test_parse_size():
     assert parse_size("1G") == 1e9
     with pytest.raises(Exception, match="suffix"):
         parse_size("5 apples")
+
+
+def test_compare_writes_a_table_for_every_method(run):
+    from nat.compare import compare
+
+    result, out = run
+    budget = _budget()
+    rows = compare(out, [budget], seeds=(0, 1), finetune_epochs=1, bn_batches=2, progress=False)
+    assert [r["method"] for r in rows] == ["heuristic", "width-only", "depth-only", "searched"]
+    for r in rows:
+        if r["params"] is not None:
+            assert r["params"] <= budget
+            mean, std = r["finetuned"]
+            assert 0 <= mean <= 1 and std >= 0
+    heuristic = rows[0]["arch"]
+    assert all(len(s["blocks"]) == 1 for s in heuristic["stages"])  # shallowest depth
+    best = max((e for e in result.archive.entries if e.params <= budget),
+               key=lambda e: e.accuracy)
+    assert rows[3]["params"] == best.params
+    for name in ("compare.md", "compare.json", "compare.png"):
+        assert (out / name).is_file()
+    assert "± " in (out / "compare.md").read_text()

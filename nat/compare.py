@@ -1,0 +1,164 @@
+"""``nat compare``: the Feillet heuristic and its one-dimensional ablations against the
+searched subnets, at several budgets, on the test split.
+
+For each budget: the heuristic (shallowest depth, widest width within budget), width-only
+(full depth), depth-only (full width), all snapped to the supernet's choices so they inherit
+its weights, and the searched subnet (the archive's most accurate one within budget). Each
+is scored on the test split with inherited weights (BatchNorm recalibrated) and after the
+same short fine-tuning, over several seeds (BatchNorm batches and fine-tuning order).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from search_spaces import Arch
+
+from .archive import Archive
+from .checkpoint import load_supernet
+from .data import load_from_settings, make_loader
+from .evaluate import SubnetEvaluator
+from .files import atomic_write, write_json
+from .heuristic import depth_only, feillet, width_only
+from .train import evaluate, finetune
+
+__all__ = ["compare"]
+
+METHODS = {"heuristic": feillet, "width-only": width_only, "depth-only": depth_only}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def _candidates(archive: Archive, budget: float, metric: str) -> dict[str, Arch | None]:
+    space, num_classes = archive.space, archive.num_classes
+    archs: dict[str, Arch | None] = {}
+    for name, method in METHODS.items():
+        try:
+            archs[name] = method(budget, None, num_classes, metric=metric, space=space).arch
+        except ValueError:
+            archs[name] = None  # nothing of this method fits: reported as such
+    within = [e for e in archive.entries if getattr(e, metric) <= budget]
+    best = max(within, key=lambda e: e.accuracy, default=None)
+    archs["searched"] = space.decode(best.x) if best else None
+    return archs
+
+
+def compare(
+    run_dir: str | Path,
+    budgets: list[float],
+    seeds: tuple[int, ...] = (0, 1, 2),
+    finetune_epochs: int = 1,
+    metric: str = "params",
+    lr: float = 0.01,
+    bn_batches: int = 20,
+    progress: bool = True,
+) -> list[dict]:
+    """Compare methods at each budget; writes compare.md, compare.json and compare.png into
+    ``run_dir`` (a ``nat search`` folder) and returns the table rows."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "archive.json").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no archive.json: give a `nat search` run folder")
+    archive = Archive.load(run_dir / "archive.json")
+    doc = json.loads((run_dir / "archive.json").read_text())
+    settings = doc.get("data")
+    if not settings:
+        raise ValueError(f"{run_dir / 'archive.json'} does not name its data; rerun the search")
+    data = load_from_settings(settings)
+    test_batches = list(make_loader(data.test, 256, shuffle=False))
+    rows = []
+    for budget in budgets:
+        for method, arch in _candidates(archive, budget, metric).items():
+            row = {"budget": budget, "method": method}
+            if arch is None:
+                rows.append({**row, "params": None, "macs": None})
+                continue
+            params, macs = archive.space.complexity(arch, archive.num_classes)
+            inherited, tuned = [], []
+            for seed in seeds:
+                supernet, _ = load_supernet(run_dir / "supernet.pt")
+                evaluator = SubnetEvaluator(data, bn_batches, seed=seed)
+                evaluator.val_batches = test_batches  # score on the held-out test split
+                inherited.append(float(evaluator(supernet, [arch])[0]))
+                model = supernet.extract(arch)
+                finetune(
+                    model,
+                    data,
+                    arch.resolution,
+                    finetune_epochs,
+                    lr=lr,
+                    seed=seed,
+                    progress=progress,
+                )
+                tuned.append(evaluate(model, test_batches, arch.resolution))
+            rows.append(
+                {
+                    **row,
+                    "params": params,
+                    "macs": macs,
+                    "inherited": _mean_std(inherited),
+                    "finetuned": _mean_std(tuned),
+                    "resolution": arch.resolution,
+                    "depths": list(arch.depths),
+                    "arch": arch.to_dict(),
+                }
+            )
+    _write(run_dir, rows, metric, seeds, finetune_epochs)
+    return rows
+
+
+def _write(run_dir: Path, rows: list[dict], metric: str, seeds, epochs: int) -> None:
+    write_json(run_dir / "compare.json", rows)
+    lines = [
+        f"# Heuristic vs searched ({metric} budgets; test accuracy, mean ± std over seeds "
+        f"{list(seeds)}; fine-tuning: {epochs} epoch(s))",
+        "",
+        "| budget | method | params | MACs | inherited | fine-tuned | depths |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["params"] is None:
+            lines.append(f"| {r['budget']:,.0f} | {r['method']} | nothing fits | | | | |")
+            continue
+        (im, isd), (fm, fsd) = r["inherited"], r["finetuned"]
+        lines.append(
+            f"| {r['budget']:,.0f} | {r['method']} | {r['params']:,} | {r['macs']:,} | "
+            f"{im:.2%} ± {isd:.2%} | {fm:.2%} ± {fsd:.2%} | {r['depths']} |"
+        )
+    text = "\n".join(lines) + "\n"
+    atomic_write(run_dir / "compare.md", lambda f: f.write(text.encode()))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, marker in zip(
+        ("heuristic", "width-only", "depth-only", "searched"), "s^vo", strict=True
+    ):
+        pts = sorted(
+            (r[metric], r["finetuned"])
+            for r in rows
+            if r["method"] == method and r["params"] is not None
+        )
+        if pts:
+            x = np.array([p[0] for p in pts]) / 1e6
+            y = np.array([100 * p[1][0] for p in pts])
+            err = np.array([100 * p[1][1] for p in pts])
+            ax.errorbar(x, y, yerr=err, marker=marker, capsize=3, label=method)
+    ax.set_xlabel(f"{metric} (M)")
+    ax.set_ylabel("test accuracy after fine-tuning (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(run_dir / "compare.png", lambda f: f.write(buffer.getvalue()))
