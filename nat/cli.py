@@ -166,33 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and in-place distillation, then report the validation "
         "accuracy of its largest and smallest subnets.",
     )
-    p.add_argument(
-        "--space",
-        default="mbv2",
-        choices=search_spaces.list_spaces(),
-        help="search space / network family (default mbv2)",
-    )
-    p.add_argument(
-        "--resolutions",
-        type=_ints,
-        default=None,
-        metavar="PX,PX,...",
-        help="input resolutions to search, in px (default 24,28,32,36,40)",
-    )
-    p.add_argument(
-        "--width-mults",
-        type=_floats,
-        default=None,
-        metavar="W,W,...",
-        help="width multiplier choices (default: the space's)",
-    )
-    p.add_argument(
-        "--space-options",
-        type=_json_object,
-        default={},
-        metavar="JSON",
-        help='other space options as JSON, e.g. \'{"kernel_sizes": [3, 5], "stem": "imagenet"}\'',
-    )
+    _add_space_options(p)
     p.add_argument(
         "--init",
         default=None,

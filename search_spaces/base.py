@@ -98,13 +98,20 @@ class SearchSpace:
         resolutions: Sequence[int],
         width_mults: Sequence[float],
         width_per_stage: bool,
-        depths: Sequence[Sequence[int]],
+        max_depths: Sequence[int],
+        depths: Sequence[Sequence[int]] | None,
         kernel_sizes: Sequence[int],
         expand_ratios: Sequence[float] | None,
         stem: str,
     ) -> None:
         if stem not in STEMS:
             raise ValueError(f"unknown stem {stem!r}: choose one of {STEMS}")
+        if depths is None:  # every depth from 1 to the reference network's
+            depths = [range(1, d + 1) for d in max_depths]
+        if len(depths) != len(max_depths):
+            raise ValueError(
+                f"{self.family} needs depth choices for {len(max_depths)} stages, got {len(depths)}"
+            )
         self.stem = stem
         self.resolutions = _sorted_choices("resolutions", resolutions)
         if self.resolutions[0] < 8:
@@ -155,7 +162,15 @@ class SearchSpace:
     @property
     def options(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this space with :func:`get` (JSON-able)."""
-        raise NotImplementedError
+        options: dict[str, Any] = {
+            "resolutions": list(self.resolutions),
+            "width_mults": list(self.width_mults),
+            "depths": [list(d) for d in self.depth_choices],
+            "kernel_sizes": list(self.kernel_sizes),
+        }
+        if self.expand_ratios is not None:
+            options["expand_ratios"] = list(self.expand_ratios)
+        return {**options, "stem": self.stem}
 
     def _assemble(
         self,
@@ -384,3 +399,11 @@ def conv(c_in: Any, c_out: Any, kernel: Any, size_out: Any, depthwise: bool = Fa
 def linear(c_in: Any, c_out: int):
     """(parameters, MACs) of a linear layer with bias."""
     return c_in * c_out + c_out, c_in * c_out
+
+
+def head(params, macs, c_in, head_channels, size, num_classes):
+    """Optional 1x1 convolution to ``head_channels``, global pooling, linear classifier."""
+    p_conv, m_conv = conv(c_in, head_channels, 1, size)
+    has_conv = head_channels > 0
+    p_fc, m_fc = linear(np.where(has_conv, head_channels, c_in), num_classes)
+    return params + has_conv * p_conv + p_fc, macs + has_conv * m_conv + m_fc

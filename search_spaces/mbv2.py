@@ -8,12 +8,11 @@ The first block (expand 1, 16 channels) is kept fixed, as in OFA.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from .arch import ArchArrays, make_divisible
-from .base import SearchSpace, conv, linear, out_size, register
+from .base import SearchSpace, conv, head, out_size, register
 
 __all__ = ["MBv2Space"]
 
@@ -41,11 +40,8 @@ class MBv2Space(SearchSpace):
         expand_ratios: Sequence[float] = (3, 4, 6),
         stem: str = "small",
     ) -> None:
-        if depths is None:
-            depths = [range(1, d + 1) for d in MAX_DEPTHS]
-        if len(depths) != len(STAGE_CHANNELS):
-            raise ValueError(f"mbv2 needs depth choices for {len(STAGE_CHANNELS)} stages")
         super().__init__(
+            max_depths=MAX_DEPTHS,
             resolutions=resolutions,
             width_mults=width_mults,
             width_per_stage=False,
@@ -54,17 +50,6 @@ class MBv2Space(SearchSpace):
             expand_ratios=expand_ratios,
             stem=stem,
         )
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return {
-            "resolutions": list(self.resolutions),
-            "width_mults": list(self.width_mults),
-            "depths": [list(d) for d in self.depth_choices],
-            "kernel_sizes": list(self.kernel_sizes),
-            "expand_ratios": list(self.expand_ratios),
-            "stem": self.stem,
-        }
 
     def _searchable_stages(self, arch):
         return arch.stages[1:]
@@ -115,12 +100,4 @@ class MBv2Space(SearchSpace):
                 macs = macs + active * (has_exp * m_exp + m_dw + m_proj)
                 size = size_out
             c_in = c_out
-        return _head(params, macs, c_in, a.head_channels, size, num_classes)
-
-
-def _head(params, macs, c_in, head_channels, size, num_classes):
-    """Optional 1x1 convolution to ``head_channels``, global pooling, linear classifier."""
-    p_conv, m_conv = conv(c_in, head_channels, 1, size)
-    has_conv = head_channels > 0
-    p_fc, m_fc = linear(np.where(has_conv, head_channels, c_in), num_classes)
-    return params + has_conv * p_conv + p_fc, macs + has_conv * m_conv + m_fc
+        return head(params, macs, c_in, a.head_channels, size, num_classes)

@@ -8,13 +8,11 @@ down-sampling unit use it).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from .arch import ArchArrays, make_divisible
-from .base import SearchSpace, conv, out_size, register
-from .mbv2 import _head
+from .base import SearchSpace, conv, head, out_size, register
 
 __all__ = ["ShuffleNetV2Space"]
 
@@ -40,11 +38,8 @@ class ShuffleNetV2Space(SearchSpace):
         kernel_sizes: Sequence[int] = (3, 5, 7),
         stem: str = "small",
     ) -> None:
-        if depths is None:
-            depths = [range(1, d + 1) for d in MAX_DEPTHS]
-        if len(depths) != len(STAGE_CHANNELS):
-            raise ValueError(f"shufflenetv2 needs depth choices for {len(STAGE_CHANNELS)} stages")
         super().__init__(
+            max_depths=MAX_DEPTHS,
             resolutions=resolutions,
             width_mults=width_mults,
             width_per_stage=True,
@@ -53,16 +48,6 @@ class ShuffleNetV2Space(SearchSpace):
             expand_ratios=None,
             stem=stem,
         )
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return {
-            "resolutions": list(self.resolutions),
-            "width_mults": list(self.width_mults),
-            "depths": [list(d) for d in self.depth_choices],
-            "kernel_sizes": list(self.kernel_sizes),
-            "stem": self.stem,
-        }
 
     def _assemble(self, resolution, widths, depth, kernel, expand) -> ArchArrays:
         n = len(resolution)
@@ -114,4 +99,4 @@ class ShuffleNetV2Space(SearchSpace):
                 macs = macs + active * sum(m for _, m in parts)
                 size = size_out
             c_in = c_out
-        return _head(params, macs, c_in, a.head_channels, size, num_classes)
+        return head(params, macs, c_in, a.head_channels, size, num_classes)
