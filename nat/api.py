@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,12 @@ import search_spaces
 from supernets import Supernet, build_supernet
 
 from .checkpoint import load_supernet, save_supernet
-from .data import DataSplits, data_settings, load_dataset
+from .data import DataSplits, data_settings, load_dataset, load_from_settings
 from .engine import NATSearch, SearchConfig, SearchResult
 from .problem import Budgets
 from .train import TrainConfig, train_supernet
 
-__all__ = ["prepare_supernet", "search"]
+__all__ = ["prepare_supernet", "resume", "search"]
 
 
 def prepare_supernet(
@@ -75,6 +77,8 @@ def search(
     subset: int | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
+    workers: int | None = None,
+    address: str | None = None,
     **config: Any,
 ) -> SearchResult:
     """Search the Pareto front of accuracy against parameters / MACs on a dataset.
@@ -82,7 +86,9 @@ def search(
     ``max_params`` (parameters) and ``max_macs`` (MACs per image) are hard budgets. Other
     keywords go to :class:`~nat.engine.SearchConfig` (e.g. ``metrics=("params", "macs")``,
     ``adapt_epochs=0``). With ``out``, the run folder gets archive.json, pareto.csv,
-    pareto.png, history.csv, the front's subnets and report.md.
+    pareto.png, history.csv, the front's subnets, report.md, and a resume/ snapshot after
+    every iteration (see :func:`resume`). ``workers``: evaluate on that many local Ray
+    workers; ``address``: on the Ray cluster there. Neither: in this process.
     """
     from .report import write_outputs  # matplotlib only when files are written
 
@@ -119,9 +125,68 @@ def search(
         "data": data_settings(data, splits.image_size, seed, subset),
         "class_names": splits.class_names,
     }
-    run = NATSearch(supernet.cpu(), splits, cfg, out, progress=progress, metadata=metadata)
-    result = run.run()
+    with _runner(
+        workers, address, metadata["data"], cfg, supernet.space, splits.num_classes, progress
+    ) as runner:
+        run = NATSearch(supernet.cpu(), splits, cfg, out, runner, progress, metadata)
+        result = run.run()
     if out is not None:
         write_outputs(run, result, out)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def resume(
+    out: str | Path, workers: int | None = None, address: str | None = None, progress: bool = True
+) -> SearchResult:
+    """Continue the interrupted search in the run folder ``out`` from its last completed
+    iteration; with the same seed and settings it ends with the same archive and front as
+    an uninterrupted run."""
+    from .report import write_outputs
+
+    start = time.perf_counter()
+    state = Path(out) / "resume" / "state.json"
+    if not state.is_file():
+        raise FileNotFoundError(
+            f"{state} not found: nothing to resume in {out}; start the search again"
+        )
+    try:
+        metadata = json.loads(state.read_text())["metadata"]
+        settings = metadata["data"]
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"resume state {state} is corrupt: {err}") from err
+    splits = load_from_settings(settings)
+    run = NATSearch.resume(out, splits, progress=progress)
+    with _runner(
+        workers, address, settings, run.config, run.space, splits.num_classes, progress
+    ) as runner:
+        if runner is not None:
+            run.runner = runner
+        result = run.run()
+    write_outputs(run, result, out)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@contextmanager
+def _runner(workers, address, settings, cfg, space, num_classes, progress):
+    """None (evaluate in this process), or a Ray runner inside a Ray session."""
+    if workers is None and address is None:
+        yield None
+        return
+    from .distributed import RayRunner, check_workers, ray_session
+
+    if workers is not None:
+        workers = check_workers(workers)
+    with ray_session(workers, address) as cpus:
+        n = workers or max(1, cpus)
+        yield RayRunner(
+            settings,
+            space,
+            num_classes,
+            n,
+            cfg.bn_batches,
+            cfg.batch_size,
+            cfg.seed,
+            progress=progress,
+        )

@@ -104,21 +104,23 @@ class Archive:
         return write_json(path, {**self.to_dict(), **extra})
 
     @classmethod
+    def from_dict(cls, doc: dict) -> Archive:
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"archive format is {doc.get('format')!r}, expected {FORMAT!r}")
+        space = search_spaces.get(doc["space"], **doc["space_options"])
+        archive = cls(space, int(doc["num_classes"]))
+        archive.entries = [Entry(**e) for e in doc["entries"]]
+        return archive
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> Archive:
         path = Path(path)
         try:
-            doc = json.loads(path.read_text())
-            if doc.get("format") != FORMAT:
-                raise ValueError(f"format is {doc.get('format')!r}, expected {FORMAT!r}")
-            archive = cls(
-                search_spaces.get(doc["space"], **doc["space_options"]), int(doc["num_classes"])
-            )
-            archive.entries = [Entry(**e) for e in doc["entries"]]
+            return cls.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
             raise
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"archive {path} is not readable: {err}") from err
-        return archive
 
 
 def rank_order(F: np.ndarray) -> np.ndarray:

@@ -298,6 +298,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--out", default=None, metavar="DIR", help="run folder (default runs/search-SPACE)"
     )
+    g.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR",
+        help="continue the interrupted run in DIR from its last completed iteration (its "
+        "saved settings are used; other search options are ignored)",
+    )
+    g = p.add_argument_group("parallel evaluation (Ray)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="evaluate subnets on N local Ray workers, one CPU each (default: in this process)",
+    )
+    g.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="evaluate on the Ray cluster at ADDR: auto, host:port or ray://host:port "
+        "(clusters started by `ray start` need RAY_AUTH_MODE=token, set for you); the data "
+        "path must exist on every node",
+    )
     _add_data_options(p)
     _add_run_options(p)
 
@@ -495,8 +517,12 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .api import search
+    from .api import resume, search
 
+    if args.resume:
+        result = resume(args.resume, args.workers, args.address, progress=not args.quiet)
+        _print_front(result, Path(args.resume))
+        return 0
     if args.data != "digits" and not Path(args.data).exists():
         raise FileNotFoundError(
             f"data {args.data} not found: give 'digits', an ImageFolder "
@@ -527,7 +553,14 @@ def _search(args: argparse.Namespace) -> int:
         adapt_epochs=args.adapt_epochs,
         bn_batches=args.bn_batches,
         batch_size=args.batch_size,
+        workers=args.workers,
+        address=args.address,
     )
+    _print_front(result, out)
+    return 0
+
+
+def _print_front(result, out: Path) -> None:
     archive = result.archive
     print(
         f"search done in {result.seconds:.0f} s: {len(archive)} subnets evaluated, "
@@ -537,7 +570,6 @@ def _search(args: argparse.Namespace) -> int:
         e = archive.entries[i]
         print(f"  {e.accuracy:7.2%}  {e.params:>11,} params  {e.macs:>13,} MACs  ({e.source})")
     print(f"run folder: {out} (report.md, pareto.png, front/)")
-    return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -569,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
         print(f"nat {args.command}: error: {err}", file=sys.stderr)
         return 2
 

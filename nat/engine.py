@@ -12,6 +12,7 @@ Each iteration (Lu et al., Neural Architecture Transfer, TPAMI 2021):
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,15 +28,18 @@ from search_spaces import Arch, SearchSpace
 from supernets import Supernet
 
 from .archive import Archive, rank_order
-from .checkpoint import save_supernet
+from .checkpoint import load_supernet, save_supernet
 from .data import DataSplits
 from .evaluate import SubnetEvaluator
+from .files import write_json
 from .heuristic import feillet
 from .problem import Budgets, SurrogateProblem, run_nsga2
 from .surrogate import make_surrogate, rank_metrics
 from .train import TrainConfig, train_supernet
 
-__all__ = ["SearchConfig", "SearchResult", "categorical_sampler", "run_search"]
+__all__ = ["NATSearch", "SearchConfig", "SearchResult", "categorical_sampler", "run_search"]
+
+STATE_FORMAT = "nat-search-state/1"
 
 # Evaluates a list of architectures with a supernet: the seam for parallel backends.
 Runner = Callable[[Supernet, list[Arch]], np.ndarray]
@@ -174,7 +178,7 @@ class NATSearch:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.budgets = Budgets(self.space, supernet.num_classes, config.max_params, config.max_macs)
         self.runner = runner or SubnetEvaluator(
-            data, config.bn_batches, config.batch_size, config.seed
+            data, config.bn_batches, config.batch_size, config.seed, progress
         )
         self.archive = Archive(self.space, supernet.num_classes)
         self.history: list[dict] = []
@@ -182,12 +186,9 @@ class NATSearch:
         self.rng = np.random.default_rng(config.seed)
 
     # -- steps ---------------------------------------------------------------------------
-    def _evaluate(self, X: np.ndarray, desc: str) -> np.ndarray:
+    def _evaluate(self, X: np.ndarray) -> np.ndarray:
         archs = [self.space.decode(x) for x in X]
-        accs = []
-        for arch in tqdm(archs, desc=desc, disable=not self.progress, leave=False):
-            accs.append(self.runner(self.supernet, [arch])[0])
-        return np.array(accs)
+        return np.asarray(self.runner(self.supernet, archs), dtype=np.float64)
 
     def heuristic_seeds(self) -> np.ndarray:
         """The Feillet heuristic's architecture (widths snapped to the space) per budget."""
@@ -230,7 +231,7 @@ class NATSearch:
                     keep.append(x)
             if keep:
                 X = np.array(keep)
-                self.archive.add(X, self._evaluate(X, f"initial {source}"), source, 0)
+                self.archive.add(X, self._evaluate(X), source, 0)
         self._save(supernet=True)
 
     def adapt(self, iteration: int) -> None:
@@ -247,7 +248,7 @@ class NATSearch:
         )
         train_supernet(self.supernet, self.data, config, sampler=sampler, progress=self.progress)
         self.supernet.eval()
-        self.archive.set_accuracy(self._evaluate(self.archive.X, "re-evaluating archive"))
+        self.archive.set_accuracy(self._evaluate(self.archive.X))
         self._save(supernet=True)
 
     def propose(self, iteration: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -312,7 +313,7 @@ class NATSearch:
         X_new, predicted, log = self.propose(iteration)
         record.update(log)
         t = time.perf_counter()
-        accuracy = self._evaluate(X_new, f"iteration {iteration} evaluations")
+        accuracy = self._evaluate(X_new)
         record["evaluate_s"] = time.perf_counter() - t
         self.archive.add(X_new, accuracy, "search", iteration)
         metrics = rank_metrics(accuracy, predicted) if len(X_new) > 1 else {}
@@ -328,27 +329,92 @@ class NATSearch:
         return record
 
     def run(self) -> SearchResult:
+        """Run the remaining iterations (all of them, unless resumed)."""
         if not len(self.archive):
             self.initialise()
-        self.history.append(
-            {
-                "iteration": 0,
-                "archive_size": len(self.archive),
-                "hv": hypervolume(self.archive, self.budgets, self.config.metrics),
-                "best_accuracy": float(self.archive.accuracy.max()),
-            }
+            self.history.append(
+                {
+                    "iteration": 0,
+                    "archive_size": len(self.archive),
+                    "hv": hypervolume(self.archive, self.budgets, self.config.metrics),
+                    "best_accuracy": float(self.archive.accuracy.max()),
+                }
+            )
+            self._snapshot(0)
+        first = self.history[-1]["iteration"] + 1
+        bar = tqdm(
+            range(first, self.config.iterations + 1), desc="search", disable=not self.progress
         )
-        bar = tqdm(range(1, self.config.iterations + 1), desc="search", disable=not self.progress)
         for iteration in bar:
             r = self.step(iteration)
-            line = (
+            self._snapshot(iteration)
+            tqdm.write(
                 f"iteration {iteration}: HV {r['hv']:.4f}, best accuracy "
                 f"{r['best_accuracy']:.2%}, archive {r['archive_size']}, surrogate "
                 f"{r['surrogate']} (tau {r.get('new_kendall_tau', float('nan')):.2f} on new), "
                 f"{r['seconds']:.1f} s"
             )
-            tqdm.write(line)
         return self.result()
+
+    # -- resuming ---------------------------------------------------------------------------
+    def _snapshot(self, iteration: int) -> None:
+        """Everything a resumed run needs, at an iteration boundary: the supernet (its own
+        file per iteration, written first), then state.json naming it, written atomically;
+        a kill at any moment leaves the previous complete snapshot."""
+        if self.out_dir is None:
+            return
+        folder = self.out_dir / "resume"
+        weights = f"supernet-{iteration:04d}.pt"
+        save_supernet(folder / weights, self.supernet)
+        state = {
+            "format": STATE_FORMAT,
+            "iteration": iteration,
+            "supernet": weights,
+            "rng": self.rng.bit_generator.state,
+            "config": _jsonable(asdict(self.config)),
+            "metadata": self.metadata,
+            "archive": self.archive.to_dict(),
+            "history": self.history,
+        }
+        write_json(folder / "state.json", state)
+        for old in folder.glob("supernet-*.pt"):
+            if old.name != weights:
+                old.unlink(missing_ok=True)
+
+    @classmethod
+    def resume(
+        cls,
+        out_dir: str | Path,
+        data: DataSplits,
+        runner: Runner | None = None,
+        progress: bool = True,
+    ) -> NATSearch:
+        """The search saved in ``out_dir``, at its last completed iteration."""
+        folder = Path(out_dir) / "resume"
+        path = folder / "state.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: the run was stopped before its initial archive was "
+                "evaluated (or is not a `nat search` folder); start it again"
+            )
+        try:
+            state = json.loads(path.read_text())
+            if state.get("format") != STATE_FORMAT:
+                raise ValueError(f"format {state.get('format')!r}, expected {STATE_FORMAT!r}")
+            config = SearchConfig(**state["config"])
+            archive = Archive.from_dict(state["archive"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"resume state {path} is corrupt or of another version: {err}"
+            ) from err
+        supernet, _ = load_supernet(folder / state["supernet"], space=archive.space.name)
+        if supernet.space != archive.space:
+            raise ValueError(f"{folder / state['supernet']} does not match the archive's space")
+        search = cls(supernet, data, config, out_dir, runner, progress, state["metadata"])
+        search.archive = archive
+        search.history = state["history"]
+        search.rng.bit_generator.state = state["rng"]
+        return search
 
     def result(self) -> SearchResult:
         feasible = self.budgets.feasible(self.archive.X)

@@ -7,6 +7,7 @@ from itertools import islice
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from search_spaces import Arch
 from supernets import Supernet
@@ -30,19 +31,25 @@ class SubnetEvaluator:
     """
 
     def __init__(
-        self, data: DataSplits, bn_batches: int = 20, batch_size: int = 64, seed: int = 0
+        self,
+        data: DataSplits,
+        bn_batches: int = 20,
+        batch_size: int = 64,
+        seed: int = 0,
+        progress: bool = False,
     ) -> None:
         if bn_batches < 1:
             raise ValueError(f"bn_batches must be at least 1, got {bn_batches}")
         loader = make_loader(data.train_eval, batch_size, shuffle=True, seed=seed)
         self.bn_batches = list(islice(iter(loader), bn_batches))
         self.val_batches = list(make_loader(data.val, 256, shuffle=False))
+        self.progress = progress
 
     @torch.no_grad()
     def __call__(self, supernet: Supernet, archs: Sequence[Arch]) -> np.ndarray:
         """Validation accuracies (0..1) of ``archs``; raises EvaluationError on failure."""
         accuracies = []
-        for arch in archs:
+        for arch in tqdm(archs, desc="evaluating", disable=not self.progress, leave=False):
             try:
                 acc, _ = evaluate_subnet(
                     supernet, arch, self.bn_batches, self.val_batches, len(self.bn_batches)

@@ -154,8 +154,7 @@ def test_compare_writes_a_table_for_every_method(run):
             assert 0 <= mean <= 1 and std >= 0
     heuristic = rows[0]["arch"]
     assert all(len(s["blocks"]) == 1 for s in heuristic["stages"])  # shallowest depth
-    best = max((e for e in result.archive.entries if e.params <= budget),
-               key=lambda e: e.accuracy)
+    best = max((e for e in result.archive.entries if e.params <= budget), key=lambda e: e.accuracy)
     assert rows[3]["params"] == best.params
     for name in ("compare.md", "compare.json", "compare.png"):
         assert (out / name).is_file()

@@ -1,0 +1,243 @@
+"""Ray evaluation backend: real evaluations as tasks of long-lived Ray actors.
+
+Each actor loads the dataset once (from the same settings as the driver, so it draws the same
+BatchNorm and validation batches) and keeps a supernet. The supernet's weights go into the
+object store once per change of weights (in practice once per iteration), not once per task;
+an actor fetches them only when the version it holds is stale. Actors are restarted when their
+process dies and their pending tasks retried (Ray's ``max_restarts`` / ``max_task_retries``),
+so a lost worker costs time, never a result. An evaluation that raises is reported with the
+architecture that caused it.
+
+Token authentication: ``ray start`` (Ray >= 2.60) turns it on and writes ``~/.ray/auth_token``;
+drivers joining such a cluster need ``RAY_AUTH_MODE=token``, which :func:`ray_session` sets
+unless the environment already says otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from search_spaces import Arch, SearchSpace
+from supernets import Supernet
+
+from .evaluate import EvaluationError
+
+__all__ = ["RayRunner", "check_workers", "ray_session"]
+
+# A loopback address other than 127.0.0.1, which Ray would rewrite to the host's network
+# address: a local run then never listens beyond this machine.
+LOCAL_NODE_IP = os.environ.get("NAT_RAY_NODE_IP", "127.0.0.2")
+
+
+def check_workers(workers: int) -> int:
+    """Validate ``--workers``: at least 1; more than the CPUs is capped, with a warning."""
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
+    cpus = os.cpu_count() or 1
+    if workers > cpus:
+        warnings.warn(
+            f"--workers {workers} is more than the {cpus} CPUs here: using {cpus}", stacklevel=2
+        )
+        return cpus
+    return workers
+
+
+def _split_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of 'host:port' or 'ray://host:port'; None for 'auto'."""
+    if address == "auto":
+        return None
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(
+            f"--address {address!r}: expected 'auto', 'host:port' or 'ray://host:port'"
+        )
+    return host, int(port)
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    target = _split_address(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as err:
+        raise ConnectionError(
+            f"cannot reach a Ray cluster at {address} ({err}): start one with "
+            "`ray start --head` or fix --address"
+        ) from err
+
+
+@contextmanager
+def ray_session(workers: int | None = None, address: str | None = None) -> Iterator[int]:
+    """Start Ray for this run (``workers`` CPUs, dashboard off, loopback only) or join the
+    cluster at ``address``; yields the number of CPUs available to the run. Shuts Ray down
+    on exit."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is not None:
+        _check_reachable(address)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        target = _split_address(address)
+        kwargs = {}
+        if target is not None and not address.startswith("ray://"):
+            try:
+                if ipaddress.ip_address(target[0]).is_loopback:
+                    kwargs["_node_ip_address"] = target[0]  # stay on the cluster's loopback
+            except ValueError:
+                pass  # a host name: let Ray pick the interface
+        try:
+            ray.init(address=address, log_to_driver=False, **kwargs)
+        except (ConnectionError, RuntimeError) as err:
+            raise ConnectionError(f"cannot join the Ray cluster at {address}: {err}") from err
+    else:
+        workers = check_workers(workers or 1)
+        ray.init(
+            num_cpus=workers,
+            include_dashboard=False,
+            _node_ip_address=LOCAL_NODE_IP,
+            log_to_driver=False,
+        )
+    try:
+        yield int(ray.cluster_resources().get("CPU", 1))
+    finally:
+        ray.shutdown()
+
+
+class _Worker:
+    """Body of the Ray actor: the dataset's evaluation batches and a supernet."""
+
+    def __init__(
+        self,
+        data_settings: dict,
+        bn_batches: int,
+        batch_size: int,
+        seed: int,
+        space_name: str,
+        space_options: dict,
+        num_classes: int,
+    ) -> None:
+        import ray
+        import torch
+
+        import search_spaces
+        from supernets import build_supernet
+
+        from .data import load_from_settings
+        from .evaluate import SubnetEvaluator
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))  # as many threads as CPUs Ray gave us
+        data = load_from_settings(data_settings)
+        self.evaluator = SubnetEvaluator(data, bn_batches, batch_size, seed)
+        space = search_spaces.get(space_name, **space_options)
+        self.supernet = build_supernet(space, num_classes).eval()
+        self.version: object = None
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def evaluate(self, version: object, state_ref: list, arch_json: str) -> float:
+        import ray
+
+        if version != self.version:
+            self.supernet.load_state_dict(ray.get(state_ref[0]))
+            self.supernet.eval()
+            self.version = version
+        arch = Arch.from_json(arch_json)
+        return float(self.evaluator(self.supernet, [arch])[0])
+
+
+class RayRunner:
+    """Evaluates architectures on Ray actors; call it like a :class:`SubnetEvaluator`.
+
+    ``workers`` actors of ``cpus_per_worker`` CPUs each load the data described by
+    ``data_settings`` (see :func:`nat.data.data_settings`). Use inside :func:`ray_session`.
+    """
+
+    def __init__(
+        self,
+        data_settings: dict,
+        space: SearchSpace,
+        num_classes: int,
+        workers: int,
+        bn_batches: int = 20,
+        batch_size: int = 64,
+        seed: int = 0,
+        cpus_per_worker: float = 1,
+        progress: bool = False,
+        max_task_retries: int = 3,
+    ) -> None:
+        import ray
+
+        actor = ray.remote(
+            num_cpus=cpus_per_worker, max_restarts=-1, max_task_retries=max_task_retries
+        )(_Worker)
+        self.actors = [
+            actor.remote(
+                data_settings,
+                bn_batches,
+                batch_size,
+                seed,
+                space.name,
+                space.options,
+                num_classes,
+            )
+            for _ in range(workers)
+        ]
+        self.progress = progress
+        self._published: tuple[object, object] | None = None  # (version, object ref)
+
+    def worker_pids(self) -> list[int]:
+        import ray
+
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def _publish(self, supernet: Supernet) -> tuple[object, object]:
+        """The weights in the object store, put there again only when they changed."""
+        import ray
+
+        state = supernet.state_dict()
+        # Every in-place update (optimiser step, load_state_dict) bumps a tensor's version.
+        version = (id(supernet), tuple(t._version for t in state.values()))
+        if self._published is None or self._published[0] != version:
+            cpu_state = {k: v.detach().cpu() for k, v in state.items()}
+            self._published = (version, ray.put(cpu_state))
+        return self._published
+
+    def __call__(self, supernet: Supernet, archs: Sequence[Arch]) -> np.ndarray:
+        import ray
+
+        version, ref = self._publish(supernet)
+        key = hash(version)
+        pending = {
+            self.actors[i % len(self.actors)].evaluate.remote(key, [ref], arch.to_json()): i
+            for i, arch in enumerate(archs)
+        }
+        results = np.full(len(archs), np.nan)
+        bar = tqdm(
+            total=len(archs), desc="evaluating (ray)", disable=not self.progress, leave=False
+        )
+        remaining = list(pending)
+        while remaining:
+            done, remaining = ray.wait(remaining, num_returns=1)
+            i = pending[done[0]]
+            try:
+                results[i] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as err:
+                raise EvaluationError(
+                    f"evaluating {archs[i].to_json()} failed on a Ray worker: {err}"
+                ) from err
+            bar.update(1)
+        bar.close()
+        return results
