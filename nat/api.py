@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,6 +80,7 @@ def search(
     progress: bool = True,
     workers: int | None = None,
     address: str | None = None,
+    adapt_workers: int = 0,
     **config: Any,
 ) -> SearchResult:
     """Search the Pareto front of accuracy against parameters / MACs on a dataset.
@@ -89,10 +91,13 @@ def search(
     pareto.png, history.csv, the front's subnets, report.md, and a resume/ snapshot after
     every iteration (see :func:`resume`). ``workers``: evaluate on that many local Ray
     workers; ``address``: on the Ray cluster there. Neither: in this process.
+    ``adapt_workers`` >= 2 (with Ray): adapt the supernet data-parallel with Ray Train.
     """
     from .report import write_outputs  # matplotlib only when files are written
 
     start = time.perf_counter()
+    if adapt_workers and workers is None and address is None:
+        raise ValueError("--adapt-workers needs Ray: give --workers or --address too")
     resolutions = (space_options or {}).get("resolutions") or search_spaces.get(space).resolutions
     splits = load_dataset(
         data,
@@ -125,10 +130,18 @@ def search(
         "data": data_settings(data, splits.image_size, seed, subset),
         "class_names": splits.class_names,
     }
-    with _runner(
-        workers, address, metadata["data"], cfg, supernet.space, splits.num_classes, progress
-    ) as runner:
-        run = NATSearch(supernet.cpu(), splits, cfg, out, runner, progress, metadata)
+    with _backends(
+        workers,
+        address,
+        adapt_workers,
+        metadata["data"],
+        cfg,
+        supernet.space,
+        splits.num_classes,
+        out,
+        progress,
+    ) as (runner, adapter):
+        run = NATSearch(supernet.cpu(), splits, cfg, out, runner, progress, metadata, adapter)
         result = run.run()
     if out is not None:
         write_outputs(run, result, out)
@@ -137,7 +150,11 @@ def search(
 
 
 def resume(
-    out: str | Path, workers: int | None = None, address: str | None = None, progress: bool = True
+    out: str | Path,
+    workers: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+    adapt_workers: int = 0,
 ) -> SearchResult:
     """Continue the interrupted search in the run folder ``out`` from its last completed
     iteration; with the same seed and settings it ends with the same archive and front as
@@ -157,11 +174,19 @@ def resume(
         raise ValueError(f"resume state {state} is corrupt: {err}") from err
     splits = load_from_settings(settings)
     run = NATSearch.resume(out, splits, progress=progress)
-    with _runner(
-        workers, address, settings, run.config, run.space, splits.num_classes, progress
-    ) as runner:
+    with _backends(
+        workers,
+        address,
+        adapt_workers,
+        settings,
+        run.config,
+        run.space,
+        splits.num_classes,
+        out,
+        progress,
+    ) as (runner, adapter):
         if runner is not None:
-            run.runner = runner
+            run.runner, run.adapter = runner, adapter
         result = run.run()
     write_outputs(run, result, out)
     result.seconds = time.perf_counter() - start
@@ -169,18 +194,23 @@ def resume(
 
 
 @contextmanager
-def _runner(workers, address, settings, cfg, space, num_classes, progress):
-    """None (evaluate in this process), or a Ray runner inside a Ray session."""
+def _backends(workers, address, adapt_workers, settings, cfg, space, num_classes, out, progress):
+    """(runner, adapter): (None, None) to evaluate and adapt in this process, else Ray actors
+    for evaluation and, with ``adapt_workers`` >= 2, Ray Train for adaptation."""
     if workers is None and address is None:
-        yield None
+        if adapt_workers:
+            raise ValueError("--adapt-workers needs Ray: give --workers or --address too")
+        yield None, None
         return
-    from .distributed import RayRunner, check_workers, ray_session
+    from .distributed import RayRunner, RayTrainAdapter, check_workers, ray_session
 
     if workers is not None:
         workers = check_workers(workers)
     with ray_session(workers, address) as cpus:
         n = workers or max(1, cpus)
-        yield RayRunner(
+        # The phases alternate, so evaluation actors and training workers share the CPUs.
+        share = cpus / (n + adapt_workers) if adapt_workers else 1
+        runner = RayRunner(
             settings,
             space,
             num_classes,
@@ -188,5 +218,18 @@ def _runner(workers, address, settings, cfg, space, num_classes, progress):
             cfg.bn_batches,
             cfg.batch_size,
             cfg.seed,
+            cpus_per_worker=share,
+            threads=max(1, cpus // n),
             progress=progress,
         )
+        adapter = None
+        if adapt_workers:
+            storage = Path(out or tempfile.mkdtemp(prefix="nat-")) / "ray-train"
+            adapter = RayTrainAdapter(
+                settings,
+                adapt_workers,
+                storage,
+                cpus_per_worker=share,
+                threads=max(1, cpus // adapt_workers),
+            )
+        yield runner, adapter

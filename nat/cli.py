@@ -320,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(clusters started by `ray start` need RAY_AUTH_MODE=token, set for you); the data "
         "path must exist on every node",
     )
+    g.add_argument(
+        "--adapt-workers",
+        type=int,
+        default=0,
+        help="adapt the supernet data-parallel on N >= 2 Ray Train workers (gloo, CPU; with "
+        "--workers or --address). Default 0: in this process",
+    )
     _add_data_options(p)
     _add_run_options(p)
 
@@ -520,7 +527,7 @@ def _search(args: argparse.Namespace) -> int:
     from .api import resume, search
 
     if args.resume:
-        result = resume(args.resume, args.workers, args.address, progress=not args.quiet)
+        result = resume(args.resume, args.workers, args.address, not args.quiet, args.adapt_workers)
         _print_front(result, Path(args.resume))
         return 0
     if args.data != "digits" and not Path(args.data).exists():
@@ -555,6 +562,7 @@ def _search(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         address=args.address,
+        adapt_workers=args.adapt_workers,
     )
     _print_front(result, out)
     return 0

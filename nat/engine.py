@@ -43,6 +43,8 @@ STATE_FORMAT = "nat-search-state/1"
 
 # Evaluates a list of architectures with a supernet: the seam for parallel backends.
 Runner = Callable[[Supernet, list[Arch]], np.ndarray]
+# Adapts the supernet in place given the archive's best encodings and TrainConfig fields.
+Adapter = Callable[[Supernet, np.ndarray, dict], None]
 
 
 @dataclass
@@ -171,8 +173,10 @@ class NATSearch:
         runner: Runner | None = None,
         progress: bool = True,
         metadata: dict | None = None,
+        adapter: Adapter | None = None,
     ) -> None:
         self.supernet, self.data, self.config = supernet, data, config
+        self.adapter = adapter
         self.metadata = metadata or {}
         self.space = supernet.space
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -237,8 +241,7 @@ class NATSearch:
     def adapt(self, iteration: int) -> None:
         """Fine-tune the supernet on the archive's best architectures, then re-evaluate."""
         metrics = self.config.metrics
-        order = rank_order(self.archive.objectives(metrics))[: self.config.adapt_top]
-        sampler = categorical_sampler(self.space, self.archive.X[order])
+        top = self.archive.X[rank_order(self.archive.objectives(metrics))[: self.config.adapt_top]]
         config = TrainConfig(
             epochs=self.config.adapt_epochs,
             batch_size=self.config.batch_size,
@@ -246,7 +249,16 @@ class NATSearch:
             warmup_epochs=0,
             seed=self.config.seed * 1000 + iteration,
         )
-        train_supernet(self.supernet, self.data, config, sampler=sampler, progress=self.progress)
+        if self.adapter is not None:  # e.g. data-parallel on a Ray cluster
+            self.adapter(self.supernet, top, asdict(config))
+        else:
+            train_supernet(
+                self.supernet,
+                self.data,
+                config,
+                sampler=categorical_sampler(self.space, top),
+                progress=self.progress,
+            )
         self.supernet.eval()
         self.archive.set_accuracy(self._evaluate(self.archive.X))
         self._save(supernet=True)

@@ -120,14 +120,16 @@ def train_supernet(
     checkpoint_metadata: dict | None = None,
     device: torch.device | None = None,
     progress: bool = True,
+    before_step: Callable[[Supernet], None] | None = None,
 ) -> list[dict]:
     """Train with the sandwich rule: each step back-propagates the largest subnet on the
     labels, then the smallest and ``config.random_subnets`` sampled subnets on the largest
     one's softened predictions (in-place distillation); one optimiser step per batch.
 
     ``sampler`` draws the random subnets (default: uniform over the space). After every
-    epoch the checkpoint (if given) is rewritten atomically. Returns one record per epoch
-    (loss, seconds, learning rate).
+    epoch the checkpoint (if given) is rewritten atomically. ``before_step`` sees the
+    gradients before each optimiser step (data-parallel training averages them there).
+    Returns one record per epoch (loss, seconds, learning rate).
     """
     device = device or default_device()
     space = supernet.space
@@ -194,6 +196,8 @@ def train_supernet(
                 )
                 kd.backward()
                 step_loss += kd.item()
+            if before_step is not None:
+                before_step(supernet)
             nn.utils.clip_grad_norm_(supernet.parameters(), 5.0)
             optimizer.step()
             step += 1

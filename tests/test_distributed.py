@@ -197,3 +197,31 @@ def test_resume_errors_are_clear(tmp_path):
     (tmp_path / "resume" / "state.json").write_text("{not json")
     with pytest.raises(ValueError, match="corrupt"):
         resume(tmp_path)
+
+
+def test_data_parallel_adaptation_with_ray_train(evaluation_setup, tmp_path):
+    from dataclasses import asdict
+
+    from nat.distributed import RayTrainAdapter
+    from nat.train import TrainConfig
+
+    settings, space, _, _, _ = evaluation_setup
+    data = load_from_settings(settings)
+    torch.manual_seed(0)
+    net = supernets.build_supernet(space, 10).eval()
+    evaluator = SubnetEvaluator(data, 4)
+    before = evaluator(net, [space.largest()])[0]
+    weights = net.classifier.weight.detach().clone()
+    top = space.sample(8, np.random.default_rng(0))
+    with ray_session(workers=2):
+        adapter = RayTrainAdapter(settings, 2, tmp_path, cpus_per_worker=0.5)
+        config = TrainConfig(epochs=6, batch_size=32, lr=0.1, random_subnets=1)
+        adapter(net, top, asdict(config))
+    assert not torch.equal(net.classifier.weight, weights)  # the trained weights came back
+    after = evaluator(net, [space.largest()])[0]
+    assert before < 0.3 < after  # data-parallel epochs on digits learn something
+
+
+def test_adapt_workers_need_ray():
+    with pytest.raises(ValueError, match="--adapt-workers needs Ray"):
+        nat.search(max_params=_budget(), seed=0, adapt_workers=2, **TINY)
