@@ -53,8 +53,8 @@ def main() -> None:
     results["in_process_evals_per_s"] = _rate(local, net, archs)
     for workers in (1, 2):
         with ray_session(workers=workers):
-            runner = RayRunner(settings, space, 10, workers, bn_batches=10,
-                               threads=max(1, 2 // workers))
+            # Ray gives each worker one CPU, so one torch thread each, as in `nat search`.
+            runner = RayRunner(settings, space, 10, workers, bn_batches=10, threads=1)
             runner(net, warm[: 2 * workers])
             results[f"ray_{workers}_evals_per_s"] = _rate(runner, net, archs)
             if workers == 1:  # the price of a task: a round trip to an idle actor
@@ -75,8 +75,15 @@ def main() -> None:
 
     # Resume: a small run, then reload its last snapshot.
     with tempfile.TemporaryDirectory() as folder:
-        config = SearchConfig(iterations=1, doe_size=6, candidates=3, population=12,
-                              generations=4, adapt_epochs=1, bn_batches=4)
+        config = SearchConfig(
+            iterations=1,
+            doe_size=6,
+            candidates=3,
+            population=12,
+            generations=4,
+            adapt_epochs=1,
+            bn_batches=4,
+        )
         NATSearch(net, data, config, folder, progress=False).run()
         snapshot = Path(folder) / "resume"
         sizes = {p.name: p.stat().st_size for p in snapshot.iterdir()}
