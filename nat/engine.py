@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from tqdm.auto import tqdm
@@ -37,7 +36,7 @@ from .problem import Budgets, SurrogateProblem, run_nsga2
 from .surrogate import make_surrogate, rank_metrics
 from .train import TrainConfig, train_supernet
 
-__all__ = ["NATSearch", "SearchConfig", "SearchResult", "categorical_sampler", "run_search"]
+__all__ = ["NATSearch", "SearchConfig", "SearchResult", "categorical_sampler"]
 
 STATE_FORMAT = "nat-search-state/1"
 
@@ -467,16 +466,3 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def run_search(
-    supernet: Supernet,
-    data: DataSplits,
-    config: SearchConfig,
-    out_dir: str | Path | None = None,
-    runner: Runner | None = None,
-    progress: bool = True,
-) -> SearchResult:
-    """Run a NAT search with a trained supernet; see :class:`NATSearch`."""
-    torch.manual_seed(config.seed)
-    return NATSearch(supernet, data, config, out_dir, runner, progress).run()

@@ -84,27 +84,7 @@ def _one_blas_thread() -> Any:
 # -- inputs ----------------------------------------------------------------------------------
 def _check_encodings(space: Any, X: np.ndarray) -> np.ndarray:
     """``X`` as a 2-D float array of valid encodings of ``space``, or a ValueError."""
-    X = np.asarray(X)
-    if X.ndim == 1 and X.size == space.n_var:
-        X = X.reshape(1, -1)
-    if X.ndim != 2 or X.shape[1] != space.n_var:
-        raise ValueError(
-            f"encodings of {space.name!r} must have shape (n, {space.n_var}), got {X.shape}"
-        )
-    if not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"encodings must be numeric, got dtype {X.dtype}")
-    X = X.astype(float)
-    if not np.isfinite(X).all():
-        raise ValueError("encodings contain NaN or infinite values")
-    lower, upper = np.asarray(space.lower), np.asarray(space.upper)
-    outside = (X < lower) | (X > upper)
-    if outside.any():
-        row, col = np.argwhere(outside)[0]
-        raise ValueError(
-            f"encoding {row} has variable {col} = {X[row, col]:g}, outside "
-            f"[{lower[col]}, {upper[col]}] of {space.name!r}"
-        )
-    return X
+    return space.check(X).astype(float)
 
 
 def _check_accuracies(y: np.ndarray, n: int) -> np.ndarray:

@@ -203,8 +203,9 @@ class SearchSpace:
     def __hash__(self) -> int:
         return hash((self.name, repr(self.options)))
 
-    def _check(self, x: np.ndarray) -> np.ndarray:
-        """x as an (n, n_var) int64 array, after checking its shape and bounds."""
+    def check(self, x: np.ndarray) -> np.ndarray:
+        """x as an (n, n_var) int64 array, after checking its shape, integrality and bounds;
+        a ValueError names the first offending variable."""
         arr = np.asarray(x)
         if arr.ndim not in (1, 2) or arr.shape[-1] != self.n_var:
             raise ValueError(
@@ -225,7 +226,7 @@ class SearchSpace:
 
     def to_arrays(self, x: np.ndarray) -> ArchArrays:
         """Decode a population (n, n_var) into arrays, vectorised."""
-        X = self._check(x)
+        X = self.check(x)
         n, d_max = len(X), max(self.max_depths)
         depth = self._depth_table[np.arange(self.n_stages), X[:, self._depth]]
         kernel = np.zeros((n, self.n_stages, d_max), dtype=np.int64)
