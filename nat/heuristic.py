@@ -130,17 +130,7 @@ def feillet(
     Raises ValueError for a non-positive budget, an unknown metric, or a budget below the
     smallest network of the family at minimal depth.
     """
-    _check_budget(budget, metric)
-    if space is None:
-        ref = _require(ref)
-        shallowest = (1,) * len(_scalable_depths(ref))
-        archs = [_scaled(ref, w, shallowest) for w in WIDTH_GRID]
-        return _pick_archs(archs, list(WIDTH_GRID), ref, budget, metric, num_classes, "feillet")
-    ref, x_ref = _member(space, ref)
-    n_width = len(space.width_mults)
-    depth = np.zeros((n_width, space.n_stages), dtype=np.int64)  # each stage's minimum
-    X = _rows(space, x_ref, np.arange(n_width), depth)
-    return _pick_rows(space, X, ref, budget, metric, num_classes, "feillet")
+    return _width_scan(budget, ref, num_classes, metric, space, full_depth=False)
 
 
 def width_only(
@@ -152,17 +142,34 @@ def width_only(
 ) -> Scaled:
     """Ablation: the reference's full depth, the largest width that fits ``budget``.
     Forms, arguments and errors as :func:`feillet`."""
+    return _width_scan(budget, ref, num_classes, metric, space, full_depth=True)
+
+
+def _width_scan(
+    budget: float,
+    ref: Arch | None,
+    num_classes: int,
+    metric: str,
+    space: SearchSpace | None,
+    full_depth: bool,
+) -> Scaled:
+    """The largest width within ``budget`` at the reference's full depth (width-only) or at
+    each stage's minimum depth (Feillet), in the continuous or the snapped form."""
     _check_budget(budget, metric)
+    method = "width-only" if full_depth else "feillet"
     if space is None:
         ref = _require(ref)
-        full = _scalable_depths(ref)
-        archs = [_scaled(ref, w, full) for w in WIDTH_GRID]
-        return _pick_archs(archs, list(WIDTH_GRID), ref, budget, metric, num_classes, "width-only")
+        depths = _scalable_depths(ref) if full_depth else (1,) * len(_scalable_depths(ref))
+        archs = [_scaled(ref, w, depths) for w in WIDTH_GRID]
+        return _pick_archs(archs, list(WIDTH_GRID), ref, budget, metric, num_classes, method)
     ref, x_ref = _member(space, ref)
     n_width = len(space.width_mults)
-    depth = np.repeat(x_ref[None, _gene_positions(space, "depth")], n_width, axis=0)
+    if full_depth:
+        depth = np.repeat(x_ref[None, _gene_positions(space, "depth")], n_width, axis=0)
+    else:
+        depth = np.zeros((n_width, space.n_stages), dtype=np.int64)  # each stage's minimum
     X = _rows(space, x_ref, np.arange(n_width), depth)
-    return _pick_rows(space, X, ref, budget, metric, num_classes, "width-only")
+    return _pick_rows(space, X, ref, budget, metric, num_classes, method)
 
 
 def depth_only(
