@@ -376,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=20,
         help="training batches for BatchNorm recalibration (default 20)",
     )
+    p.add_argument(
+        "--scratch",
+        action="store_true",
+        help="also train the heuristic's architecture from scratch, as many epochs",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -592,6 +597,7 @@ def _compare(args: argparse.Namespace) -> int:
         args.lr,
         args.bn_batches,
         progress=not args.quiet,
+        scratch=args.scratch,
     )
     print((Path(args.run) / "compare.md").read_text())
     return 0 if rows else 2

@@ -5,7 +5,9 @@ For each budget: the heuristic (shallowest depth, widest width within budget), w
 (full depth), depth-only (full width), all snapped to the supernet's choices so they inherit
 its weights, and the searched subnet (the archive's most accurate one within budget). Each
 is scored on the test split with inherited weights (BatchNorm recalibrated) and after the
-same short fine-tuning, over several seeds (BatchNorm batches and fine-tuning order).
+same short fine-tuning, over several seeds (BatchNorm batches and fine-tuning order). With
+``scratch``, the heuristic's architecture is also trained from random initial weights for
+the same number of epochs: the reference that shows what the inherited weights are worth.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from search_spaces import Arch
+from supernets import build_static
 
 from .archive import Archive
 from .checkpoint import load_supernet
@@ -26,6 +30,8 @@ from .evaluate import SubnetEvaluator
 from .files import atomic_write, write_json
 from .heuristic import depth_only, feillet, width_only
 from .train import evaluate, finetune
+
+SCRATCH = "heuristic (scratch)"
 
 __all__ = ["compare"]
 
@@ -36,17 +42,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def _candidates(archive: Archive, budget: float, metric: str) -> dict[str, Arch | None]:
+def _candidates(
+    archive: Archive, budget: float, metric: str, methods: tuple[str, ...]
+) -> dict[str, Arch | None]:
     space, num_classes = archive.space, archive.num_classes
     archs: dict[str, Arch | None] = {}
     for name, method in METHODS.items():
+        if name not in methods:
+            continue
         try:
             archs[name] = method(budget, None, num_classes, metric=metric, space=space).arch
         except ValueError:
             archs[name] = None  # nothing of this method fits: reported as such
     within = [e for e in archive.entries if getattr(e, metric) <= budget]
     best = max(within, key=lambda e: e.accuracy, default=None)
-    archs["searched"] = space.decode(best.x) if best else None
+    if "searched" in methods:
+        archs["searched"] = space.decode(best.x) if best else None
     return archs
 
 
@@ -59,9 +70,16 @@ def compare(
     lr: float = 0.01,
     bn_batches: int = 20,
     progress: bool = True,
+    scratch: bool = False,
+    methods: tuple[str, ...] = (*METHODS, "searched"),
 ) -> list[dict]:
-    """Compare methods at each budget; writes compare.md, compare.json and compare.png into
-    ``run_dir`` (a ``nat search`` folder) and returns the table rows."""
+    """Compare ``methods`` (of "heuristic", "width-only", "depth-only", "searched") at each
+    budget, plus the heuristic trained from scratch with ``scratch``; writes compare.md,
+    compare.json and compare.png into ``run_dir`` (a ``nat search`` folder) and returns the
+    table rows (accuracies as (mean, std) over seeds, 0..1)."""
+    unknown = set(methods) - {*METHODS, "searched"}
+    if unknown or not methods:
+        raise ValueError(f"unknown methods {sorted(unknown)}: choose from {[*METHODS, 'searched']}")
     run_dir = Path(run_dir)
     if not (run_dir / "archive.json").is_file():
         raise FileNotFoundError(f"{run_dir} holds no archive.json: give a `nat search` run folder")
@@ -74,7 +92,10 @@ def compare(
     test_batches = list(make_loader(data.test, 256, shuffle=False))
     rows = []
     for budget in budgets:
-        for method, arch in _candidates(archive, budget, metric).items():
+        candidates = _candidates(archive, budget, metric, tuple(methods))
+        if scratch:
+            candidates[SCRATCH] = _candidates(archive, budget, metric, ("heuristic",))["heuristic"]
+        for method, arch in candidates.items():
             row = {"budget": budget, "method": method}
             if arch is None:
                 rows.append({**row, "params": None, "macs": None})
@@ -82,11 +103,15 @@ def compare(
             params, macs = archive.space.complexity(arch, archive.num_classes)
             inherited, tuned = [], []
             for seed in seeds:
-                supernet, _ = load_supernet(run_dir / "supernet.pt")
-                evaluator = SubnetEvaluator(data, bn_batches, seed=seed)
-                evaluator.val_batches = test_batches  # score on the held-out test split
-                inherited.append(float(evaluator(supernet, [arch])[0]))
-                model = supernet.extract(arch)
+                if method == SCRATCH:
+                    torch.manual_seed(seed)
+                    model = build_static(arch, archive.num_classes)
+                else:
+                    supernet, _ = load_supernet(run_dir / "supernet.pt")
+                    evaluator = SubnetEvaluator(data, bn_batches, seed=seed)
+                    evaluator.val_batches = test_batches  # score on the held-out test split
+                    inherited.append(float(evaluator(supernet, [arch])[0]))
+                    model = supernet.extract(arch)
                 finetune(
                     model,
                     data,
@@ -102,7 +127,7 @@ def compare(
                     **row,
                     "params": params,
                     "macs": macs,
-                    "inherited": _mean_std(inherited),
+                    "inherited": _mean_std(inherited) if inherited else None,
                     "finetuned": _mean_std(tuned),
                     "resolution": arch.resolution,
                     "depths": list(arch.depths),
@@ -119,17 +144,18 @@ def _write(run_dir: Path, rows: list[dict], metric: str, seeds, epochs: int) -> 
         f"# Heuristic vs searched ({metric} budgets; test accuracy, mean ± std over seeds "
         f"{list(seeds)}; fine-tuning: {epochs} epoch(s))",
         "",
-        "| budget | method | params | MACs | inherited | fine-tuned | depths |",
+        "| budget | method | params | MACs | inherited | fine-tuned (scratch: trained) | depths |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["params"] is None:
             lines.append(f"| {r['budget']:,.0f} | {r['method']} | nothing fits | | | | |")
             continue
-        (im, isd), (fm, fsd) = r["inherited"], r["finetuned"]
+        fm, fsd = r["finetuned"]
+        inherited = "{:.2%} ± {:.2%}".format(*r["inherited"]) if r["inherited"] else "-"
         lines.append(
             f"| {r['budget']:,.0f} | {r['method']} | {r['params']:,} | {r['macs']:,} | "
-            f"{im:.2%} ± {isd:.2%} | {fm:.2%} ± {fsd:.2%} | {r['depths']} |"
+            f"{inherited} | {fm:.2%} ± {fsd:.2%} | {r['depths']} |"
         )
     text = "\n".join(lines) + "\n"
     atomic_write(run_dir / "compare.md", lambda f: f.write(text.encode()))
@@ -141,7 +167,7 @@ def _write(run_dir: Path, rows: list[dict], metric: str, seeds, epochs: int) -> 
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method, marker in zip(
-        ("heuristic", "width-only", "depth-only", "searched"), "s^vo", strict=True
+        ("heuristic", "width-only", "depth-only", "searched", SCRATCH), "s^vox", strict=True
     ):
         pts = sorted(
             (r[metric], r["finetuned"])

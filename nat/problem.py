@@ -15,7 +15,7 @@ from pymoo.optimize import minimize
 
 from search_spaces import SearchSpace
 
-__all__ = ["Budgets", "SpaceRepair", "SurrogateProblem", "run_nsga2"]
+__all__ = ["Budgets", "SpaceRepair", "SurrogateProblem", "make_nsga2", "run_nsga2"]
 
 METRICS = ("params", "macs")
 
@@ -104,19 +104,26 @@ class SurrogateProblem(Problem):
             out["G"] = self.budgets.violation(X)
 
 
+def make_nsga2(space: SearchSpace, initial: np.ndarray, pop_size: int) -> NSGA2:
+    """pymoo's NSGA-II over ``space``'s integer encoding: SBX and polynomial mutation rounded
+    to integers, then the space's repair; duplicates eliminated; starts from ``initial``
+    (seeds first, as many rows as ``pop_size``)."""
+    return NSGA2(
+        pop_size=pop_size,
+        sampling=initial.astype(float),
+        crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+        mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
+        repair=SpaceRepair(space),
+        eliminate_duplicates=True,
+    )
+
+
 def run_nsga2(
     problem: SurrogateProblem, initial: np.ndarray, generations: int, seed: int, pop_size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run NSGA-II from the ``initial`` population (seeds first, as many rows as pop_size);
     returns the final population's X (ints), F and constraint violation G."""
-    algorithm = NSGA2(
-        pop_size=pop_size,
-        sampling=initial.astype(float),
-        crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
-        mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
-        repair=SpaceRepair(problem.budgets.space),
-        eliminate_duplicates=True,
-    )
+    algorithm = make_nsga2(problem.budgets.space, initial, pop_size)
     result = minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False)
     pop = result.pop
     G = pop.get("G") if problem.n_ieq_constr else np.zeros((len(pop), 0))

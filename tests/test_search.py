@@ -159,3 +159,28 @@ def test_compare_writes_a_table_for_every_method(run):
     for name in ("compare.md", "compare.json", "compare.png"):
         assert (out / name).is_file()
     assert "± " in (out / "compare.md").read_text()
+
+
+def test_compare_trains_the_heuristic_from_scratch_on_request(run):
+    from nat.compare import SCRATCH, compare
+
+    _, out = run
+    budget = _budget()
+    rows = compare(
+        out,
+        [budget],
+        seeds=(0,),
+        finetune_epochs=1,
+        bn_batches=2,
+        progress=False,
+        scratch=True,
+        methods=("heuristic", "searched"),
+    )
+    assert [r["method"] for r in rows] == ["heuristic", "searched", SCRATCH]
+    heuristic, scratch = rows[0], rows[2]
+    assert scratch["arch"] == heuristic["arch"]  # the same architecture, other weights
+    assert scratch["inherited"] is None and heuristic["inherited"] is not None
+    assert 0 <= scratch["finetuned"][0] <= 1
+    assert SCRATCH in (out / "compare.md").read_text()
+    with pytest.raises(ValueError, match="unknown methods"):
+        compare(out, [budget], methods=("best",))

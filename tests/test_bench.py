@@ -1,0 +1,67 @@
+"""The benchmark suite's quick mode runs end to end, so the scripts never rot."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "scripts" / "bench.py"
+NAMES = ("search", "heuristic", "fidelity", "surrogate", "speed", "growth")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_quick_suite_writes_every_table(tmp_path):
+    out = tmp_path / "bench"
+    done = _run("--quick", "--data", "digits", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in NAMES:
+        doc = json.loads((out / f"{name}.json").read_text())
+        assert doc["machine"]["nproc"] >= 1 and doc["settings"]["subset"] == 600
+        assert f"## {name}" in (out / f"{name}.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "Total:" in summary and "NAT / random search HV" in summary
+
+    search = json.loads((out / "search.json").read_text())
+    assert [p["seed"] for p in search["per_seed"]] == [0, 1]
+    for p in search["per_seed"]:
+        methods = p["methods"]
+        n = methods["NAT"]["evaluated"]
+        # Every search method gets the same number of real evaluations.
+        for label in ("NSGA-II, real evaluations", "random search", "NAT without adaptation"):
+            assert methods[label]["evaluated"] == n
+        for m in methods.values():
+            assert 0 < m["hv"] <= 1.01**2
+    assert (out / "search_pareto.png").stat().st_size > 0
+
+    heuristic = json.loads((out / "heuristic.json").read_text())["rows"]
+    assert {r["method"] for r in heuristic} == {"heuristic", "searched", "heuristic (scratch)"}
+    fidelity = json.loads((out / "fidelity.json").read_text())
+    assert len(fidelity["scratch"]) == len(fidelity["inherited"]) == 4
+    assert -1 <= fidelity["kendall_tau"] <= 1
+    speed = json.loads((out / "speed.json").read_text())
+    assert all(r["same_counts"] for r in speed["training"])  # truly equivalent models
+    assert speed["ray"]["ray_1"] > 0 and speed["ray"]["ray_2"] > 0
+    growth = json.loads((out / "growth.json").read_text())
+    assert [r["archive"] for r in growth["by_archive"]] == [8, 16]
+
+    # A second run of one benchmark reuses the cached pre-trained supernet and NAT run.
+    again = _run("--quick", "--data", "digits", "--out", str(out), "heuristic")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "iteration 1" not in again.stdout + again.stderr
+
+
+def test_bad_arguments_are_named():
+    done = _run("--quick", "--data", "digits", "nonsense")
+    assert done.returncode == 2 and "unknown benchmark(s) ['nonsense']" in done.stderr
+    done = _run("--data", "/no/such/cifar.tar.gz")
+    assert done.returncode == 2 and "/no/such/cifar.tar.gz not found" in done.stderr
