@@ -73,6 +73,7 @@ class Settings:
     candidates: int = 8
     population: int = 40
     generations: int = 20
+    real_population: int = 10  # NSGA-II on real evaluations: ~4 generations for ~40 subnets
     heuristic_budgets: int = 8  # budgets per heuristic method, log-spaced up to max_params
     # heuristic vs searched
     budget_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
@@ -122,6 +123,7 @@ QUICK = Settings(
     candidates=3,
     population=12,
     generations=3,
+    real_population=4,
     heuristic_budgets=3,
     finetune_epochs=1,
     finetune_seeds=(0,),
@@ -312,7 +314,7 @@ def nsga2_on_real_evaluations(bench: Bench, n: int, seed: int) -> Archive:
     distinct subnets are evaluated; starts from random feasible designs, as NAT does."""
     budgets = bench.budgets
     problem = RealProblem(budgets, bench.pretrained(), bench.evaluator(seed), n)
-    pop = bench.s.population
+    pop = bench.s.real_population
     rng = np.random.default_rng(seed + 20_000)
     X0 = _sample_feasible(budgets, pop, rng, Archive(bench.space, 10))
     algorithm = make_nsga2(bench.space, X0, len(X0))

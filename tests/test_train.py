@@ -1,3 +1,5 @@
+import stat
+
 import pytest
 import torch
 from conftest import SPACES, small_space
@@ -86,3 +88,10 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(target, fail)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]  # no temporary left behind
+
+
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    written = atomic_write(tmp_path / "atomic", lambda f: f.write(b"x"))
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
