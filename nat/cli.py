@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="random subnets per step besides largest and smallest (default 2)",
     )
     g.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.5,
+        help="weight of distillation from the largest subnet in the other subnets' loss, "
+        "the rest on the labels; 1 is OFA's pure distillation (default 0.5)",
+    )
+    g.add_argument(
         "--out",
         default=None,
         metavar="FILE",
@@ -434,6 +441,7 @@ def _train_supernet(args: argparse.Namespace) -> int:
         lr=args.lr,
         weight_decay=args.weight_decay,
         random_subnets=args.random_subnets,
+        distill_weight=args.distill_weight,
         seed=args.seed,
     )
     print(

@@ -50,7 +50,7 @@ from nat.heuristic import depth_only, feillet, reference_arch, width_only
 from nat.problem import Budgets, make_nsga2
 from nat.profile import profile
 from nat.surrogate import SURROGATES, make_surrogate, rank_metrics
-from nat.train import evaluate, finetune
+from nat.train import TrainConfig, evaluate, finetune
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10-train-jpeg.tar.gz"
 
@@ -163,6 +163,7 @@ class Bench:
         )
         self._data = self._pretrained = self._pool = None
         self.pretrain_s: float | None = None
+        self.pretrain_key = ""  # set by pretrained()
 
     @property
     def data(self):
@@ -185,7 +186,10 @@ class Bench:
         """A copy of the shared pre-trained supernet (trained once; cached in ``out``)."""
         if self._pretrained is None:
             path = self.out / "cache" / "pretrained.pt"
-            key = self.s.key(*PRETRAIN_FIELDS) + json.dumps(self.data_settings, sort_keys=True)
+            # The training recipe's defaults count too: a changed default retrains.
+            recipe = {**self.data_settings, **asdict(TrainConfig())}
+            key = self.s.key(*PRETRAIN_FIELDS) + json.dumps(recipe, sort_keys=True)
+            self.pretrain_key = hashlib.sha1(key.encode()).hexdigest()[:12]
             if path.is_file():
                 net, meta = load_supernet(path)
                 if meta.get("key") == key:
@@ -231,7 +235,8 @@ class Bench:
         """The folder of seed ``seed``'s NAT search (archive.json with its history, and the
         adapted supernet.pt), run now unless a finished one with these settings exists."""
         folder = self.out / "cache" / f"nat-seed{seed}"
-        key = self.s.key()
+        self.pretrained()  # sets pretrain_key: a retrained supernet means a new search
+        key = self.s.key() + self.pretrain_key
         archive = folder / "archive.json"
         if archive.is_file() and json.loads(archive.read_text()).get("bench_key") == key:
             return folder

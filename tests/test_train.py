@@ -1,5 +1,6 @@
 import stat
 
+import numpy as np
 import pytest
 import torch
 from conftest import SPACES, small_space
@@ -95,3 +96,19 @@ def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
     plain.write_bytes(b"x")
     written = atomic_write(tmp_path / "atomic", lambda f: f.write(b"x"))
     assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+
+
+def test_students_learn_from_labels_as_much_as_distill_weight_says(digits):
+    """distill_weight 1 is OFA's pure distillation, 0 pure label loss for the students: the
+    option reaches the loss, so the same seed trains other weights."""
+    weights = []
+    for distill_weight in (1.0, 0.0):
+        torch.manual_seed(0)
+        net = supernets.build_supernet(small_space("resnet", resolutions=(12,)), 10)
+        config = TrainConfig(epochs=1, batch_size=256, distill_weight=distill_weight)
+        history = train_supernet(net, digits, config, progress=False)
+        weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+        assert np.isfinite(history[0]["loss"])
+    assert not torch.allclose(weights[0], weights[1])
+    with pytest.raises(ValueError, match="distill_weight must be in"):
+        TrainConfig(distill_weight=1.5)
