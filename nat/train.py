@@ -49,7 +49,7 @@ class TrainConfig:
     distill_temperature: float = 1.0
     # Students' loss: distill_weight * KD from the largest + (1 - distill_weight) * label CE.
     # OFA's pure distillation (1.0) starves short schedules: after 5 epochs on a 4,000-image
-    # CIFAR-10 subset it left subnets 8-12 points below 0.5 (scripts/bench.py's setup).
+    # CIFAR-10 subset it left subnets 7-12 points below 0.5 (scripts/bench.py's setup).
     distill_weight: float = 0.5
     label_smoothing: float = 0.1
     seed: int = 0
