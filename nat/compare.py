@@ -12,7 +12,6 @@ the same number of epochs: the reference that shows what the inherited weights a
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 from pathlib import Path
@@ -27,7 +26,7 @@ from .archive import Archive
 from .checkpoint import load_supernet
 from .data import load_from_settings, make_loader
 from .evaluate import SubnetEvaluator
-from .files import atomic_write, write_json
+from .files import atomic_write, save_figure, write_json
 from .heuristic import depth_only, feillet, width_only
 from .train import evaluate, finetune
 
@@ -183,8 +182,4 @@ def _write(run_dir: Path, rows: list[dict], metric: str, seeds, epochs: int) -> 
     ax.set_ylabel("test accuracy after fine-tuning (%)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(run_dir / "compare.png", lambda f: f.write(buffer.getvalue()))
+    save_figure(fig, run_dir / "compare.png")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json"]
+__all__ = ["atomic_write", "save_figure", "write_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -42,3 +42,16 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Atomically write ``data`` as indented JSON."""
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Lay out a matplotlib figure, write it atomically as a PNG (110 dpi), and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))

@@ -16,7 +16,7 @@ from supernets import recalibrate_bn
 
 from .checkpoint import export_subnet
 from .engine import NATSearch, SearchResult
-from .files import atomic_write
+from .files import atomic_write, save_figure
 from .train import resized
 
 __all__ = ["write_outputs"]
@@ -88,11 +88,7 @@ def _plot(path: Path, result: SearchResult) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{archive.space.name}: {len(entries)} subnets evaluated")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    save_figure(fig, path)
 
 
 def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> str:

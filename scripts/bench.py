@@ -45,7 +45,7 @@ from nat.data import data_settings, load_from_settings, make_loader
 from nat.distributed import RayRunner, ray_session
 from nat.engine import NATSearch, SearchConfig, _sample_feasible, hypervolume
 from nat.evaluate import SubnetEvaluator
-from nat.files import atomic_write, write_json
+from nat.files import atomic_write, save_figure, write_json
 from nat.heuristic import depth_only, feillet, reference_arch, width_only
 from nat.problem import Budgets, make_nsga2
 from nat.profile import profile
@@ -498,7 +498,7 @@ def _plot_fronts(path: Path, fronts: dict, budget: float) -> None:
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 # -- 2. heuristic vs searched -----------------------------------------------------------------
@@ -655,7 +655,7 @@ def _plot_surrogates(path: Path, results: dict, sizes: list[int]) -> None:
     ax.set_ylabel("Kendall tau on held-out subnets")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 # -- 5. speed --------------------------------------------------------------------------------
@@ -1118,16 +1118,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _save_figure(fig, path: Path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(fig)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 if __name__ == "__main__":
