@@ -1,14 +1,17 @@
 """Neural Architecture Transfer engine: search, surrogate, heuristic, training, CLI.
 
-``nat.search(...)`` runs a whole search; see :func:`nat.api.search`.
+``nat.search(...)`` runs a whole search (see :func:`nat.run.search`); ``nat.RunSpec``
+describes one as plain data (see :mod:`nat.spec`).
 """
 
-
-def search(*args, **kwargs):
-    """Run a NAT search; see :func:`nat.api.search` (imported lazily: torch loads slowly)."""
-    from .api import search as _search
-
-    return _search(*args, **kwargs)
+from .spec import RunSpec
 
 
-__all__ = ["search"]
+def search(**options):
+    """Run a NAT search; see :func:`nat.run.search` (imported lazily: torch loads slowly)."""
+    from .run import search as _search
+
+    return _search(**options)
+
+
+__all__ = ["RunSpec", "search"]

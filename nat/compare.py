@@ -12,8 +12,6 @@ the same number of epochs: the reference that shows what the inherited weights a
 
 from __future__ import annotations
 
-import json
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -22,23 +20,19 @@ import torch
 from search_spaces import Arch
 from supernets import build_static
 
-from .archive import Archive
-from .checkpoint import load_supernet
-from .data import load_from_settings, make_loader
-from .evaluate import SubnetEvaluator
-from .files import atomic_write, save_figure, write_json
-from .heuristic import depth_only, feillet, width_only
-from .train import evaluate, finetune
+from .engine.archive import Archive
+from .engine.heuristic import depth_only, feillet, width_only
+from .io.checkpoint import load_supernet
+from .io.files import atomic_write, markdown_table, mean_std, save_figure, write_json
+from .run import load_data, open_run
+from .training.evaluate import SubnetEvaluator
+from .training.train import evaluate, finetune
 
 SCRATCH = "heuristic (scratch)"
 
 __all__ = ["compare"]
 
 METHODS = {"heuristic": feillet, "width-only": width_only, "depth-only": depth_only}
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
 def _candidates(
@@ -79,19 +73,27 @@ def compare(
     unknown = set(methods) - {*METHODS, "searched"}
     if unknown or not methods:
         raise ValueError(f"unknown methods {sorted(unknown)}: choose from {[*METHODS, 'searched']}")
+    if finetune_epochs < 0:
+        raise ValueError(f"--finetune-epochs must be at least 0, got {finetune_epochs}")
+    if scratch and finetune_epochs == 0:
+        raise ValueError("--scratch trains for --finetune-epochs: give at least 1")
+    if not seeds:
+        raise ValueError("--seeds: give at least one seed")
     run_dir = Path(run_dir)
+    spec = open_run(run_dir)  # before anything slow: a clear error for a wrong folder
     if not (run_dir / "archive.json").is_file():
-        raise FileNotFoundError(f"{run_dir} holds no archive.json: give a `nat search` run folder")
+        raise FileNotFoundError(f"{run_dir} holds no archive.json: the search did not start")
     archive = Archive.load(run_dir / "archive.json")
-    doc = json.loads((run_dir / "archive.json").read_text())
-    settings = doc.get("data")
-    if not settings:
-        raise ValueError(f"{run_dir / 'archive.json'} does not name its data; rerun the search")
-    data = load_from_settings(settings)
-    test_batches = list(make_loader(data.test, 256, shuffle=False))
+    plan = {budget: _candidates(archive, budget, metric, tuple(methods)) for budget in budgets}
+    if not any(arch for archs in plan.values() for arch in archs.values()):
+        raise ValueError(
+            f"nothing fits any of the budgets {[f'{b:,.0f}' for b in budgets]} {metric}: raise them"
+        )
+    data = load_data(spec)
+    supernet, _ = load_supernet(run_dir / "supernet.pt")
+    test_batches = SubnetEvaluator.batches(data.test)
     rows = []
-    for budget in budgets:
-        candidates = _candidates(archive, budget, metric, tuple(methods))
+    for budget, candidates in plan.items():
         if scratch:
             candidates[SCRATCH] = _candidates(archive, budget, metric, ("heuristic",))["heuristic"]
         for method, arch in candidates.items():
@@ -105,29 +107,28 @@ def compare(
                 if method == SCRATCH:
                     torch.manual_seed(seed)
                     model = build_static(arch, archive.num_classes)
-                else:
-                    supernet, _ = load_supernet(run_dir / "supernet.pt")
+                else:  # inherited weights, BatchNorm recalibrated, scored on the test split
                     evaluator = SubnetEvaluator(data, bn_batches, seed=seed)
-                    evaluator.val_batches = test_batches  # score on the held-out test split
-                    inherited.append(float(evaluator(supernet, [arch])[0]))
-                    model = supernet.extract(arch)
-                finetune(
-                    model,
-                    data,
-                    arch.resolution,
-                    finetune_epochs,
-                    lr=lr,
-                    seed=seed,
-                    progress=progress,
-                )
+                    _, model = evaluator.evaluate_one(supernet, arch)
+                    inherited.append(evaluate(model, test_batches, arch.resolution))
+                if finetune_epochs:
+                    finetune(
+                        model,
+                        data,
+                        arch.resolution,
+                        finetune_epochs,
+                        lr=lr,
+                        seed=seed,
+                        progress=progress,
+                    )
                 tuned.append(evaluate(model, test_batches, arch.resolution))
             rows.append(
                 {
                     **row,
                     "params": params,
                     "macs": macs,
-                    "inherited": _mean_std(inherited) if inherited else None,
-                    "finetuned": _mean_std(tuned),
+                    "inherited": mean_std(inherited) if inherited else None,
+                    "finetuned": mean_std(tuned),
                     "resolution": arch.resolution,
                     "depths": list(arch.depths),
                     "arch": arch.to_dict(),
@@ -139,32 +140,44 @@ def compare(
 
 def _write(run_dir: Path, rows: list[dict], metric: str, seeds, epochs: int) -> None:
     write_json(run_dir / "compare.json", rows)
-    lines = [
-        f"# Heuristic vs searched ({metric} budgets; test accuracy, mean ± std over seeds "
-        f"{list(seeds)}; fine-tuning: {epochs} epoch(s))",
-        "",
-        "| budget | method | params | MACs | inherited | fine-tuned (scratch: trained) | depths |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    table = []
     for r in rows:
         if r["params"] is None:
-            lines.append(f"| {r['budget']:,.0f} | {r['method']} | nothing fits | | | | |")
+            table.append([f"{r['budget']:,.0f}", r["method"], "nothing fits", "", "", "", ""])
             continue
-        fm, fsd = r["finetuned"]
         inherited = "{:.2%} ± {:.2%}".format(*r["inherited"]) if r["inherited"] else "-"
-        lines.append(
-            f"| {r['budget']:,.0f} | {r['method']} | {r['params']:,} | {r['macs']:,} | "
-            f"{inherited} | {fm:.2%} ± {fsd:.2%} | {r['depths']} |"
+        tuned = "{:.2%} ± {:.2%}".format(*r["finetuned"])
+        table.append(
+            [
+                f"{r['budget']:,.0f}",
+                r["method"],
+                f"{r['params']:,}",
+                f"{r['macs']:,}",
+                inherited,
+                tuned,
+                r["depths"],
+            ]
         )
-    text = "\n".join(lines) + "\n"
+    headers = [
+        "budget",
+        "method",
+        "params",
+        "MACs",
+        "inherited",
+        "fine-tuned (scratch: trained)",
+        "depths",
+    ]
+    text = (
+        f"# Heuristic vs searched ({metric} budgets; test accuracy, mean ± std over seeds "
+        f"{list(seeds)}; fine-tuning: {epochs} epoch(s))\n\n" + markdown_table(headers, table)
+    )
+
     atomic_write(run_dir / "compare.md", lambda f: f.write(text.encode()))
 
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
     for method, marker in zip(
         ("heuristic", "width-only", "depth-only", "searched", SCRATCH), "s^vox", strict=True
     ):

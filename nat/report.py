@@ -7,17 +7,13 @@ import csv
 import io
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only: no display on servers
-import matplotlib.pyplot as plt
-
-from supernets import recalibrate_bn
-
-from .checkpoint import export_subnet
-from .engine import NATSearch, SearchResult
-from .files import atomic_write, save_figure
-from .train import resized
+from .engine.loop import NATSearch, SearchResult
+from .io.checkpoint import export_subnet
+from .io.files import atomic_write, save_figure
+from .training.evaluate import SubnetEvaluator
+from .training.train import evaluate
 
 __all__ = ["write_outputs"]
 
@@ -33,7 +29,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
 
-def _front_rows(result: SearchResult) -> list[dict]:
+def _front_rows(result: SearchResult, test_accuracy: dict[int, float]) -> list[dict]:
     space = result.archive.space
     rows = []
     for rank, i in enumerate(result.front):
@@ -43,6 +39,7 @@ def _front_rows(result: SearchResult) -> list[dict]:
             {
                 "rank": rank,
                 "accuracy": e.accuracy,
+                "test_accuracy": test_accuracy[i],
                 "params": e.params,
                 "macs": e.macs,
                 "resolution": arch.resolution,
@@ -59,7 +56,8 @@ def _front_rows(result: SearchResult) -> list[dict]:
 def _plot(path: Path, result: SearchResult) -> None:
     archive = result.archive
     entries = archive.entries
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
     for ax, metric, unit in ((axes[0], "macs", "MACs (M)"), (axes[1], "params", "parameters (M)")):
         x = [getattr(e, metric) / 1e6 for e in entries]
         ax.scatter(x, [100 * e.accuracy for e in entries], s=14, c="0.7", label="evaluated")
@@ -105,13 +103,16 @@ def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> 
         f"- Final hypervolume: {result.hypervolume:.4f} (normalised objectives, reference "
         "point 1.01)",
         "",
-        "## Front (validation accuracy with inherited weights, BatchNorm recalibrated)",
+        "## Front (inherited weights, BatchNorm recalibrated; chosen on validation, the test "
+        "split only reported)",
         "",
-        "| rank | accuracy | params | MACs | resolution | depths | source | folder |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rank | accuracy | test accuracy | params | MACs | resolution | depths | source | "
+        "folder |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['rank']} | {r['accuracy']:.2%} | {r['params']:,} | {r['macs']:,} | "
+        f"| {r['rank']} | {r['accuracy']:.2%} | {r['test_accuracy']:.2%} | {r['params']:,} | "
+        f"{r['macs']:,} | "
         f"{r['resolution']} | {r['depths']} | {r['source']} | {r['folder']} |"
         for r in front_rows
     ]
@@ -152,20 +153,27 @@ def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> 
 
 def write_outputs(search: NATSearch, result: SearchResult, out_dir: str | Path) -> None:
     """Write the run's result files; the front's subnets are exported with recalibrated
-    BatchNorm into ``front/NN/`` (config.json, weights.pt, model.ts)."""
+    BatchNorm into ``front/NN/`` (config.json, weights.pt, model.ts) and scored on the test
+    split, which no step of the search has seen."""
     out_dir = Path(out_dir)
-    rows = _front_rows(result)
+    cfg = search.config
+    # The BatchNorm batches of in-process evaluation (same seed), whatever the backend was:
+    # a Ray run's front then scores exactly as an in-process run's.
+    evaluator = SubnetEvaluator(search.data, cfg.bn_batches, cfg.batch_size, cfg.seed)
+    test_batches = evaluator.batches(search.data.test)
+    models = {}
+    for i in result.front:
+        arch = result.archive.space.decode(result.archive.entries[i].x)
+        _, model = evaluator.evaluate_one(search.supernet, arch)
+        models[i] = (arch, model, evaluate(model, test_batches, arch.resolution))
+    rows = _front_rows(result, {i: m[2] for i, m in models.items()})
     _write_csv(out_dir / "pareto.csv", rows)
     _write_csv(out_dir / "history.csv", result.history)
     _plot(out_dir / "pareto.png", result)
     space, supernet = result.archive.space, search.supernet
-    bn_batches = getattr(search.runner, "bn_batches", None)
     for row, i in zip(rows, result.front, strict=True):
         entry = result.archive.entries[i]
-        arch = space.decode(entry.x)
-        model = supernet.extract(arch)
-        if bn_batches:
-            recalibrate_bn(model, resized(bn_batches, arch.resolution), len(bn_batches))
+        arch, model, test_accuracy = models[i]
         export_subnet(
             model,
             arch,
@@ -177,6 +185,8 @@ def write_outputs(search: NATSearch, result: SearchResult, out_dir: str | Path) 
                 "params": entry.params,
                 "macs": entry.macs,
                 "val_accuracy": entry.accuracy,
+                "test_accuracy": test_accuracy,
+                "class_names": search.data.class_names,
                 "input": "RGB, resolution x resolution px, pixels scaled to -1..1",
             },
         )

@@ -38,19 +38,19 @@ from pymoo.termination.default import DefaultMultiObjectiveTermination
 import search_spaces
 import supernets
 from nat.api import prepare_supernet
-from nat.archive import Archive
-from nat.checkpoint import load_supernet, save_supernet
+from nat.backends.ray import RayRunner, ray_session
 from nat.compare import compare
 from nat.data import data_settings, load_from_settings, make_loader
-from nat.distributed import RayRunner, ray_session
-from nat.engine import NATSearch, SearchConfig, _sample_feasible, hypervolume
-from nat.evaluate import SubnetEvaluator
-from nat.files import atomic_write, save_figure, write_json
-from nat.heuristic import depth_only, feillet, reference_arch, width_only
-from nat.problem import Budgets, make_nsga2
+from nat.engine.archive import Archive
+from nat.engine.heuristic import depth_only, feillet, reference_arch, width_only
+from nat.engine.loop import NATSearch, SearchConfig, _sample_feasible, hypervolume
+from nat.engine.problem import Budgets, make_nsga2
+from nat.engine.surrogate import SURROGATES, make_surrogate, rank_metrics
+from nat.io.checkpoint import load_supernet, save_supernet
+from nat.io.files import atomic_write, save_figure, write_json
 from nat.profile import profile
-from nat.surrogate import SURROGATES, make_surrogate, rank_metrics
-from nat.train import TrainConfig, evaluate, finetune
+from nat.training.evaluate import SubnetEvaluator
+from nat.training.train import TrainConfig, evaluate, finetune
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/cifar10-train-jpeg.tar.gz"
 

@@ -74,12 +74,16 @@ def complexity(arch: Arch | Sequence[Arch], num_classes: int) -> tuple[Any, Any]
 
 
 def _sorted_choices(name: str, values: Sequence, kind: type = int) -> tuple:
+    if isinstance(values, (str, bytes)):  # "357" would silently mean (3, 5, 7)
+        raise ValueError(f"{name}: expected a list of numbers, got the string {values!r}")
     try:
         choices = tuple(sorted({kind(v) for v in values}))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name}: expected a list of numbers, got {values!r}") from err
     if not choices:
         raise ValueError(f"{name}: needs at least one choice")
+    if not all(np.isfinite(c) for c in choices):
+        raise ValueError(f"{name}: choices must be finite numbers, got {list(values)}")
     if any(c <= 0 for c in choices):
         raise ValueError(f"{name}: choices must be positive, got {choices}")
     return choices

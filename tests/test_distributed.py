@@ -1,5 +1,6 @@
 """Ray backend, cluster mode and resume. Every Ray node listens on loopback only."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,12 +19,13 @@ from test_search import TINY, _budget
 
 import nat
 import supernets
-from nat.api import resume
-from nat.archive import Archive
+from nat.backends.ray import RayRunner, check_workers, ray_session
 from nat.cli import main
 from nat.data import data_settings, load_from_settings
-from nat.distributed import RayRunner, check_workers, ray_session
-from nat.evaluate import SubnetEvaluator
+from nat.engine.archive import Archive
+from nat.run import resume
+from nat.spec import RunSpec
+from nat.training.evaluate import EvaluationError, SubnetEvaluator
 
 pytestmark = pytest.mark.ray
 RAY = str(Path(sys.executable).parent / "ray")
@@ -78,6 +80,12 @@ def test_ray_workers_give_the_local_results_and_survive_a_killed_worker(evaluati
         assert np.array_equal(out["acc"], np.tile(local, 2))
         assert runner.worker_pids()[0] != pids[0]  # the actor was restarted
 
+        bad = dataclasses.replace(archs[1], stem_channels=10_000)  # not in the space
+        with pytest.raises(EvaluationError) as failure:
+            runner(net, [archs[0], bad, archs[2]])
+        assert str(failure.value).startswith(f"evaluating {bad.to_json()} failed on a Ray worker")
+        assert np.array_equal(runner(net, archs[:3]), local[:3])  # the pool is usable again
+
 
 def test_search_on_a_two_node_loopback_cluster_matches_single_process(reference, tmp_path):
     port = _free_port()
@@ -113,6 +121,27 @@ def test_search_on_a_two_node_loopback_cluster_matches_single_process(reference,
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert _entries(result) == _entries(reference[0])
+    assert _exported(tmp_path) == _exported(reference[1])
+
+
+def _exported(out: Path) -> list:
+    """Each exported front subnet's test accuracy and weights."""
+    folders = sorted((out / "front").iterdir())
+    assert folders
+    return [
+        (
+            json.loads((f / "config.json").read_text())["test_accuracy"],
+            {k: v.tolist() for k, v in torch.load(f / "weights.pt", weights_only=True).items()},
+        )
+        for f in folders
+    ]
+
+
+def test_a_ray_runs_exported_front_scores_as_the_in_process_one(reference, tmp_path):
+    # BatchNorm of exported subnets is recalibrated whatever evaluated them (it was not, on Ray).
+    result = nat.search(max_params=_budget(), seed=0, out=tmp_path, workers=2, **TINY)
+    assert _entries(result) == _entries(reference[0])
+    assert _exported(tmp_path) == _exported(reference[1])
 
 
 def test_unreachable_address_is_a_clear_error(capsys):
@@ -191,8 +220,11 @@ def test_sigkilled_search_resumes_to_the_uninterrupted_archive(reference, tmp_pa
 
 
 def test_resume_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+    with pytest.raises(ValueError, match="holds no run.json"):
         resume(tmp_path)
+    options = {k: v for k, v in TINY.items() if k != "progress"}
+    spec = RunSpec.from_options(**options, max_params=_budget(), out=str(tmp_path))
+    (tmp_path / "run.json").write_text(json.dumps(spec.to_dict()))
     (tmp_path / "resume").mkdir()
     (tmp_path / "resume" / "state.json").write_text("{not json")
     with pytest.raises(ValueError, match="corrupt"):
@@ -202,8 +234,8 @@ def test_resume_errors_are_clear(tmp_path):
 def test_data_parallel_adaptation_with_ray_train(evaluation_setup, tmp_path):
     from dataclasses import asdict
 
-    from nat.distributed import RayTrainAdapter
-    from nat.train import TrainConfig
+    from nat.backends.ray import RayTrainAdapter
+    from nat.training.train import TrainConfig
 
     settings, space, _, _, _ = evaluation_setup
     data = load_from_settings(settings)

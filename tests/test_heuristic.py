@@ -6,7 +6,7 @@ import pytest
 from conftest import SPACES
 
 import search_spaces
-from nat.heuristic import (
+from nat.engine.heuristic import (
     DEPTH_GRID,
     WIDTH_GRID,
     Scaled,

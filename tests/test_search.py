@@ -7,7 +7,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 import nat
 from nat.cli import main
-from nat.problem import Budgets
+from nat.engine.problem import Budgets
 
 TINY = dict(
     space="shufflenetv2",
@@ -131,7 +131,7 @@ def test_cli_search_reports_the_front(tmp_path, capsys):
 
 
 def test_parse_size():
-    from nat.cli import parse_size
+    from nat.cli.options import parse_size
 
     assert parse_size("500k") == 500_000
     assert parse_size("2.5M") == 2_500_000

@@ -8,9 +8,11 @@ import functools
 
 import numpy as np
 import pytest
+from sklearn.base import clone, is_regressor
+from sklearn.model_selection import KFold
 
 import search_spaces
-from nat.surrogate import (
+from nat.engine.surrogate import (
     MIN_POINTS,
     SURROGATES,
     AdaptiveSurrogate,
@@ -100,6 +102,22 @@ def test_adaptive_picks_a_model_and_ranks_well(space_name):
     # The chosen model refitted on everything predicts exactly like the adaptive wrapper.
     chosen = make_surrogate(adaptive.chosen, space, seed=0).fit(*split_archive(space_name)[1:3])
     np.testing.assert_array_equal(adaptive.predict(X_test), chosen.predict(X_test))
+
+
+def test_adaptive_cv_matches_a_plain_kfold_loop(mbv2):
+    # The hand-written loop that cross_validate replaced: its scores must be reproduced exactly.
+    X, y = synthetic_archive(mbv2, 12, seed=14)
+    adaptive = AdaptiveSurrogate(mbv2, seed=2).fit(X, y)
+    folds = list(KFold(n_splits=6, shuffle=True, random_state=2).split(X))
+    for name in MODELS:
+        taus = [
+            rank_metrics(
+                y[test], make_surrogate(name, mbv2, 2).fit(X[train], y[train]).predict(X[test])
+            )["kendall_tau"]
+            for train, test in folds
+        ]
+        assert adaptive.cv_scores[name]["tau_mean"] == float(np.mean(taus)), name
+        assert adaptive.cv_scores[name]["tau_std"] == float(np.std(taus)), name
 
 
 def test_adaptive_on_shuffled_labels_gives_no_ranking():
@@ -216,6 +234,23 @@ def test_rbf_survives_duplicates_and_constant_variables(mbv2):
     prediction = surrogate.predict(X_new)
     assert np.isfinite(prediction).all()
     assert rank_metrics(y, surrogate.predict(X))["kendall_tau"] > 0.5
+
+
+def test_rbf_fits_identical_encodings_as_a_constant(mbv2):
+    # Every variable is constant over this archive, so the RBF has no column left to use.
+    X = np.repeat(mbv2.sample(1, np.random.default_rng(15)), 6, axis=0)
+    y = np.linspace(0.5, 0.6, 6)
+    prediction = RBFSurrogate(mbv2).fit(X, y).predict(mbv2.sample(5, np.random.default_rng(16)))
+    np.testing.assert_allclose(prediction, y.mean())
+
+
+@pytest.mark.parametrize("model", [*MODELS, "adaptive"])
+def test_surrogates_are_sklearn_regressors(model, mbv2):
+    surrogate = make_surrogate(model, mbv2, seed=5)
+    assert is_regressor(surrogate)
+    assert surrogate.get_params()["seed"] == 5
+    copy = clone(surrogate)
+    assert type(copy) is type(surrogate) and copy.seed == 5 and copy.mean_ is None
 
 
 # -- features and metrics --------------------------------------------------------------------

@@ -6,10 +6,10 @@ import torch
 from conftest import SPACES, small_space
 
 import supernets
-from nat.checkpoint import load_supernet, save_supernet
 from nat.data import load_dataset, make_loader
-from nat.files import atomic_write
-from nat.train import TrainConfig, evaluate_subnet, train_supernet
+from nat.io.checkpoint import load_supernet, save_supernet
+from nat.io.files import atomic_write
+from nat.training.train import TrainConfig, evaluate_subnet, train_supernet
 
 
 @pytest.fixture(scope="module")

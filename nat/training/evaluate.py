@@ -7,12 +7,14 @@ from itertools import islice
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from search_spaces import Arch
 from supernets import Supernet
 
-from .data import DataSplits, make_loader
+from ..data import DataSplits, make_loader
 from .train import evaluate_subnet
 
 __all__ = ["EvaluationError", "SubnetEvaluator"]
@@ -42,21 +44,28 @@ class SubnetEvaluator:
             raise ValueError(f"bn_batches must be at least 1, got {bn_batches}")
         loader = make_loader(data.train_eval, batch_size, shuffle=True, seed=seed)
         self.bn_batches = list(islice(iter(loader), bn_batches))
-        self.val_batches = list(make_loader(data.val, 256, shuffle=False))
+        self.val_batches = self.batches(data.val)
         self.progress = progress
+
+    @staticmethod
+    def batches(split: Dataset) -> list:
+        """All of ``split`` in batches of 256, in order: for validation or test accuracy."""
+        return list(make_loader(split, 256, shuffle=False))
+
+    def evaluate_one(self, supernet: Supernet, arch: Arch) -> tuple[float, nn.Module]:
+        """(validation accuracy in 0..1, the extracted model with recalibrated BatchNorm)."""
+        try:
+            acc, model = evaluate_subnet(
+                supernet, arch, self.bn_batches, self.val_batches, len(self.bn_batches)
+            )
+        except Exception as err:
+            raise EvaluationError(f"evaluating {arch.to_json()} failed: {err}") from err
+        if not np.isfinite(acc):
+            raise EvaluationError(f"evaluating {arch.to_json()} gave accuracy {acc}")
+        return acc, model
 
     @torch.no_grad()
     def __call__(self, supernet: Supernet, archs: Sequence[Arch]) -> np.ndarray:
         """Validation accuracies (0..1) of ``archs``; raises EvaluationError on failure."""
-        accuracies = []
-        for arch in tqdm(archs, desc="evaluating", disable=not self.progress, leave=False):
-            try:
-                acc, _ = evaluate_subnet(
-                    supernet, arch, self.bn_batches, self.val_batches, len(self.bn_batches)
-                )
-            except Exception as err:
-                raise EvaluationError(f"evaluating {arch.to_json()} failed: {err}") from err
-            if not np.isfinite(acc):
-                raise EvaluationError(f"evaluating {arch.to_json()} gave accuracy {acc}")
-            accuracies.append(acc)
-        return np.array(accuracies, dtype=np.float64)
+        archs = tqdm(archs, desc="evaluating", disable=not self.progress, leave=False)
+        return np.array([self.evaluate_one(supernet, a)[0] for a in archs], dtype=np.float64)

@@ -15,8 +15,11 @@ search space (see :data:`SURROGATES`):
 * ``"adaptive"``: NAT's adaptive switching, which picks one of the four above by
   cross-validated Kendall's tau on the archive at every fit.
 
-All models see the same features (:func:`encode_features`) and are deterministic for a
-given ``seed``. An archive too small or too flat to learn from (fewer than
+Each model is a scikit-learn :class:`~sklearn.pipeline.Pipeline`, the shared feature
+encoding (:func:`encode_features`) followed by the regressor, and every :class:`Surrogate`
+is itself a scikit-learn regressor, so the adaptive switching cross-validates it with
+:func:`~sklearn.model_selection.cross_validate`. All models are deterministic for a given
+``seed``. An archive too small or too flat to learn from (fewer than
 :data:`MIN_POINTS` points, or constant accuracy) gives a surrogate that predicts the mean
 accuracy, so the search can start before the archive is informative.
 """
@@ -31,14 +34,17 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import stats
 from scipy.interpolate import RBFInterpolator
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import ExtraTreesRegressor
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-from sklearn.model_selection import KFold
+from sklearn.metrics import make_scorer
+from sklearn.model_selection import KFold, cross_validate
 from sklearn.neural_network import MLPRegressor
-from sklearn.preprocessing import StandardScaler
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import ThreadpoolController
 
 __all__ = [
@@ -110,6 +116,8 @@ def encode_features(space: Any, X: np.ndarray) -> np.ndarray:
     (``upper == lower``) are dropped: they carry no information and would only add a
     constant dimension. Returns an (n, n_free) float64 array; deterministic.
     """
+    # Hand-written, not MinMaxScaler: that scales by the data's range (not the space's)
+    # and multiplies by a reciprocal, which differs from this division in the last bit.
     X = _check_encodings(space, X)
     lower = np.asarray(space.lower, dtype=float)
     span = np.asarray(space.upper, dtype=float) - lower
@@ -117,13 +125,20 @@ def encode_features(space: Any, X: np.ndarray) -> np.ndarray:
     return (X[:, free] - lower[free]) / span[free]
 
 
+def _pipeline(space: Any, regressor: Any) -> Pipeline:
+    """``regressor`` behind the feature encoding of ``space``: a model of raw encodings."""
+    encode = FunctionTransformer(functools.partial(encode_features, space))
+    return Pipeline([("encode", encode), ("model", regressor)])
+
+
 # -- the interface ---------------------------------------------------------------------------
-class Surrogate:
+class Surrogate(RegressorMixin, BaseEstimator):
     """Predicts validation accuracy (0..1) from integer encodings of one search space.
 
-    Subclasses implement ``_fit`` / ``_predict`` on validated inputs; this class checks
-    shapes and values, and handles archives too small or flat to learn from by predicting
-    their mean accuracy.
+    A scikit-learn regressor whose parameters are ``space`` and ``seed``. Subclasses give
+    the regressor on encoded features (``_regressor``), which ``fit`` puts behind the
+    encoding in a pipeline (``pipeline_``); this class checks shapes and values, and
+    handles archives too small or flat to learn from by predicting their mean accuracy.
     """
 
     name: ClassVar[str] = "surrogate"
@@ -162,38 +177,42 @@ class Surrogate:
             prediction = self._predict(X)
         return np.asarray(prediction, dtype=float).reshape(X.shape[0])
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _regressor(self) -> Any:
+        """A new, unfitted scikit-learn regressor on :func:`encode_features` output."""
         raise NotImplementedError
 
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.pipeline_ = _pipeline(self.space, self._regressor())
+        with warnings.catch_warnings():
+            # Hitting max_iter (MLP) or a hyper-parameter bound (GP) is still a usable fit:
+            # the ranking is what matters, and the warning would only be noise in the log.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.pipeline_.fit(X, y)
+
     def _predict(self, X: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        return self.pipeline_.predict(X)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.space.name!r}, seed={self.seed})"
 
 
 # -- the models ------------------------------------------------------------------------------
-class RBFSurrogate(Surrogate):
-    """Cubic RBF interpolation with a degree-1 polynomial tail, as NAT's default predictor.
+class _RBFRegressor(RegressorMixin, BaseEstimator):
+    """scipy's RBFInterpolator as a scikit-learn regressor, with fallbacks (see below)."""
 
-    The target is standardised so that ``smoothing`` is relative to the spread of the
-    accuracies. A little smoothing keeps the system solvable with duplicate encodings (the
-    same architecture evaluated twice) and stops the interpolant chasing evaluation noise.
-    """
+    def __init__(self, smoothing: float = 1e-3) -> None:
+        self.smoothing = smoothing
 
-    name = "rbf"
-    smoothing: float = 1e-3
-    """Regularisation added to the kernel diagonal, in units of the target's variance."""
-
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        F = encode_features(self.space, X)
+    def fit(self, F: np.ndarray, y: np.ndarray) -> _RBFRegressor:
         # Variables constant over this archive make the linear tail rank-deficient
         # (a column of zeros after scipy's shift); they carry nothing here, so drop them.
-        self._columns = np.ptp(F, axis=0) > 0
-        F = F[:, self._columns]
-        self._y_mean, self._y_std = float(y.mean()), float(y.std())
-        target = (y - self._y_mean) / self._y_std
-        self._model = self._solve(F, target)
+        # Not VarianceThreshold(0): same columns, but it raises when none is left.
+        self.columns_ = np.ptp(F, axis=0) > 0
+        # Not StandardScaler: it takes a spread below ~n*eps*mean for zero (scale 1).
+        self.y_mean_, self.y_std_ = float(y.mean()), float(y.std())
+        target = (y - self.y_mean_) / self.y_std_
+        self.model_ = self._solve(F[:, self.columns_], target)
+        return self
 
     def _solve(self, F: np.ndarray, target: np.ndarray) -> RBFInterpolator:
         n, d = F.shape
@@ -213,9 +232,24 @@ class RBFSurrogate(Surrogate):
                 error = exc
         raise RuntimeError(f"RBF surrogate could not be fitted on {n} points") from error
 
-    def _predict(self, X: np.ndarray) -> np.ndarray:
-        F = encode_features(self.space, X)[:, self._columns]
-        return self._model(F) * self._y_std + self._y_mean
+    def predict(self, F: np.ndarray) -> np.ndarray:
+        return self.model_(F[:, self.columns_]) * self.y_std_ + self.y_mean_
+
+
+class RBFSurrogate(Surrogate):
+    """Cubic RBF interpolation with a degree-1 polynomial tail, as NAT's default predictor.
+
+    The target is standardised so that ``smoothing`` is relative to the spread of the
+    accuracies. A little smoothing keeps the system solvable with duplicate encodings (the
+    same architecture evaluated twice) and stops the interpolant chasing evaluation noise.
+    """
+
+    name = "rbf"
+    smoothing: float = 1e-3
+    """Regularisation added to the kernel diagonal, in units of the target's variance."""
+
+    def _regressor(self) -> _RBFRegressor:
+        return _RBFRegressor(smoothing=self.smoothing)
 
 
 class GPSurrogate(Surrogate):
@@ -231,24 +265,16 @@ class GPSurrogate(Surrogate):
     """Extra random starts of the marginal-likelihood optimiser, against poor local optima
     (none changed the held-out tau on synthetic archives; one is cheap insurance)."""
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _regressor(self) -> GaussianProcessRegressor:
         kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(
             length_scale=1.0, length_scale_bounds=(1e-2, 1e3), nu=2.5
         ) + WhiteKernel(noise_level=0.1, noise_level_bounds=(1e-6, 1e1))
-        self._model = GaussianProcessRegressor(
+        return GaussianProcessRegressor(
             kernel=kernel,
             normalize_y=True,
             n_restarts_optimizer=self.n_restarts,
             random_state=self.seed,
         )
-        with warnings.catch_warnings():
-            # A hyper-parameter at its bound (e.g. no noise on a smooth archive) is a valid
-            # fit, not a failure; the warning would only be noise in the search log.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            self._model.fit(encode_features(self.space, X), y)
-
-    def _predict(self, X: np.ndarray) -> np.ndarray:
-        return self._model.predict(encode_features(self.space, X))
 
 
 class MLPSurrogate(Surrogate):
@@ -268,7 +294,7 @@ class MLPSurrogate(Surrogate):
     """L-BFGS iterations: 300 and 500 did not rank better on synthetic archives, and fit
     time is linear in this (about 0.15 s for 200 points at 200 iterations)."""
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _regressor(self) -> TransformedTargetRegressor:
         mlp = MLPRegressor(
             hidden_layer_sizes=self.hidden,
             solver="lbfgs",
@@ -277,15 +303,7 @@ class MLPSurrogate(Surrogate):
             early_stopping=False,
             random_state=self.seed,
         )
-        self._model = TransformedTargetRegressor(regressor=mlp, transformer=StandardScaler())
-        with warnings.catch_warnings():
-            # Hitting max_iter only means the weights are not at an exact optimum; the
-            # ranking is what matters and max_iter bounds the fit time.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            self._model.fit(encode_features(self.space, X), y)
-
-    def _predict(self, X: np.ndarray) -> np.ndarray:
-        return self._model.predict(encode_features(self.space, X))
+        return TransformedTargetRegressor(regressor=mlp, transformer=StandardScaler())
 
 
 class TreesSurrogate(Surrogate):
@@ -299,14 +317,8 @@ class TreesSurrogate(Surrogate):
     n_estimators: int = 100
     """200 trees ranked no better on synthetic archives and took twice as long to fit."""
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        self._model = ExtraTreesRegressor(
-            n_estimators=self.n_estimators, random_state=self.seed, n_jobs=1
-        )
-        self._model.fit(encode_features(self.space, X), y)
-
-    def _predict(self, X: np.ndarray) -> np.ndarray:
-        return self._model.predict(encode_features(self.space, X))
+    def _regressor(self) -> ExtraTreesRegressor:
+        return ExtraTreesRegressor(n_estimators=self.n_estimators, random_state=self.seed, n_jobs=1)
 
 
 class AdaptiveSurrogate(Surrogate):
@@ -344,12 +356,18 @@ class AdaptiveSurrogate(Surrogate):
         folds = KFold(
             n_splits=min(self.max_folds, len(y) // 2), shuffle=True, random_state=self.seed
         )
-        splits = list(folds.split(X))
         for name in self.candidates:
-            taus = []
-            for train, test in splits:
-                model = make_surrogate(name, self.space, self.seed).fit(X[train], y[train])
-                taus.append(rank_metrics(y[test], model.predict(X[test]))["kendall_tau"])
+            # Cross-validate the Surrogate, not its bare pipeline: a training fold too
+            # small or flat to learn from must predict its mean, as in a search.
+            taus = cross_validate(
+                make_surrogate(name, self.space, self.seed),
+                X,
+                y,
+                cv=folds,
+                scoring=_KENDALL_TAU,
+                n_jobs=1,  # folds are small; a search may use the other cores
+                error_score="raise",  # a model that cannot be fitted is a bug, not a score
+            )["test_score"]
             mean, std = float(np.mean(taus)), float(np.std(taus))
             self.cv_scores[name] = {"tau_mean": mean, "tau_std": std, "score": mean - std}
         # Ties go to the earlier candidate, so the choice is deterministic.
@@ -378,6 +396,19 @@ def make_surrogate(name: str, space: Any, seed: int = 0) -> Surrogate:
 
 
 # -- evaluation ------------------------------------------------------------------------------
+def _kendall_tau(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Kendall's tau of ``y_pred`` against ``y_true`` (>= 2 points); 0.0 where undefined."""
+    with warnings.catch_warnings():
+        # Constant input is expected here (a mean predictor); its NaN tau becomes 0.0.
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        tau = float(stats.kendalltau(y_true, y_pred).statistic)
+    return tau if np.isfinite(tau) else 0.0
+
+
+_KENDALL_TAU = make_scorer(_kendall_tau)
+"""Scorer for :func:`~sklearn.model_selection.cross_validate`: tau of held-out points."""
+
+
 def rank_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """``{"kendall_tau", "spearman_rho", "rmse"}`` of predictions against measurements.
 
@@ -391,15 +422,15 @@ def rank_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in length")
     if y_true.size == 0:
         raise ValueError("rank_metrics needs at least one point")
-    tau = rho = float("nan")
+    tau = rho = 0.0
     if y_true.size >= 2:
+        tau = _kendall_tau(y_true, y_pred)
         with warnings.catch_warnings():
             # Constant input is expected here (a mean predictor); it is handled below.
             warnings.simplefilter("ignore", stats.ConstantInputWarning)
-            tau = float(stats.kendalltau(y_true, y_pred).statistic)
             rho = float(stats.spearmanr(y_true, y_pred).statistic)
     return {
-        "kendall_tau": tau if np.isfinite(tau) else 0.0,
+        "kendall_tau": tau,
         "spearman_rho": rho if np.isfinite(rho) else 0.0,
         "rmse": float(np.sqrt(np.mean((y_pred - y_true) ** 2))),
     }

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from .files import atomic_write
+from ..io.files import atomic_write
 
 __all__ = [
     "DataSplits",
@@ -723,5 +723,5 @@ def load_from_settings(
         subset=settings.get("subset"),
         val_fraction=settings.get("val_fraction", 0.1),
         test_fraction=settings.get("test_fraction", 0.1),
-        cache_dir=cache_dir,
+        cache_dir=cache_dir or settings.get("cache_dir"),
     )

@@ -14,7 +14,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 import search_spaces
 from search_spaces import SearchSpace
 
-from .files import write_json
+from ..io.files import write_json
 
 __all__ = ["Archive", "Entry", "rank_order"]
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,9 @@ from tqdm.auto import tqdm
 from search_spaces import Arch
 from supernets import Supernet, recalibrate_bn
 
-from .checkpoint import save_supernet
-from .data import DataSplits, make_loader, resize_batch
+from ..data import DataSplits, make_loader, resize_batch
+from ..io.checkpoint import load_training_state, save_supernet
+from ..spec import TrainConfig
 
 __all__ = [
     "TrainConfig",
@@ -32,40 +32,6 @@ __all__ = [
 
 # Draws the random subnets of each step; NAT's adaptation passes its own distribution.
 ArchSampler = Callable[[np.random.Generator], Arch]
-
-
-@dataclass
-class TrainConfig:
-    """Supernet training settings. ``lr`` is the peak learning rate of SGD with Nesterov
-    momentum, decayed by a cosine schedule over all steps after ``warmup_epochs``."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 4e-5
-    warmup_epochs: float = 0.5
-    random_subnets: int = 2  # per step, besides the largest and the smallest
-    distill_temperature: float = 1.0
-    # Students' loss: distill_weight * KD from the largest + (1 - distill_weight) * label CE.
-    # OFA's pure distillation (1.0) starves short schedules: after 5 epochs on a 4,000-image
-    # CIFAR-10 subset it left subnets 7-12 points below 0.5 (scripts/bench.py's setup).
-    distill_weight: float = 0.5
-    label_smoothing: float = 0.1
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.random_subnets < 0:
-            raise ValueError(
-                "training needs epochs >= 0, batch_size >= 1, lr > 0, random_subnets >= 0; "
-                f"got {self.epochs}, {self.batch_size}, {self.lr}, {self.random_subnets}"
-            )
-        if not 0 <= self.distill_weight <= 1:
-            raise ValueError(
-                f"distill_weight must be in [0, 1] (1: distillation only), "
-                f"got {self.distill_weight}"
-            )
 
 
 def default_device() -> torch.device:
@@ -113,11 +79,18 @@ def evaluate_subnet(
     return evaluate(model, val_loader, arch.resolution), model
 
 
-def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * peak * (1 + math.cos(math.pi * progress))
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up to the optimiser's lr over ``warmup_steps``, then cosine decay to 0 at
+    ``total_steps``; step it after every optimiser step."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+    if warmup_steps < 1:
+        return cosine
+    warmup = LinearLR(optimizer, 1 / warmup_steps, 1.0, total_iters=warmup_steps - 1)
+    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
 def train_supernet(
@@ -130,6 +103,7 @@ def train_supernet(
     device: torch.device | None = None,
     progress: bool = True,
     before_step: Callable[[Supernet], None] | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Train with the sandwich rule: each step back-propagates the largest subnet on the
     labels, then the smallest and ``config.random_subnets`` sampled subnets on a mix of the
@@ -137,8 +111,11 @@ def train_supernet(
     ``config.distill_weight``; one optimiser step per batch.
 
     ``sampler`` draws the random subnets (default: uniform over the space). After every
-    epoch the checkpoint (if given) is rewritten atomically. ``before_step`` sees the
-    gradients before each optimiser step (data-parallel training averages them there).
+    epoch the checkpoint (if given) is rewritten atomically, with the optimiser's, the
+    schedule's and the random generators' states: with ``resume``, training continues from
+    the checkpoint's last epoch and ends with the weights an uninterrupted run would have.
+    ``before_step`` sees the gradients before each optimiser step (data-parallel training
+    averages them there).
     Returns one record per epoch (loss, seconds, learning rate).
     """
     device = device or default_device()
@@ -174,18 +151,26 @@ def train_supernet(
     )
     total_steps = config.epochs * len(loader)
     warmup = min(total_steps, round(config.warmup_epochs * len(loader)))
+    schedule = warmup_cosine(optimizer, total_steps, warmup)
     temperature = config.distill_temperature
-    history, step = [], 0
-    for epoch in range(config.epochs):
+    history: list[dict] = []
+    resumed = load_training_state(checkpoint, asdict(config)) if resume and checkpoint else None
+    if resumed is not None:
+        supernet.load_state_dict(resumed["supernet"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        rng.bit_generator.state = resumed["rng"]
+        torch.set_rng_state(resumed["torch_rng"])
+        loader.generator.set_state(resumed["loader_rng"])
+        history = resumed["history"]
+    for epoch in range(len(history), config.epochs):
         start, loss_sum, batches = time.perf_counter(), 0.0, 0
         bar = tqdm(
             loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
         )
         for images, labels in bar:
             images, labels = images.to(device), labels.to(device)
-            lr = _lr_at(step, total_steps, warmup, config.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = schedule.get_last_lr()[0]
             optimizer.zero_grad(set_to_none=True)
             supernet.set_active(largest)
             logits = supernet(resize_batch(images, largest.resolution))
@@ -213,7 +198,7 @@ def train_supernet(
                 before_step(supernet)
             nn.utils.clip_grad_norm_(supernet.parameters(), 5.0)
             optimizer.step()
-            step += 1
+            schedule.step()
             loss_sum += step_loss
             batches += 1
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.4f}")
@@ -226,14 +211,21 @@ def train_supernet(
         }
         history.append(record)
         if checkpoint is not None:
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "loader_rng": loader.generator.get_state(),
+            }
             save_supernet(
                 checkpoint,
-                supernet.cpu(),
+                supernet,
                 **(checkpoint_metadata or {}),
                 train_config=asdict(config),
                 history=history,
+                training_state=state,
             )
-            supernet.to(device)
     return history
 
 
@@ -261,16 +253,14 @@ def finetune(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
     )
-    total, step = max(1, epochs * len(loader)), 0
+    schedule = warmup_cosine(optimizer, epochs * len(loader))
     for epoch in range(epochs):
         for images, labels in tqdm(
             loader, desc=f"fine-tune {epoch + 1}/{epochs}", disable=not progress, leave=False
         ):
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total, 0, lr)
             optimizer.zero_grad(set_to_none=True)
             logits = model(resize_batch(images.to(device), resolution))
             F.cross_entropy(logits, labels.to(device)).backward()
             optimizer.step()
-            step += 1
+            schedule.step()
     return model.eval()

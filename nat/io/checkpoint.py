@@ -17,14 +17,20 @@ from supernets import StaticNet, Supernet, build_supernet
 
 from .files import atomic_write, write_json
 
-__all__ = ["export_subnet", "load_supernet", "save_supernet"]
+__all__ = ["export_subnet", "load_supernet", "load_training_state", "save_supernet"]
 
 FORMAT = "nat-supernet/1"
 
 
-def save_supernet(path: str | os.PathLike, supernet: Supernet, **metadata: Any) -> Path:
+def save_supernet(
+    path: str | os.PathLike,
+    supernet: Supernet,
+    training_state: dict | None = None,
+    **metadata: Any,
+) -> Path:
     """Save weights, space and class count, plus JSON-able ``metadata`` (data source, epochs,
-    accuracies...), atomically."""
+    accuracies...), atomically. ``training_state`` (optimiser, schedule, generators) lets
+    training resume from this file; see :func:`load_training_state`."""
     payload = {
         "format": FORMAT,
         "space": supernet.space.name,
@@ -33,6 +39,8 @@ def save_supernet(path: str | os.PathLike, supernet: Supernet, **metadata: Any) 
         "metadata": json.dumps(metadata),
         "state_dict": {k: v.detach().cpu() for k, v in supernet.state_dict().items()},
     }
+    if training_state is not None:
+        payload["training_state"] = training_state
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
@@ -76,6 +84,23 @@ def load_supernet(
     if num_classes is not None and num_classes != supernet.num_classes:
         supernet.reset_classifier(num_classes)
     return supernet.to(map_location), json.loads(payload["metadata"])
+
+
+def load_training_state(path: str | os.PathLike, train_config: dict) -> dict | None:
+    """What :func:`~nat.training.train.train_supernet` needs to continue the training saved
+    in ``path``: None when there is no such file, or it was made with another recipe."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        metadata = json.loads(payload["metadata"])
+        state = payload["training_state"]
+    except Exception:  # a damaged or foreign file: train from the start, overwriting it
+        return None
+    if metadata.get("train_config") != json.loads(json.dumps(train_config)):
+        return None
+    return {**state, "supernet": payload["state_dict"], "history": metadata["history"]}
 
 
 def export_subnet(model: StaticNet, arch: Arch, folder: str | os.PathLike, info: dict) -> Path:

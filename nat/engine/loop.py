@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +26,16 @@ from tqdm.auto import tqdm
 from search_spaces import Arch, SearchSpace
 from supernets import Supernet
 
+from ..data import DataSplits
+from ..io.checkpoint import load_supernet, save_supernet
+from ..io.files import write_json
+from ..spec import SearchConfig
+from ..training.evaluate import SubnetEvaluator
+from ..training.train import TrainConfig, train_supernet
 from .archive import Archive, rank_order
-from .checkpoint import load_supernet, save_supernet
-from .data import DataSplits
-from .evaluate import SubnetEvaluator
-from .files import write_json
 from .heuristic import feillet
 from .problem import Budgets, SurrogateProblem, run_nsga2
 from .surrogate import make_surrogate, rank_metrics
-from .train import TrainConfig, train_supernet
 
 __all__ = ["NATSearch", "SearchConfig", "SearchResult", "categorical_sampler"]
 
@@ -44,46 +45,6 @@ STATE_FORMAT = "nat-search-state/1"
 Runner = Callable[[Supernet, list[Arch]], np.ndarray]
 # Adapts the supernet in place given the archive's best encodings and TrainConfig fields.
 Adapter = Callable[[Supernet, np.ndarray, dict], None]
-
-
-@dataclass
-class SearchConfig:
-    """Settings of a search. Budgets: ``max_params`` parameters, ``max_macs`` MACs per image
-    (None: unbounded). ``metrics``: complexity objectives besides the error."""
-
-    iterations: int = 5
-    max_params: float | None = None
-    max_macs: float | None = None
-    metrics: tuple[str, ...] = ("params",)
-    doe_size: int = 16
-    candidates: int = 8
-    population: int = 40
-    generations: int = 20
-    surrogate: str = "adaptive"
-    adapt_epochs: int = 1
-    adapt_top: int = 150
-    heuristic_budgets: tuple[float, ...] = ()  # default: 1/4, 1/2 and all of the budget
-    bn_batches: int = 20
-    batch_size: int = 64
-    lr: float = 0.01
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.metrics = tuple(self.metrics)
-        bad = [m for m in self.metrics if m not in ("params", "macs")]
-        if bad or not self.metrics:
-            raise ValueError(f"metrics must be 'params' and/or 'macs', got {self.metrics}")
-        for name in ("iterations", "adapt_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("doe_size", "candidates", "population", "generations", "bn_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_params", "max_macs"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
 
 
 @dataclass
@@ -382,8 +343,6 @@ class NATSearch:
             "iteration": iteration,
             "supernet": weights,
             "rng": self.rng.bit_generator.state,
-            "config": _jsonable(asdict(self.config)),
-            "metadata": self.metadata,
             "archive": self.archive.to_dict(),
             "history": self.history,
         }
@@ -397,10 +356,12 @@ class NATSearch:
         cls,
         out_dir: str | Path,
         data: DataSplits,
+        config: SearchConfig,
         runner: Runner | None = None,
         progress: bool = True,
+        metadata: dict | None = None,
     ) -> NATSearch:
-        """The search saved in ``out_dir``, at its last completed iteration."""
+        """The search saved in ``out_dir`` with ``config``, at its last completed iteration."""
         folder = Path(out_dir) / "resume"
         path = folder / "state.json"
         if not path.is_file():
@@ -412,7 +373,6 @@ class NATSearch:
             state = json.loads(path.read_text())
             if state.get("format") != STATE_FORMAT:
                 raise ValueError(f"format {state.get('format')!r}, expected {STATE_FORMAT!r}")
-            config = SearchConfig(**state["config"])
             archive = Archive.from_dict(state["archive"])
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(
@@ -421,7 +381,7 @@ class NATSearch:
         supernet, _ = load_supernet(folder / state["supernet"], space=archive.space.name)
         if supernet.space != archive.space:
             raise ValueError(f"{folder / state['supernet']} does not match the archive's space")
-        search = cls(supernet, data, config, out_dir, runner, progress, state["metadata"])
+        search = cls(supernet, data, config, out_dir, runner, progress, metadata)
         search.archive = archive
         search.history = state["history"]
         search.rng.bit_generator.state = state["rng"]
@@ -444,7 +404,7 @@ class NATSearch:
             return
         self.archive.save(
             self.out_dir / "archive.json",
-            config=_jsonable(asdict(self.config)),
+            config=asdict(self.config),
             **self.metadata,
             history=self.history,
         )
@@ -458,11 +418,3 @@ def _cv_tau(surrogate) -> float:
     if scores and chosen in scores:
         return float(scores[chosen]["tau_mean"])
     return float("nan")
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from search_spaces import Arch, SearchSpace
 from supernets import Supernet
 
-from .evaluate import EvaluationError
+from ..training.evaluate import EvaluationError
 
 __all__ = ["RayRunner", "RayTrainAdapter", "check_workers", "ray_session"]
 
@@ -134,8 +134,8 @@ class _Worker:
         import search_spaces
         from supernets import build_supernet
 
-        from .data import load_from_settings
-        from .evaluate import SubnetEvaluator
+        from ..data import load_from_settings
+        from ..training.evaluate import SubnetEvaluator
 
         torch.set_num_threads(threads)  # as many threads as CPUs this worker has
         data = load_from_settings(data_settings)
@@ -219,29 +219,27 @@ class RayRunner:
 
     def __call__(self, supernet: Supernet, archs: Sequence[Arch]) -> np.ndarray:
         import ray
+        from ray.util import ActorPool
 
         version, ref = self._publish(supernet)
         key = hash(version)
-        pending = {
-            self.actors[i % len(self.actors)].evaluate.remote(key, [ref], arch.to_json()): i
-            for i, arch in enumerate(archs)
-        }
-        results = np.full(len(archs), np.nan)
-        bar = tqdm(
-            total=len(archs), desc="evaluating (ray)", disable=not self.progress, leave=False
+        # Ordered map(), not map_unordered(): the unordered getters do not say which submission
+        # a result or error came from, so position is what ties each one to its architecture.
+        outcomes = ActorPool(self.actors).map(
+            lambda actor, arch: actor.evaluate.remote(key, [ref], arch.to_json()), archs
         )
-        remaining = list(pending)
-        while remaining:
-            done, remaining = ray.wait(remaining, num_returns=1)
-            i = pending[done[0]]
-            try:
-                results[i] = ray.get(done[0])
-            except ray.exceptions.RayTaskError as err:
-                raise EvaluationError(
-                    f"evaluating {archs[i].to_json()} failed on a Ray worker: {err}"
-                ) from err
-            bar.update(1)
-        bar.close()
+        results = np.full(len(archs), np.nan)
+        with tqdm(
+            total=len(archs), desc="evaluating (ray)", disable=not self.progress, leave=False
+        ) as bar:
+            for i, arch in enumerate(archs):
+                try:
+                    results[i] = next(outcomes)
+                except ray.exceptions.RayTaskError as err:
+                    raise EvaluationError(
+                        f"evaluating {arch.to_json()} failed on a Ray worker: {err}"
+                    ) from err
+                bar.update(1)
         return results
 
 
@@ -260,10 +258,10 @@ def _adapt_loop(config: dict) -> None:
     import search_spaces
     from supernets import build_supernet
 
-    from .checkpoint import save_supernet
-    from .data import load_from_settings
-    from .engine import categorical_sampler
-    from .train import TrainConfig, train_supernet
+    from ..data import load_from_settings
+    from ..engine.loop import categorical_sampler
+    from ..io.checkpoint import save_supernet
+    from ..training.train import TrainConfig, train_supernet
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -322,7 +320,7 @@ class RayTrainAdapter:
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        from .checkpoint import load_supernet
+        from ..io.checkpoint import load_supernet
 
         self.calls += 1
         config = {

@@ -1,0 +1,97 @@
+"""``nat compare``: the Feillet heuristic and its ablations against the searched subnets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .options import parse_size
+
+
+def _sizes(text: str) -> list[float]:
+    values = [parse_size(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one budget, e.g. 100k,200k")
+    return values
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="heuristic vs width-only vs depth-only vs searched",
+        description="At each budget, compare the Feillet heuristic, its width-only and "
+        "depth-only ablations and the searched subnet of a `nat search` run: test accuracy "
+        "with inherited weights (BatchNorm recalibrated) and after the same short fine-tuning, "
+        "mean ± std over seeds. Writes compare.md, compare.json, compare.png into the run.",
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="a `nat search` run folder")
+    p.add_argument(
+        "--budgets",
+        required=True,
+        type=_sizes,
+        metavar="SIZE,SIZE,...",
+        help="budgets, e.g. 100k,200k,400k",
+    )
+    p.add_argument(
+        "--metric",
+        default="params",
+        choices=["params", "macs"],
+        help="what the budgets bound (default params)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_ints,
+        default=[0, 1, 2],
+        metavar="S,S,...",
+        help="seeds to average over (default 0,1,2)",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="equal fine-tuning for every method, in epochs; 0: inherited weights (default 1)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)"
+    )
+    p.add_argument(
+        "--bn-batches",
+        type=int,
+        default=20,
+        metavar="N",
+        help="training batches for BatchNorm recalibration (default 20)",
+    )
+    p.add_argument(
+        "--scratch",
+        action="store_true",
+        help="also train the heuristic's architecture from scratch, as many epochs",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..compare import compare
+
+    compare(
+        args.run,
+        args.budgets,
+        tuple(args.seeds),
+        args.finetune_epochs,
+        args.metric,
+        args.lr,
+        args.bn_batches,
+        progress=not args.quiet,
+        scratch=args.scratch,
+    )
+    print((Path(args.run) / "compare.md").read_text())
+    return 0

@@ -1,0 +1,148 @@
+"""Command-line flags generated from :data:`nat.spec.OPTIONS`: one flag per setting of a
+RunSpec, with the spec's own default and help, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import typing
+from typing import Any
+
+from ..spec import OPTIONS, Option, RunSpec
+
+__all__ = ["GROUPS", "add_spec_options", "parse_size", "spec_from_args"]
+
+# Which flags each help section shows, by the settings' paths in the spec.
+GROUPS = {
+    "space": lambda o: o.path[0] in ("space", "space_options"),
+    "data": lambda o: o.path[0] == "data",
+    "budgets and objectives": lambda o: o.name in ("max_params", "max_macs", "objectives"),
+    "search": lambda o: (
+        o.path[0] == "search" and o.name not in ("max_params", "max_macs", "objectives")
+    ),
+    "supernet training": lambda o: o.path[0] == "pretrain" or o.name == "checkpoint",
+    "parallel evaluation (Ray)": lambda o: o.path[0] == "backend",
+    "run": lambda o: o.name in ("device", "seed", "batch_size", "out"),
+}
+
+_METAVARS = {
+    "checkpoint": "FILE",
+    "out": "DIR",
+    "address": "ADDR",
+    "data": "SOURCE",
+    "cache_dir": "DIR",
+}
+_SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_size(text: str) -> float:
+    """'500k' -> 500000, '2.5M' -> 2500000, '60M', '1G', '12000'."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgG]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(
+            f"expected a number with optional k/M/G suffix, got {text!r}"
+        )
+    return float(match.group(1)) * _SUFFIXES[match.group(2).lower()]
+
+
+def _number(kind: type, size: bool) -> typing.Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if size:
+            return parse_size(text)
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if kind is int:
+            if not value.is_integer():
+                raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+            return int(value)
+        return value
+
+    return parse
+
+
+def _list(item: typing.Callable[[str], Any], choices: tuple | None) -> typing.Callable:
+    def parse(text: str) -> list:
+        values = [item(v.strip()) for v in text.split(",") if v.strip()]
+        bad = [v for v in values if choices and v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad} not among {', '.join(choices)}")
+        return values
+
+    return parse
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _argument(option: Option) -> dict:
+    """argparse keywords for ``option``: parser, metavar, help with the spec's default."""
+    kind = option.kind
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if args and typing.get_origin(kind) is not tuple:
+        kind = args[0]
+    default = option.default
+    shown = (
+        "none"
+        if default in (None, (), {})
+        else (",".join(map(str, default)) if isinstance(default, tuple) else default)
+    )
+    if option.name in ("resolutions", "width_mults"):
+        shown = "the space's"
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS}
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        parse = str if item is str else _number(item, option.size)
+        kwargs["type"] = _list(parse, option.choices)
+        kwargs["metavar"] = "A,B,..." if not option.choices else ",".join(option.choices)
+    elif kind is dict:
+        kwargs["type"], kwargs["metavar"] = _json_object, "JSON"
+    elif kind in (int, float):
+        kwargs["type"] = _number(kind, option.size)
+        kwargs["metavar"] = "SIZE" if option.size else ("N" if kind is int else "X")
+    else:
+        kwargs["metavar"] = _METAVARS.get(option.name, option.name.split("_")[-1].upper())
+        if option.choices:
+            kwargs["choices"] = option.choices
+            kwargs["metavar"] = "{" + ",".join(option.choices) + "}"
+    given = "(default" in option.help
+    kwargs["help"] = option.help if given else f"{option.help} (default {shown})"
+    return kwargs
+
+
+def add_spec_options(
+    parser: argparse.ArgumentParser,
+    select: typing.Callable[[Option], bool] = lambda o: True,
+    rename: dict[str, str] | None = None,
+) -> None:
+    """Add a flag for every spec setting ``select`` accepts, in help sections; ``rename``
+    gives some another flag (``{"pretrain_epochs": "--epochs"}``)."""
+    rename = rename or {}
+    for title, in_group in GROUPS.items():
+        chosen = [o for o in OPTIONS.values() if in_group(o) and select(o)]
+        if not chosen:
+            continue
+        group = parser.add_argument_group(title)
+        for option in chosen:
+            group.add_argument(
+                rename.get(option.name, option.flag), dest=option.name, **_argument(option)
+            )
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec settings the user typed (absent flags are not in the namespace)."""
+    return {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
+
+
+def spec_from_args(args: argparse.Namespace, base: RunSpec | None = None) -> RunSpec:
+    """A RunSpec of the typed flags on top of ``base`` (default: the spec's defaults)."""
+    return RunSpec.from_options(base, **given_options(args))

@@ -1,0 +1,85 @@
+"""``nat search``: the flags are the RunSpec's settings, plus how to treat the run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..spec import OptionError, RunSpec
+from .options import add_spec_options, given_options, spec_from_args
+
+# What may change when a run is resumed: where it is evaluated.
+RESUMABLE = ("workers", "address", "adapt_workers")
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="search the accuracy / complexity Pareto front",
+        description="NAT: surrogate-guided NSGA-II over the space, with online adaptation of "
+        "the supernet to the task. Writes the run folder: run.json, archive.json, pareto.csv, "
+        "pareto.png, history.csv, front/ subnets, report.md, supernet.pt.",
+    )
+    add_spec_options(p)
+    g = p.add_argument_group("the run folder")
+    g.add_argument(
+        "--spec",
+        metavar="FILE",
+        help="start from the settings in this run.json; flags given too override them",
+    )
+    g.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the stopped run in DIR (pre-training or search) with its saved "
+        f"settings; only {', '.join('--' + o.replace('_', '-') for o in RESUMABLE)} may change",
+    )
+    g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..run import resume
+    from ..run import run as run_spec
+
+    progress = not args.quiet
+    if args.resume:
+        fixed = sorted(set(given_options(args)) - set(RESUMABLE))
+        if fixed or args.spec or args.overwrite:
+            flags = [f"--{f.replace('_', '-')}" for f in fixed]
+            flags += [f for f, v in (("--spec", args.spec), ("--overwrite", args.overwrite)) if v]
+            raise OptionError(
+                "resume", f"--resume uses the run's saved settings; drop {', '.join(flags)}"
+            )
+        backend = {k: v for k, v in given_options(args).items() if k in RESUMABLE}
+        result = resume(args.resume, progress=progress, **backend)
+        out = Path(args.resume)
+    else:
+        base = None
+        if args.spec:
+            try:
+                doc = json.loads(Path(args.spec).read_text())
+            except json.JSONDecodeError as err:
+                raise OptionError("spec", f"--spec {args.spec} is not valid JSON: {err}") from None
+            base = RunSpec.from_dict(doc, args.spec)
+            if not hasattr(args, "out") and Path(args.spec).name == "run.json":
+                base = RunSpec.from_options(base, out=str(Path(args.spec).parent))
+        spec = spec_from_args(args, base)
+        if spec.out is None:
+            spec = RunSpec.from_options(spec, out=f"runs/search-{spec.space}")
+        result = run_spec(spec, overwrite=args.overwrite, progress=progress)
+        out = Path(spec.out)
+    print_front(result, out)
+    return 0
+
+
+def print_front(result, out: Path) -> None:
+    archive = result.archive
+    print(
+        f"search done in {result.seconds:.0f} s: {len(archive)} subnets evaluated, "
+        f"hypervolume {result.hypervolume:.4f}; front:"
+    )
+    for i in result.front:
+        e = archive.entries[i]
+        print(f"  {e.accuracy:7.2%}  {e.params:>11,} params  {e.macs:>13,} MACs  ({e.source})")
+    print(f"run folder: {out} (report.md, pareto.png, front/)")

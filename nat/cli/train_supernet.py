@@ -1,0 +1,83 @@
+"""``nat train-supernet``: train a supernet on a dataset and report its extreme subnets."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..spec import OptionError, check_writable_dir, spec_error_names
+from .options import add_spec_options, spec_from_args
+
+_FLAGS = {"pretrain_epochs": "--epochs", "pretrain_lr": "--lr", "checkpoint": "--init"}
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    p = sub.add_parser(
+        name,
+        help="train a supernet on a dataset",
+        description="Train a weight-sharing supernet with the sandwich rule and in-place "
+        "distillation, then report the validation accuracy of its largest and smallest "
+        "subnets. The checkpoint is rewritten after every epoch; --resume continues it.",
+    )
+    add_spec_options(
+        p,
+        lambda o: (
+            o.path[0] in ("space", "space_options", "data", "pretrain")
+            or o.name in ("checkpoint", "device", "seed", "batch_size")
+        ),
+        rename=_FLAGS,
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="checkpoint to write, rewritten after every epoch (default runs/supernet-SPACE.pt)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue training saved in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io.checkpoint import save_supernet
+    from ..run import device_of, load_data, prepare_supernet
+    from ..training.evaluate import SubnetEvaluator
+
+    spec = spec_from_args(args).validate()
+    device = device_of(spec)
+    out = Path(args.out or f"runs/supernet-{spec.space}.pt")
+    if out.is_dir():
+        raise OptionError("out", f"--out {out} is a folder: give a checkpoint file name")
+    spec_error_names(lambda: check_writable_dir(out.parent, "out"))
+    if out.exists() and not args.resume:
+        raise OptionError(
+            "out", f"--out {out} exists: pass --resume to continue it, or choose another file"
+        )
+    data = load_data(spec)
+    print(
+        f"training {spec.build_space()!r} on {spec.data.source} ({len(data.train)} train / "
+        f"{len(data.val)} val images, {data.num_classes} classes) on {device}"
+    )
+    start = time.perf_counter()
+    supernet = prepare_supernet(
+        spec, data, out, args.resume, progress=not args.quiet, always_train=True
+    )
+    seconds = time.perf_counter() - start
+    evaluator = SubnetEvaluator(data, spec.search.bn_batches, spec.batch_size, spec.seed)
+    space, results = supernet.space, {}
+    for label, arch in (("largest", space.largest()), ("smallest", space.smallest())):
+        acc = float(evaluator(supernet, [arch])[0])
+        params, macs = space.complexity(arch, data.num_classes)
+        results[label] = {"val_accuracy": acc, "params": params, "macs": macs}
+        print(f"{label:>8} subnet: val accuracy {acc:.2%}, {params:,} params, {macs:,} MACs")
+    from ..run import data_settings_of
+
+    save_supernet(
+        out,
+        supernet,
+        data=data_settings_of(spec),
+        class_names=data.class_names,
+        results=results,
+        train_seconds=seconds,
+    )
+    print(f"trained {spec.pretrain.epochs} epochs in {seconds:.1f} s; checkpoint: {out}")
+    return 0

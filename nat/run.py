@@ -1,0 +1,301 @@
+"""Assemble and run a search from a :class:`~nat.spec.RunSpec`: the one path that ``nat
+search``, ``nat.search()``, ``--resume``, ``nat compare`` and the benchmarks share.
+
+Order of work, so that mistakes cost seconds: the spec is validated (options, paths, Ray
+address), the run folder checked (an existing run is refused unless resumed or overwritten),
+the data loaded and the budgets checked against it; only then is anything written or trained.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from supernets import Supernet, build_supernet
+
+from .data import DataSplits, data_settings, load_from_settings
+from .engine.loop import NATSearch, SearchResult
+from .engine.problem import Budgets
+from .io.checkpoint import load_supernet, save_supernet
+from .io.files import write_json
+from .spec import OptionError, RunSpec, check_writable_dir, spec_error_names
+from .training.train import default_device, train_supernet
+
+__all__ = [
+    "check_run_folder",
+    "data_settings_of",
+    "device_of",
+    "load_data",
+    "open_run",
+    "prepare_supernet",
+    "resume",
+    "run",
+    "search",
+]
+
+RUN_FILE = "run.json"
+PRETRAIN_FILE = "pretrain.pt"
+# What a run writes into its folder; --overwrite removes exactly these, nothing else.
+RUN_OUTPUTS = (
+    RUN_FILE,
+    PRETRAIN_FILE,
+    "supernet.pt",
+    "archive.json",
+    "pareto.csv",
+    "pareto.png",
+    "history.csv",
+    "report.md",
+    "resume",
+    "front",
+    "ray-train",
+    "compare.json",
+    "compare.md",
+    "compare.png",
+)
+
+
+def search(
+    progress: bool = True, resume: bool = False, overwrite: bool = False, **options: Any
+) -> SearchResult:
+    """Search the Pareto front of accuracy against parameters / MACs on a dataset.
+
+    Keywords are the flat options of :data:`nat.spec.OPTIONS`, the same names as ``nat
+    search``'s flags (``max_params=300_000``, ``iterations=3``, ``data="digits"``...); an
+    unknown one is an error naming the nearest known one. With ``out``, the run folder gets
+    run.json, archive.json, pareto.csv, pareto.png, history.csv, the front's subnets,
+    report.md and a resume/ snapshot after every iteration.
+    """
+    spec = RunSpec.from_options(**options)
+    return run(spec, progress=progress, resume=resume, overwrite=overwrite)
+
+
+def resume(out: str | Path, progress: bool = True, **backend: Any) -> SearchResult:
+    """Continue the run in folder ``out`` from where it stopped (pre-training or search);
+    ``backend``: ``workers``, ``address`` or ``adapt_workers`` to use this time."""
+    spec = open_run(out)
+    if backend:
+        spec = RunSpec.from_options(spec, **backend)
+    return run(spec, progress=progress, resume=True)
+
+
+def open_run(out: str | Path) -> RunSpec:
+    """The RunSpec saved in run folder ``out``, its ``out`` set to where the folder is now."""
+    path = Path(out) / RUN_FILE
+    if not path.is_file():
+        raise OptionError("out", f"{out} holds no {RUN_FILE}: not a run folder of this version")
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise OptionError("out", f"{path} is not readable JSON ({err})") from None
+    return RunSpec.from_options(RunSpec.from_dict(doc, str(path)), out=str(Path(out)))
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an --out that holds a run unless resuming or overwriting it, one that holds
+    other files, or one that cannot be written."""
+    spec_error_names(lambda: check_writable_dir(out, "out"))
+    if not out.exists():
+        if resume:
+            raise OptionError("out", f"{out} does not exist: nothing to resume")
+        return
+    entries = {p.name for p in out.iterdir()}
+    if resume:
+        if RUN_FILE not in entries:
+            raise OptionError("out", f"{out} holds no {RUN_FILE}: nothing to resume")
+        return
+    if not entries:
+        return
+    if not entries <= set(RUN_OUTPUTS):
+        raise OptionError(
+            "out",
+            f"{out} holds files that are not a run's ({sorted(entries - set(RUN_OUTPUTS))[:3]}"
+            "...): choose an empty or new folder",
+        )
+    if not overwrite:
+        raise OptionError(
+            "out",
+            f"{out} already holds a run: pass --resume to continue it, --overwrite to replace "
+            "it, or choose another --out",
+        )
+
+
+def data_settings_of(spec: RunSpec) -> dict:
+    """The record :func:`nat.data.load_from_settings` loads, for the spec's data."""
+    image_size = spec.data.image_size or max(spec.build_space().resolutions)
+    d = spec.data
+    settings = data_settings(
+        d.source, image_size, spec.seed, d.subset, d.val_fraction, d.test_fraction
+    )
+    settings["cache_dir"] = d.cache_dir
+    return settings
+
+
+def load_data(spec: RunSpec) -> DataSplits:
+    """The spec's data, split by its seed."""
+    return load_from_settings(data_settings_of(spec))
+
+
+def device_of(spec: RunSpec) -> torch.device:
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise OptionError("device", "cuda asked for, but torch sees no CUDA device").named(
+            "--device"
+        )
+    return default_device() if spec.device == "auto" else torch.device(spec.device)
+
+
+def prepare_supernet(
+    spec: RunSpec,
+    data: DataSplits,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    always_train: bool = False,
+) -> Supernet:
+    """The supernet to search: loaded from ``spec.checkpoint``, else built; trained for
+    ``spec.pretrain.epochs`` when new, or when the checkpoint's task has another number of
+    classes (transfer: the classifier is rebuilt, the rest kept). ``checkpoint``: where
+    training is saved after every epoch, and continued from with ``resume``.
+    ``always_train``: train a loaded checkpoint even when its classes match."""
+    space = spec.build_space()
+    if spec.checkpoint is not None:
+        supernet, _ = load_supernet(spec.checkpoint, space=spec.space)
+        if spec.space_options and space != supernet.space:
+            raise OptionError(
+                "checkpoint",
+                f"{spec.checkpoint} was trained on another {spec.space} space "
+                f"({supernet.space!r}); drop the space options or retrain",
+            ).named("--checkpoint")
+        if supernet.num_classes == data.num_classes and not always_train:
+            return supernet
+        if supernet.num_classes != data.num_classes:
+            supernet.reset_classifier(data.num_classes)
+    else:
+        torch.manual_seed(spec.seed)  # the initial weights
+        supernet = build_supernet(space, data.num_classes)
+    if spec.pretrain.epochs > 0:
+        train_supernet(
+            supernet,
+            data,
+            spec.pretrain,
+            checkpoint=checkpoint,
+            checkpoint_metadata={"data": data_settings_of(spec)},
+            device=device_of(spec),
+            progress=progress,
+            resume=resume,
+        )
+    return supernet.cpu()
+
+
+def run(
+    spec: RunSpec, *, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> SearchResult:
+    """Validate, then run the search ``spec`` describes (or continue it, with ``resume``).
+    See the module docstring for the order of work."""
+    from .report import write_outputs  # matplotlib only when files are written
+
+    start = time.perf_counter()
+    spec = spec.validate()
+    device_of(spec)
+    out = Path(spec.out) if spec.out is not None else None
+    if out is not None:
+        check_run_folder(out, resume, overwrite)
+    elif resume:
+        raise OptionError("out", "resuming needs the run folder").named("--out")
+    data = load_data(spec)
+    budgets = spec_error_names(lambda: _budgets(spec, data.num_classes))  # before any training
+    state = out / "resume" / "state.json" if out is not None else None
+    if out is not None:
+        if overwrite and not resume:
+            _remove_outputs(out)
+        write_json(out / RUN_FILE, spec.to_dict())
+    metadata = {"class_names": data.class_names}
+    with _backends(spec, budgets.space, data.num_classes, out, progress) as (runner, adapter):
+        if state is not None and resume and state.is_file():
+            search = NATSearch.resume(out, data, spec.search, runner, progress, metadata)
+            search.adapter = adapter
+        else:
+            pretrain = out / PRETRAIN_FILE if out is not None else None
+            supernet = prepare_supernet(spec, data, pretrain, resume, progress)
+            if out is not None:
+                save_supernet(out / "supernet.pt", supernet, pretrained=True)
+            torch.manual_seed(spec.seed)
+            search = NATSearch(
+                supernet, data, spec.search, out, runner, progress, metadata, adapter
+            )
+        result = search.run()
+    if out is not None:
+        write_outputs(search, result, out)
+        (out / PRETRAIN_FILE).unlink(missing_ok=True)  # the search has its own snapshots
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _budgets(spec: RunSpec, num_classes: int) -> Budgets:
+    try:
+        return Budgets(
+            spec.build_space(), num_classes, spec.search.max_params, spec.search.max_macs
+        )
+    except ValueError as err:
+        option = "max_macs" if " macs " in str(err) else "max_params"
+        raise OptionError(option, str(err)) from None
+
+
+def _remove_outputs(out: Path) -> None:
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _backends(
+    spec: RunSpec, space, num_classes: int, out: Path | None, progress: bool
+) -> Iterator[tuple[Any, Any]]:
+    """(runner, adapter): (None, None) to evaluate and adapt in this process, else Ray actors
+    for evaluation and, with ``adapt_workers`` >= 2, Ray Train for adaptation."""
+    backend, search_config = spec.backend, spec.search
+    if backend.in_process:
+        yield None, None
+        return
+    from .backends.ray import RayRunner, RayTrainAdapter, check_workers, ray_session
+
+    workers = check_workers(backend.workers) if backend.workers is not None else None
+    settings = data_settings_of(spec)
+    with ray_session(workers, backend.address) as cpus:
+        n = workers or max(1, cpus)
+        adapt_workers = backend.adapt_workers
+        # The phases alternate, so evaluation actors and training workers share the CPUs.
+        share = cpus / (n + adapt_workers) if adapt_workers else 1
+        runner = RayRunner(
+            settings,
+            space,
+            num_classes,
+            n,
+            search_config.bn_batches,
+            search_config.batch_size,
+            search_config.seed,
+            cpus_per_worker=share,
+            threads=max(1, cpus // n),
+            progress=progress,
+        )
+        adapter = None
+        if adapt_workers:
+            storage = Path(out or tempfile.mkdtemp(prefix="nat-")) / "ray-train"
+            adapter = RayTrainAdapter(
+                settings,
+                adapt_workers,
+                storage,
+                cpus_per_worker=share,
+                threads=max(1, cpus // adapt_workers),
+            )
+        yield runner, adapter

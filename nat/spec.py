@@ -1,0 +1,570 @@
+"""What a run is, as plain data: :class:`RunSpec` and the settings it is made of.
+
+A RunSpec round-trips to JSON (``run.json`` in every run folder). Its defaults are written
+here once: the command line's flags, ``nat.search()``'s keywords and the JSON keys are all
+derived from these dataclasses (:data:`OPTIONS`). Nothing here imports torch, so building the
+command line stays fast, and :meth:`RunSpec.validate` checks a whole run before any work.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import search_spaces
+
+from .io.files import jsonable
+
+__all__ = [
+    "OPTIONS",
+    "BackendSpec",
+    "DataSpec",
+    "Option",
+    "OptionError",
+    "RunSpec",
+    "SearchConfig",
+    "TrainConfig",
+]
+
+SPEC_FORMAT = "nat-run/1"
+METRICS = ("params", "macs")
+SURROGATES = ("adaptive", "rbf", "gp", "mlp", "trees")
+
+
+class OptionError(ValueError):
+    """A setting is out of range or inconsistent. ``option`` is the setting's field name, or
+    its path in the spec; :class:`RunSpec` rewrites the message to name the user's flag."""
+
+    def __init__(self, option: str | tuple[str, ...], message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option, self.message = option, message
+
+    def named(self, name: str) -> OptionError:
+        """The same error, its message starting with ``name`` (a flag) instead."""
+        self.args = (f"{name}: {self.message}",)
+        return self
+
+
+def _help(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
+
+
+def _at_least(obj: Any, minimum: float, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < minimum:
+            raise OptionError(name, f"must be at least {minimum:g}, got {value}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Supernet training (sandwich rule, in-place distillation). ``lr`` is the peak learning
+    rate of SGD with Nesterov momentum: linear warm-up, then cosine decay to 0."""
+
+    epochs: int = field(default=10, metadata=_help("training epochs"))
+    batch_size: int = field(default=64, metadata=_help("images per batch"))
+    lr: float = field(default=0.05, metadata=_help("peak learning rate"))
+    momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
+    weight_decay: float = field(default=4e-5, metadata=_help("weight decay (not on BatchNorm)"))
+    warmup_epochs: float = field(default=0.5, metadata=_help("epochs of linear lr warm-up"))
+    random_subnets: int = field(
+        default=2, metadata=_help("random subnets per step besides the largest and smallest")
+    )
+    distill_temperature: float = field(
+        default=1.0, metadata=_help("softmax temperature of in-place distillation")
+    )
+    # OFA's pure distillation (1.0) starves short schedules (docs/benchmarks.md).
+    distill_weight: float = field(
+        default=0.5,
+        metadata=_help(
+            "weight of distillation from the largest subnet in the other subnets' loss, the "
+            "rest on the labels; 1 is OFA's pure distillation"
+        ),
+    )
+    label_smoothing: float = field(default=0.1, metadata=_help("label smoothing of the CE"))
+    seed: int = field(default=0, metadata=_help("seed of sampling and augmentation"))
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "epochs", "random_subnets", "warmup_epochs", "weight_decay")
+        _at_least(self, 1, "batch_size")
+        for name in ("lr", "distill_temperature"):
+            if not getattr(self, name) > 0:
+                raise OptionError(name, f"must be positive, got {getattr(self, name)}")
+        for name in ("distill_weight", "label_smoothing", "momentum"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise OptionError(name, f"must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The NAT loop. Budgets: ``max_params`` parameters, ``max_macs`` MACs per image (None:
+    unbounded). ``metrics``: the complexity objectives besides the error."""
+
+    iterations: int = field(default=5, metadata=_help("NAT iterations"))
+    max_params: float | None = field(
+        default=None, metadata=_help("parameter budget, e.g. 500k or 2.5M", size=True)
+    )
+    max_macs: float | None = field(
+        default=None,
+        metadata=_help("budget of multiply-accumulates per image, e.g. 60M", size=True),
+    )
+    metrics: tuple[str, ...] = field(
+        default=("params",),
+        metadata=_help("complexity objectives besides the error", choices=METRICS),
+    )
+    doe_size: int = field(default=16, metadata=_help("random subnets in the initial archive"))
+    candidates: int = field(default=8, metadata=_help("subnets evaluated for real per iteration"))
+    population: int = field(default=40, metadata=_help("NSGA-II population"))
+    generations: int = field(default=20, metadata=_help("NSGA-II generations per iteration"))
+    surrogate: str = field(
+        default="adaptive",
+        metadata=_help(
+            "accuracy predictor (adaptive: best cross-validated tau)", choices=SURROGATES
+        ),
+    )
+    adapt_epochs: int = field(
+        default=1, metadata=_help("supernet adaptation epochs per iteration; 0 turns it off")
+    )
+    adapt_top: int = field(
+        default=150, metadata=_help("archive entries whose choices adaptation samples from")
+    )
+    heuristic_budgets: tuple[float, ...] = field(
+        default=(),
+        metadata=_help(
+            "budgets of the Feillet seeds (default 1/4, 1/2 and all of the budget)", size=True
+        ),
+    )
+    bn_batches: int = field(
+        default=20, metadata=_help("training batches for BatchNorm recalibration")
+    )
+    batch_size: int = field(default=64, metadata=_help("images per batch"))
+    lr: float = field(default=0.01, metadata=_help("learning rate of supernet adaptation"))
+    seed: int = field(default=0, metadata=_help("seed of sampling and NSGA-II"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "heuristic_budgets", tuple(self.heuristic_budgets))
+        bad = [m for m in self.metrics if m not in METRICS]
+        if bad or not self.metrics or len(set(self.metrics)) != len(self.metrics):
+            raise OptionError("metrics", f"must be params and/or macs, got {list(self.metrics)}")
+        if self.surrogate not in SURROGATES:
+            raise OptionError("surrogate", f"choose one of {list(SURROGATES)}")
+        _at_least(self, 0, "iterations", "adapt_epochs")
+        _at_least(self, 1, "doe_size", "candidates", "population", "generations", "bn_batches")
+        _at_least(self, 1, "adapt_top", "batch_size")
+        if not self.lr > 0:
+            raise OptionError("lr", f"must be positive, got {self.lr}")
+        for name in ("max_params", "max_macs"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise OptionError(name, f"must be a positive number, got {value}")
+        if any(not (math.isfinite(b) and b > 0) for b in self.heuristic_budgets):
+            raise OptionError(
+                "heuristic_budgets", f"must be positive, got {self.heuristic_budgets}"
+            )
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the images come from and how they are split (stratified, by the run's seed)."""
+
+    source: str = field(
+        default="digits",
+        metadata=_help(
+            "'digits' (scikit-learn's bundled 8x8 digits), an ImageFolder directory, or a "
+            ".tar.gz of one"
+        ),
+    )
+    subset: int | None = field(
+        default=None, metadata=_help("use a stratified subset of N images in total")
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata=_help("side of the stored images in px (default: the largest resolution)"),
+    )
+    val_fraction: float = field(
+        default=0.1, metadata=_help("fraction of each class held out for validation")
+    )
+    test_fraction: float = field(
+        default=0.1, metadata=_help("fraction of each class held out for testing")
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata=_help("where archives are unpacked (default $NAT_CACHE_DIR or ~/.cache/nat)"),
+    )
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise OptionError("source", "give 'digits', an ImageFolder directory or a .tar.gz")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise OptionError(name, f"must be strictly between 0 and 1, got {value}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise OptionError(
+                "val_fraction",
+                f"with test_fraction it must leave training images, got "
+                f"{self.val_fraction} + {self.test_fraction}",
+            )
+        if self.subset is not None:
+            _at_least(self, 2, "subset")
+        if self.image_size is not None:
+            _at_least(self, 8, "image_size")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Where subnets are evaluated: in this process, on local Ray workers, or a cluster."""
+
+    workers: int | None = field(
+        default=None, metadata=_help("evaluate subnets on N local Ray workers, one CPU each")
+    )
+    address: str | None = field(
+        default=None,
+        metadata=_help(
+            "evaluate on the Ray cluster at ADDR: auto, host:port or ray://host:port (the data "
+            "path must exist on every node)"
+        ),
+    )
+    adapt_workers: int = field(
+        default=0,
+        metadata=_help("adapt the supernet data-parallel on N >= 2 Ray Train workers"),
+    )
+
+    def __post_init__(self) -> None:
+        if self.workers is not None:
+            _at_least(self, 1, "workers")
+        if self.adapt_workers and self.adapt_workers < 2:
+            raise OptionError("adapt_workers", f"must be 0 or at least 2, got {self.adapt_workers}")
+        if self.adapt_workers and self.workers is None and self.address is None:
+            raise OptionError("adapt_workers", "needs Ray: give workers or address too")
+        if self.workers is not None and self.address is not None:
+            raise OptionError(
+                "workers", "give workers (local Ray) or address (a cluster), not both"
+            )
+
+    @property
+    def in_process(self) -> bool:
+        return self.workers is None and self.address is None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One search run: space, data, budgets and search, pre-training recipe, backend."""
+
+    space: str = field(
+        default="mbv2",
+        metadata=_help("search space / network family", choices=tuple(search_spaces.list_spaces())),
+    )
+    space_options: dict = field(
+        default_factory=dict,
+        metadata=_help(
+            'space options as JSON, e.g. \'{"kernel_sizes": [3, 5], "stem": "imagenet"}\''
+        ),
+    )
+    data: DataSpec = field(default_factory=DataSpec)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5))
+    backend: BackendSpec = field(default_factory=BackendSpec)
+    checkpoint: str | None = field(
+        default=None, metadata=_help("start from this trained supernet (default: train one)")
+    )
+    device: str = field(
+        default="auto",
+        metadata=_help(
+            "where to compute: auto (CUDA when present), cpu or cuda",
+            choices=("auto", "cpu", "cuda"),
+        ),
+    )
+    seed: int = field(default=0, metadata=_help("seed of splits, sampling and training"))
+    batch_size: int = field(default=64, metadata=_help("images per batch"))
+    out: str | None = field(default=None, metadata=_help("run folder (default runs/search-SPACE)"))
+
+    def __post_init__(self) -> None:
+        # One seed and one batch size per run: the parts get them from here.
+        for part in ("search", "pretrain"):
+            value = getattr(self, part)
+            object.__setattr__(
+                self, part, replace(value, seed=self.seed, batch_size=self.batch_size)
+            )
+        object.__setattr__(self, "space_options", jsonable(dict(self.space_options)))
+
+    # -- JSON --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        doc = jsonable(asdict(self))
+        for part in ("search", "pretrain"):  # derived from the run's own seed and batch size
+            del doc[part]["seed"], doc[part]["batch_size"]
+        return {"format": SPEC_FORMAT, **doc}
+
+    @classmethod
+    def from_dict(cls, doc: Any, where: str = "run spec") -> RunSpec:
+        if not isinstance(doc, dict):
+            raise OptionError("spec", f"{where} must be a JSON object, got {type(doc).__name__}")
+        doc = dict(doc)
+        if doc.pop("format", SPEC_FORMAT) != SPEC_FORMAT:
+            raise OptionError("spec", f"{where} is not a {SPEC_FORMAT} document")
+        return spec_error_names(lambda: _build(cls, doc, where))
+
+    @classmethod
+    def from_options(cls, base: RunSpec | None = None, **options: Any) -> RunSpec:
+        """A spec from flat options (``nat.search()``'s keywords, the CLI's flags), on top of
+        ``base``; unknown names are errors that suggest the nearest known one."""
+        doc = (base or cls()).to_dict()
+        for name, value in options.items():
+            if name not in OPTIONS:
+                near = difflib.get_close_matches(name, OPTIONS, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise OptionError(name, f"unknown option{hint} (known: {', '.join(OPTIONS)})")
+            OPTIONS[name].set(doc, value)
+        return cls.from_dict(doc)
+
+    # -- checks ------------------------------------------------------------------------------
+    def build_space(self) -> search_spaces.SearchSpace:
+        """The search space, or an error naming the option at fault."""
+        known = _space_keys(self.space)
+        unknown = sorted(set(self.space_options) - set(known))
+        if unknown:
+            raise OptionError(
+                "space_options", f"{unknown} unknown for {self.space}; valid keys: {known}"
+            )
+        try:
+            return search_spaces.get(self.space, **self.space_options)
+        except ValueError as err:  # messages start with the option's name: "width_mults: ..."
+            key = str(err).split(":", 1)[0].split("[", 1)[0]
+            option = key if key in ("resolutions", "width_mults") else "space_options"
+            message = str(err).split(": ", 1)[-1] if option != "space_options" else str(err)
+            raise OptionError(option, message) from None
+
+    def validate(self) -> RunSpec:
+        """Check everything that can be checked without loading data or training; returns the
+        spec with paths made absolute. Errors name the user's flag."""
+
+        def check() -> RunSpec:
+            self.build_space()
+            source = self.data.source
+            if source != "digits":
+                path = Path(source).expanduser()
+                if not path.exists():
+                    raise OptionError(
+                        "source",
+                        f"{source} not found: give 'digits', an ImageFolder directory or a "
+                        ".tar.gz of one",
+                    )
+                source = str(path.resolve())
+            checkpoint = self.checkpoint
+            if checkpoint is not None:
+                if not Path(checkpoint).is_file():
+                    raise OptionError("checkpoint", f"{checkpoint} not found")
+                checkpoint = str(Path(checkpoint).resolve())
+            if self.data.cache_dir is not None:
+                check_writable_dir(self.data.cache_dir, "cache_dir")
+            if self.backend.address is not None:
+                from .backends.address import check_address  # no Ray import needed
+
+                check_address(self.backend.address)
+            return replace(self, data=replace(self.data, source=source), checkpoint=checkpoint)
+
+        return spec_error_names(check)
+
+
+def check_writable_dir(folder: str | os.PathLike, option: str) -> Path:
+    """``folder`` exists or can be made, is a directory, and accepts files."""
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OptionError(option, f"{path} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OptionError(option, f"{path} is not writable (no write permission on {probe})")
+    return path
+
+
+# -- flat options: one name per setting, shared by the CLI, nat.search() and JSON -------------
+@dataclass(frozen=True)
+class Option:
+    """A setting of a RunSpec under one flat name (``--flag-name`` on the command line)."""
+
+    name: str
+    path: tuple[str, ...]  # keys into RunSpec.to_dict()
+    kind: Any  # the field's type (int, float | None, tuple[str, ...], ...)
+    default: Any
+    help: str
+    choices: tuple | None = None
+    size: bool = False  # accepts 500k / 2.5M
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def set(self, doc: dict, value: Any) -> None:
+        *parents, leaf = self.path
+        for key in parents:
+            doc = doc.setdefault(key, {})
+        if self.path[0] == "space_options" and value is None:
+            doc.pop(leaf, None)
+        else:
+            doc[leaf] = value
+
+
+# Flat names differing from the field's own name; the rest keep it.
+_RENAMED = {
+    ("data", "source"): "data",
+    ("search", "metrics"): "objectives",
+    ("search", "lr"): "adapt_lr",
+    ("pretrain", "epochs"): "pretrain_epochs",
+    ("pretrain", "lr"): "pretrain_lr",
+}
+_DERIVED = {
+    ("search", "seed"),
+    ("search", "batch_size"),
+    ("pretrain", "seed"),
+    ("pretrain", "batch_size"),
+}
+
+
+def _options() -> dict[str, Option]:
+    options: dict[str, Option] = {}
+    defaults = RunSpec()
+
+    def walk(cls: type, prefix: tuple[str, ...], instance: Any) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            path = (*prefix, f.name)
+            value = getattr(instance, f.name)
+            if is_dataclass(value):
+                walk(type(value), path, value)
+                continue
+            if path in _DERIVED:
+                continue
+            name = _RENAMED.get(path, f.name)
+            assert name not in options, f"two settings are called {name}"
+            options[name] = Option(
+                name,
+                path,
+                hints[f.name],
+                value,
+                f.metadata.get("help", ""),
+                f.metadata.get("choices"),
+                f.metadata.get("size", False),
+            )
+            if path == ("space_options",):  # the common space options get flags of their own
+                for key, help_text in (
+                    ("resolutions", "input resolutions to search, in px"),
+                    ("width_mults", "width multiplier choices"),
+                ):
+                    kind = tuple[int, ...] if key == "resolutions" else tuple[float, ...]
+                    options[key] = Option(
+                        key, (*path, key), kind | None, None, help_text + " (default: the space's)"
+                    )
+
+    walk(RunSpec, (), defaults)
+    return options
+
+
+def _space_keys(name: str) -> list[str]:
+    import inspect
+
+    if name not in search_spaces.list_spaces():
+        raise OptionError(
+            "space", f"unknown space {name!r}: choose one of {search_spaces.list_spaces()}"
+        )
+    cls = type(search_spaces.get(name))
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def _build(cls: type, doc: dict, where: str, prefix: tuple[str, ...] = ()) -> Any:
+    """``cls`` from its JSON dict: nested dataclasses, lists back to tuples, unknown keys
+    refused with the nearest known one."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in doc.items():
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise OptionError((*prefix, key), f"unknown key in {where}{hint}")
+        kind = hints[key]
+        if is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise OptionError((*prefix, key), f"must be a JSON object in {where}")
+            value = _build(kind, value, where, (*prefix, key))
+        else:
+            value = _coerce((*prefix, key), kind, value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except OptionError as err:
+        if isinstance(err.option, str) and err.option in known:
+            err.option = (*prefix, err.option)
+        raise
+
+
+def _coerce(name: str | tuple[str, ...], kind: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``kind``; lists become tuples."""
+    args = typing.get_args(kind)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise OptionError(name, "must be given (null is not allowed)")
+    if type(None) in args:
+        kind = next(a for a in args if a is not type(None))
+        args = typing.get_args(kind)
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise OptionError(name, f"must be a list, got {value!r}")
+        return tuple(_coerce(name, args[0], v) for v in value)
+    if kind is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise OptionError(name, f"must be a JSON object, got {value!r}")
+        return value
+    if kind is bool or isinstance(value, bool):
+        if kind is not bool or not isinstance(value, bool):
+            raise OptionError(name, f"must be {kind.__name__}, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise OptionError(name, f"must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise OptionError(name, f"must be a finite number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise OptionError(name, f"must be a string, got {value!r}")
+        return value
+    return value
+
+
+def spec_error_names(build: typing.Callable[[], Any]) -> Any:
+    """Run ``build``; an OptionError from it is raised again naming the flag, not the field."""
+    try:
+        return build()
+    except OptionError as err:
+        raise err.named(flag_of(err.option)) from None
+
+
+def flag_of(option: str | tuple[str, ...]) -> str:
+    """The user's name for a setting: ``--doe-size`` for ``doe_size`` or its path
+    ``("search", "doe_size")``, ``--data`` for ``("data", "source")``."""
+    if isinstance(option, tuple):
+        matches = [o for o in OPTIONS.values() if o.path == option]
+        if not matches:  # a section, e.g. ("search",)
+            return option[-1]
+        return matches[0].flag
+    if option in OPTIONS:
+        return OPTIONS[option].flag
+    matches = [o for o in OPTIONS.values() if o.path[-1] == option]
+    return matches[0].flag if len(matches) == 1 else option
+
+
+OPTIONS: dict[str, Option] = _options()

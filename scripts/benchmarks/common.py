@@ -1,0 +1,345 @@
+"""What every benchmark shares: the settings (FULL, QUICK), the :class:`Bench` with its
+caches (data, the pre-trained supernet, seed-by-seed NAT runs, a pool of evaluated random
+subnets), the machine record, and the one renderer of results (markdown, JSON, plots)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import supernets
+from nat.data import DataSplits
+from nat.engine.archive import Archive
+from nat.engine.loop import SearchResult, _sample_feasible
+from nat.engine.problem import Budgets
+from nat.io.checkpoint import load_supernet, save_supernet
+from nat.io.files import atomic_write, markdown_table, save_figure, write_json
+from nat.run import data_settings_of, load_data, prepare_supernet, run
+from nat.spec import RunSpec
+from nat.training.evaluate import SubnetEvaluator
+
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared/data/cifar10-train-jpeg.tar.gz"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run depends on. ``FULL``: under an hour on 2 cores; ``QUICK``: minutes."""
+
+    space: str = "resnet"
+    resolutions: tuple[int, ...] = (24, 28, 32)
+    width_mults: tuple[float, ...] = (0.125, 0.25, 0.375)
+    subset: int = 5000  # images drawn from the dataset: 80 % train, 10 % val, 10 % test
+    max_params: float = 1.2e6
+    pretrain_epochs: int = 5
+    bn_batches: int = 10
+    # search
+    seeds: tuple[int, ...] = (0, 1, 2)
+    iterations: int = 3
+    doe_size: int = 12
+    candidates: int = 8
+    population: int = 40
+    generations: int = 20
+    real_population: int = 10  # NSGA-II on real evaluations: ~4 generations for ~40 subnets
+    heuristic_budgets: int = 8  # budgets per heuristic method, log-spaced up to max_params
+    # heuristic vs searched
+    budget_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+    finetune_epochs: int = 2
+    finetune_seeds: tuple[int, ...] = (0, 1)
+    # ranking fidelity
+    fidelity_archs: int = 10
+    scratch_epochs: int = 3
+    scratch_lr: float = 0.05
+    # surrogate quality (a pool of random subnets evaluated with the pre-trained supernet)
+    pool_size: int = 140
+    holdout: int = 40
+    train_sizes: tuple[int, ...] = (10, 20, 40, 70, 100)
+    repeats: int = 3
+    # speed
+    complexity_population: int = 10_000
+    profiled_configs: int = 5
+    forward_batch: int = 64
+    forward_resolution: int = 32
+    forward_repeats: int = 15
+    train_batch: int = 32
+    train_resolution: int = 64
+    train_steps: int = 8
+    ray_archs: int = 24
+    # cost growth
+    archive_sizes: tuple[int, ...] = (20, 40, 80, 120)
+    population_sizes: tuple[int, ...] = (20, 40, 80, 160)
+
+
+FULL = Settings()
+QUICK = Settings(
+    resolutions=(16, 20),
+    width_mults=(0.125, 0.25),
+    subset=600,
+    max_params=4e5,
+    pretrain_epochs=4,
+    bn_batches=2,
+    seeds=(0, 1),
+    iterations=1,
+    doe_size=4,
+    candidates=3,
+    population=12,
+    generations=3,
+    real_population=4,
+    heuristic_budgets=3,
+    finetune_epochs=1,
+    finetune_seeds=(0,),
+    fidelity_archs=4,
+    scratch_epochs=2,
+    pool_size=30,
+    holdout=10,
+    train_sizes=(8, 16),
+    repeats=1,
+    complexity_population=1000,
+    profiled_configs=2,
+    forward_batch=8,
+    forward_resolution=16,
+    forward_repeats=2,
+    train_batch=8,
+    train_resolution=32,
+    train_steps=2,
+    ray_archs=4,
+    archive_sizes=(8, 16),
+    population_sizes=(8, 16),
+)
+
+
+def _digest(doc: Any) -> str:
+    return hashlib.sha1(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Bench:
+    """What the benchmarks share: data, space, the pre-trained supernet, a pool of evaluated
+    random subnets, and the NAT run of each seed. Runs are described by ``RunSpec``s built on
+    :attr:`base` (the settings as run options); a spec's seed also draws its data split."""
+
+    def __init__(self, settings: Settings, data_source: str, out: Path) -> None:
+        self.s, self.out = settings, Path(out)
+        s = settings
+        self.pretrain_spec = RunSpec.from_options(
+            space=s.space,
+            resolutions=s.resolutions,
+            width_mults=s.width_mults,
+            data=data_source,
+            subset=s.subset,
+            pretrain_epochs=s.pretrain_epochs,
+            seed=0,
+        )
+        self.base = RunSpec.from_options(
+            self.pretrain_spec,
+            max_params=s.max_params,
+            iterations=s.iterations,
+            doe_size=s.doe_size,
+            candidates=s.candidates,
+            population=s.population,
+            generations=s.generations,
+            adapt_epochs=1,
+            bn_batches=s.bn_batches,
+        )
+        self.space = self.base.build_space()
+        self.data_settings = data_settings_of(self.base)
+        self._data: dict[int, DataSplits] = {}
+        self._pretrained = self._pool = None
+        self.pretrain_s: float | None = None
+        self.pretrain_key = ""  # set by pretrained_path()
+
+    # -- data ------------------------------------------------------------------------------
+    def spec(self, seed: int = 0, **options: Any) -> RunSpec:
+        """The settings as a RunSpec with ``seed`` and further flat ``options``."""
+        return RunSpec.from_options(self.base, seed=seed, **options)
+
+    def data_for(self, seed: int) -> DataSplits:
+        """The data split by ``seed``, as a run with that seed loads it."""
+        if seed not in self._data:
+            start = time.perf_counter()
+            d = self._data[seed] = load_data(self.spec(seed))
+            print(
+                f"data (seed {seed}): {len(d.train)} train / {len(d.val)} val / {len(d.test)} "
+                f"test images of {d.num_classes} classes ({time.perf_counter() - start:.1f} s)",
+                flush=True,
+            )
+        return self._data[seed]
+
+    @property
+    def data(self) -> DataSplits:
+        """The split of seed 0, on which the shared supernet is pre-trained."""
+        return self.data_for(0)
+
+    @property
+    def budgets(self) -> Budgets:
+        return Budgets(self.space, self.data.num_classes, self.s.max_params)
+
+    def evaluator(self, seed: int, data: DataSplits | None = None) -> SubnetEvaluator:
+        return SubnetEvaluator(data or self.data, self.s.bn_batches, seed=seed)
+
+    # -- the shared pre-trained supernet ---------------------------------------------------
+    def pretrained_path(self) -> Path:
+        """The shared pre-trained supernet's checkpoint, trained once and cached in ``out``
+        while its spec (recipe defaults included) and data are unchanged."""
+        path = self.out / "cache" / "pretrained.pt"
+        if self._pretrained is not None:
+            return path
+        spec = self.pretrain_spec
+        key = _digest({"spec": spec.to_dict(), "data": self.data_settings})
+        self.pretrain_key = key
+        if path.is_file():
+            net, meta = load_supernet(path)
+            if meta.get("key") == key:
+                self._pretrained, self.pretrain_s = net, meta["seconds"]
+        if self._pretrained is None:
+            start = time.perf_counter()
+            net = prepare_supernet(spec, self.data, progress=False)
+            self.pretrain_s = time.perf_counter() - start
+            save_supernet(path, net, key=key, seconds=self.pretrain_s)
+            self._pretrained = net
+        print(
+            f"pre-trained supernet: {self.s.pretrain_epochs} epochs, {self.pretrain_s:.0f} s",
+            flush=True,
+        )
+        return path
+
+    def pretrained(self) -> supernets.Supernet:
+        """A copy of the shared pre-trained supernet."""
+        self.pretrained_path()
+        return copy.deepcopy(self._pretrained).eval()
+
+    # -- NAT runs --------------------------------------------------------------------------
+    def nat_spec(self, seed: int, adapt_epochs: int = 1, out: Path | None = None) -> RunSpec:
+        """A NAT search from the shared supernet, as is (no pre-training of its own)."""
+        return self.spec(
+            seed,
+            checkpoint=str(self.pretrained_path()),
+            pretrain_epochs=0,
+            adapt_epochs=adapt_epochs,
+            out=None if out is None else str(out),
+        )
+
+    def nat_search(self, seed: int, adapt_epochs: int) -> SearchResult:
+        """A NAT search run now, writing no files."""
+        return run(self.nat_spec(seed, adapt_epochs), progress=False)
+
+    def nat_run(self, seed: int) -> tuple[Path, float]:
+        """(the run folder of seed ``seed``'s NAT search, its seconds): run now unless a
+        finished one of the same spec and pre-trained supernet is cached."""
+        folder = self.out / "cache" / f"nat-seed{seed}"
+        stamp = folder.with_name(folder.name + ".done.json")
+        spec = self.nat_spec(seed, out=folder)  # pre-trains first: sets pretrain_key
+        key = _digest({"spec": spec.to_dict(), "pretrained": self.pretrain_key})
+        if stamp.is_file() and (folder / "archive.json").is_file():
+            done = json.loads(stamp.read_text())
+            if done.get("key") == key:
+                return folder, done["seconds"]
+        stamp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        result = run(spec, progress=False)
+        write_json(stamp, {"key": key, "seconds": result.seconds})
+        return folder, result.seconds
+
+    # -- a pool of evaluated random subnets ------------------------------------------------
+    def pool(self, n: int) -> dict:
+        """``n`` random feasible subnets evaluated with the pre-trained supernet, in chunks of
+        ten, each chunk timed (``chunk_s``): the cost of evaluating an archive of any size."""
+        if self._pool is None or len(self._pool["accuracy"]) < n:
+            net = self.pretrained()
+            rng = np.random.default_rng(1234)
+            X = _sample_feasible(self.budgets, n, rng, Archive(self.space, 10))
+            evaluator = self.evaluator(0)
+            accuracy, chunk_s = [], []
+            for i in range(0, len(X), 10):
+                start = time.perf_counter()
+                accuracy.extend(evaluator(net, [self.space.decode(x) for x in X[i : i + 10]]))
+                chunk_s.append(time.perf_counter() - start)
+            self._pool = {"X": X, "accuracy": np.array(accuracy), "chunk_s": chunk_s}
+        return self._pool
+
+
+def machine() -> dict:
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "nproc": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+# -- results and their one renderer -------------------------------------------------------------
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list]
+
+
+@dataclass
+class Plot:
+    """A figure of one axes: ``draw(ax)`` fills it; saved as ``file`` in the results folder."""
+
+    file: str
+    draw: Callable[[Any], None]
+    size: tuple[float, float] = (6, 4)
+
+
+@dataclass
+class Result:
+    """What a benchmark returns: ``data`` (its JSON), ``sections`` (tables and paragraphs of
+    its markdown, in order), plots, and files to copy into the results folder."""
+
+    data: dict
+    sections: list[Table | str] = field(default_factory=list)
+    plots: list[Plot] = field(default_factory=list)
+    copies: dict[str, Path] = field(default_factory=dict)
+
+
+def pm(mean: float, std: float, digits: int) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def pct(mean: float, std: float) -> str:
+    return pm(100 * mean, 100 * std, 1)
+
+
+def render(name: str, result: Result, seconds: float, bench: Bench, info: dict) -> str:
+    """Write ``<name>.md``, ``<name>.json``, the plots and copies under ``bench.out``;
+    returns the markdown."""
+    out = bench.out
+    text = f"\n## {name} ({seconds:.0f} s)\n"
+    for section in result.sections:
+        if isinstance(section, Table):
+            text += f"\n### {section.title}\n" + markdown_table(section.headers, section.rows)
+        else:
+            text += f"\n{section}\n"
+    for plot in result.plots:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=plot.size)
+        plot.draw(fig.add_subplot())
+        save_figure(fig, out / plot.file)
+    for target, source in result.copies.items():
+        shutil.copyfile(source, out / target)
+    doc = {
+        "machine": info,
+        "settings": asdict(bench.s),
+        "data": bench.data_settings,
+        "seconds": seconds,
+        **result.data,
+    }
+    write_json(out / f"{name}.json", doc)
+    atomic_write(out / f"{name}.md", lambda f: f.write(text.encode()))
+    return text

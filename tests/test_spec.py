@@ -1,0 +1,108 @@
+"""RunSpec: JSON round trip, one flag per setting, and every flag reaching its setting."""
+
+import json
+import math
+import typing
+
+import pytest
+
+import nat
+from nat.cli import build_parser
+from nat.cli.options import spec_from_args
+from nat.spec import OPTIONS, OptionError, RunSpec
+
+
+def test_a_spec_round_trips_through_json():
+    spec = RunSpec.from_options(
+        space="resnet", resolutions=[16, 24], max_params=3e5, objectives=["params", "macs"],
+        heuristic_budgets=[1e5, 2e5], seed=4, workers=2, pretrain_epochs=3,
+    )
+    again = RunSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    assert again.search.seed == again.pretrain.seed == 4  # one seed per run
+
+
+def _other_value(option):
+    """A valid value different from the option's default, as the command line would type it."""
+    special = {
+        "space": "resnet", "space_options": '{"stem": "imagenet"}', "resolutions": "16,20",
+        "width_mults": "0.25,0.5", "data": "some/folder", "objectives": "params,macs",
+        "surrogate": "rbf", "device": "cpu", "address": "auto", "workers": "1",
+        "adapt_workers": "2", "heuristic_budgets": "100k,200k", "out": "elsewhere",
+        "cache_dir": "cache", "checkpoint": "sn.pt", "val_fraction": "0.2",
+        "test_fraction": "0.2", "distill_weight": "0.25", "label_smoothing": "0.2",
+        "momentum": "0.8", "image_size": "32", "subset": "100",
+    }
+    if option.name in special:
+        return special[option.name]
+    kind = [a for a in typing.get_args(option.kind) if a is not type(None)] or [option.kind]
+    default = option.default
+    if kind[0] is int:
+        return str((default or 0) + 3)
+    if kind[0] is float:
+        return str((default or 1.0) * 3 if option.size or default else 0.5)
+    raise AssertionError(f"no test value for {option.name}")
+
+
+def _get(doc, path):
+    for key in path:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_every_search_flag_changes_its_setting_and_nothing_else(name):
+    option = OPTIONS[name]
+    parser = build_parser()
+    value = _other_value(option)
+    extra = ["--workers", "1"] if name == "adapt_workers" else []
+    args = parser.parse_args(["search", option.flag, value, *extra])
+    spec = spec_from_args(args)
+    default, got = RunSpec().to_dict(), spec.to_dict()
+    assert _get(got, option.path) != _get(default, option.path), name
+    changed = {
+        k for k in OPTIONS
+        if _get(got, OPTIONS[k].path) != _get(default, OPTIONS[k].path)
+    }
+    assert changed - {name, "workers", "space_options"} == set()
+
+
+def test_defaults_are_the_specs_own():
+    help_text = build_parser()._subparsers._group_actions[0].choices["search"].format_help()
+    for name in ("iterations", "doe_size", "pretrain_epochs", "bn_batches"):
+        assert f"(default {OPTIONS[name].default})" in " ".join(help_text.split())
+
+
+def test_unknown_keywords_name_the_nearest_option():
+    with pytest.raises(OptionError, match="did you mean 'iterations'"):
+        nat.search(itrations=3)
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [
+        ({"doe_size": 0}, "--doe-size"),
+        ({"iterations": -1}, "--iterations"),
+        ({"candidates": 0}, "--candidates"),
+        ({"val_fraction": 1.5}, "--val-fraction"),
+        ({"resolutions": []}, "--resolutions"),
+        ({"width_mults": [math.nan]}, "--width-mults"),
+        ({"space_options": {"kernel_sizes": "357"}}, "--space-options"),
+        ({"space_options": {"foo": 1}}, "--space-options"),
+        ({"adapt_workers": 2}, "--adapt-workers"),
+        ({"workers": 0}, "--workers"),
+        ({"address": "nowhere"}, "--address"),
+        ({"data": "no/such/folder"}, "--data"),
+        ({"pretrain_lr": 0}, "--pretrain-lr"),
+    ],
+)
+def test_errors_name_the_users_flag(options, flag):
+    with pytest.raises(OptionError) as err:
+        RunSpec.from_options(**options).validate()
+    assert str(err.value).startswith(flag + ":")
+    assert "\n" not in str(err.value)
+
+
+def test_space_option_errors_list_the_valid_keys():
+    with pytest.raises(OptionError, match="valid keys.*kernel_sizes"):
+        RunSpec.from_options(space_options={"foo": 1}).validate()
