@@ -101,7 +101,7 @@ def open_run(out: str | Path) -> RunSpec:
 def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse an --out that holds a run unless resuming or overwriting it, one that holds
     other files, or one that cannot be written."""
-    spec_error_names(lambda: check_writable_dir(out, "out"))
+    check_writable_dir(out, "out")
     if not out.exists():
         if resume:
             raise OptionError("out", f"{out} does not exist: nothing to resume")
@@ -131,9 +131,8 @@ def data_settings_of(spec: RunSpec) -> dict:
     """The record :func:`nat.data.load_from_settings` loads, for the spec's data."""
     image_size = spec.data.image_size or max(spec.build_space().resolutions)
     d = spec.data
-    settings = data_settings(
-        d.source, image_size, spec.seed, d.subset, d.val_fraction, d.test_fraction
-    )
+    seed = spec.seed if d.split_seed is None else d.split_seed
+    settings = data_settings(d.source, image_size, seed, d.subset, d.val_fraction, d.test_fraction)
     settings["cache_dir"] = d.cache_dir
     return settings
 
@@ -206,7 +205,7 @@ def run(
     device_of(spec)
     out = Path(spec.out) if spec.out is not None else None
     if out is not None:
-        check_run_folder(out, resume, overwrite)
+        spec_error_names(lambda: check_run_folder(out, resume, overwrite))
     elif resume:
         raise OptionError("out", "resuming needs the run folder").named("--out")
     data = load_data(spec)

@@ -197,6 +197,13 @@ class DataSpec:
         default=None,
         metadata=_help("where archives are unpacked (default $NAT_CACHE_DIR or ~/.cache/nat)"),
     )
+    split_seed: int | None = field(
+        default=None,
+        metadata=_help(
+            "seed of the subset and the splits (default: the run's seed), to search with "
+            "several seeds on one split"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not self.source:
@@ -242,10 +249,10 @@ class BackendSpec:
         if self.adapt_workers and self.adapt_workers < 2:
             raise OptionError("adapt_workers", f"must be 0 or at least 2, got {self.adapt_workers}")
         if self.adapt_workers and self.workers is None and self.address is None:
-            raise OptionError("adapt_workers", "needs Ray: give workers or address too")
+            raise OptionError("adapt_workers", "needs Ray: give --workers or --address too")
         if self.workers is not None and self.address is not None:
             raise OptionError(
-                "workers", "give workers (local Ray) or address (a cluster), not both"
+                "workers", "give --workers (local Ray) or --address (a cluster), not both"
             )
 
     @property
@@ -373,15 +380,24 @@ class RunSpec:
 
 
 def check_writable_dir(folder: str | os.PathLike, option: str) -> Path:
-    """``folder`` exists or can be made, is a directory, and accepts files."""
+    """``folder`` is a directory, or can be made one, that accepts files: tried with a
+    temporary file in its nearest existing ancestor, removed at once (so a read-only file
+    system is caught even for root)."""
+    import tempfile
+
     path = Path(folder).expanduser()
     if path.exists() and not path.is_dir():
         raise OptionError(option, f"{path} is a file, not a folder")
     probe = path
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise OptionError(option, f"{path} is not writable (no write permission on {probe})")
+    if not probe.is_dir():
+        raise OptionError(option, f"{path} cannot be made: {probe} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise OptionError(option, f"{path} is not writable ({err.strerror})") from None
     return path
 
 
@@ -539,6 +555,8 @@ def _coerce(name: str | tuple[str, ...], kind: Any, value: Any) -> Any:
             raise OptionError(name, f"must be a finite number, got {value!r}")
         return float(value)
     if kind is str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
         if not isinstance(value, str):
             raise OptionError(name, f"must be a string, got {value!r}")
         return value

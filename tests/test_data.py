@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 import nat.data
+import nat.data.sources
 from nat.data import (
     DataSplits,
     ImageTensorDataset,
@@ -264,7 +265,7 @@ def test_image_folder_second_load_uses_the_cache(tmp_path: Path, monkeypatch) ->
     def no_decoding(*args, **kwargs):
         raise AssertionError("images were decoded again despite a valid cache")
 
-    monkeypatch.setattr(nat.data, "_decode_folder", no_decoding)
+    monkeypatch.setattr(nat.data.sources, "_decode_folder", no_decoding)
     second = load_dataset(root, image_size=16, cache_dir=cache)
     assert cache_file.stat().st_mtime_ns == written
     assert second.class_names == first.class_names
@@ -367,8 +368,8 @@ def test_archive_is_unpacked_once_and_cached(tmp_path: Path, monkeypatch) -> Non
     def fail(*args, **kwargs):
         raise AssertionError("the archive was unpacked or decoded again")
 
-    monkeypatch.setattr(nat.data, "_unpack_archive", fail)
-    monkeypatch.setattr(nat.data, "_decode_folder", fail)
+    monkeypatch.setattr(nat.data.sources, "_unpack_archive", fail)
+    monkeypatch.setattr(nat.data.sources, "_decode_folder", fail)
     again = load_dataset(str(archive), image_size=16, cache_dir=cache)
     assert torch.equal(again.test[1][0], splits.test[1][0])
 

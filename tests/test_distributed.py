@@ -145,7 +145,7 @@ def test_a_ray_runs_exported_front_scores_as_the_in_process_one(reference, tmp_p
 
 
 def test_unreachable_address_is_a_clear_error(capsys):
-    with pytest.raises(ConnectionError, match="cannot reach a Ray cluster at 127.0.0.2:9"):
+    with pytest.raises(ValueError, match="cannot reach a Ray cluster at 127.0.0.2:9"):
         with ray_session(address="127.0.0.2:9"):
             pass
     with pytest.raises(ValueError, match="expected 'auto', 'host:port'"):
@@ -255,5 +255,5 @@ def test_data_parallel_adaptation_with_ray_train(evaluation_setup, tmp_path):
 
 
 def test_adapt_workers_need_ray():
-    with pytest.raises(ValueError, match="--adapt-workers needs Ray"):
+    with pytest.raises(ValueError, match="--adapt-workers: needs Ray"):
         nat.search(max_params=_budget(), seed=0, adapt_workers=2, **TINY)

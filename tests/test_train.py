@@ -110,5 +110,5 @@ def test_students_learn_from_labels_as_much_as_distill_weight_says(digits):
         weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
         assert np.isfinite(history[0]["loss"])
     assert not torch.allclose(weights[0], weights[1])
-    with pytest.raises(ValueError, match="distill_weight must be in"):
+    with pytest.raises(ValueError, match="distill_weight: must be in"):
         TrainConfig(distill_weight=1.5)

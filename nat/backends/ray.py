@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from search_spaces import Arch, SearchSpace
 from supernets import Supernet
 
 from ..training.evaluate import EvaluationError
+from .address import check_address, split_address
 
 __all__ = ["RayRunner", "RayTrainAdapter", "check_workers", "ray_session"]
 
@@ -51,33 +51,6 @@ def check_workers(workers: int) -> int:
     return workers
 
 
-def _split_address(address: str) -> tuple[str, int] | None:
-    """(host, port) of 'host:port' or 'ray://host:port'; None for 'auto'."""
-    if address == "auto":
-        return None
-    rest = address.removeprefix("ray://")
-    host, sep, port = rest.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(
-            f"--address {address!r}: expected 'auto', 'host:port' or 'ray://host:port'"
-        )
-    return host, int(port)
-
-
-def _check_reachable(address: str, timeout: float = 3.0) -> None:
-    target = _split_address(address)
-    if target is None:
-        return
-    try:
-        with socket.create_connection(target, timeout=timeout):
-            pass
-    except OSError as err:
-        raise ConnectionError(
-            f"cannot reach a Ray cluster at {address} ({err}): start one with "
-            "`ray start --head` or fix --address"
-        ) from err
-
-
 @contextmanager
 def ray_session(workers: int | None = None, address: str | None = None) -> Iterator[int]:
     """Start Ray for this run (``workers`` CPUs, dashboard off, loopback only) or join the
@@ -87,9 +60,9 @@ def ray_session(workers: int | None = None, address: str | None = None) -> Itera
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is not None:
-        _check_reachable(address)
+        check_address(address)
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-        target = _split_address(address)
+        target = split_address(address)
         kwargs = {}
         if target is not None and not address.startswith("ray://"):
             try:

@@ -126,7 +126,7 @@ def _digest(doc: Any) -> str:
 class Bench:
     """What the benchmarks share: data, space, the pre-trained supernet, a pool of evaluated
     random subnets, and the NAT run of each seed. Runs are described by ``RunSpec``s built on
-    :attr:`base` (the settings as run options); a spec's seed also draws its data split."""
+    :attr:`base` (the settings as run options), all on seed 0's data split."""
 
     def __init__(self, settings: Settings, data_source: str, out: Path) -> None:
         self.s, self.out = settings, Path(out)
@@ -139,6 +139,7 @@ class Bench:
             subset=s.subset,
             pretrain_epochs=s.pretrain_epochs,
             seed=0,
+            split_seed=0,  # one split for every seed: methods differ only in how they search
         )
         self.base = RunSpec.from_options(
             self.pretrain_spec,
@@ -153,7 +154,7 @@ class Bench:
         )
         self.space = self.base.build_space()
         self.data_settings = data_settings_of(self.base)
-        self._data: dict[int, DataSplits] = {}
+        self._data: DataSplits | None = None
         self._pretrained = self._pool = None
         self.pretrain_s: float | None = None
         self.pretrain_key = ""  # set by pretrained_path()
@@ -163,22 +164,18 @@ class Bench:
         """The settings as a RunSpec with ``seed`` and further flat ``options``."""
         return RunSpec.from_options(self.base, seed=seed, **options)
 
-    def data_for(self, seed: int) -> DataSplits:
-        """The data split by ``seed``, as a run with that seed loads it."""
-        if seed not in self._data:
-            start = time.perf_counter()
-            d = self._data[seed] = load_data(self.spec(seed))
-            print(
-                f"data (seed {seed}): {len(d.train)} train / {len(d.val)} val / {len(d.test)} "
-                f"test images of {d.num_classes} classes ({time.perf_counter() - start:.1f} s)",
-                flush=True,
-            )
-        return self._data[seed]
-
     @property
     def data(self) -> DataSplits:
-        """The split of seed 0, on which the shared supernet is pre-trained."""
-        return self.data_for(0)
+        """The one data split of every run (seed 0's)."""
+        if self._data is None:
+            start = time.perf_counter()
+            d = self._data = load_data(self.base)
+            print(
+                f"data: {len(d.train)} train / {len(d.val)} val / {len(d.test)} test images of "
+                f"{d.num_classes} classes ({time.perf_counter() - start:.1f} s)",
+                flush=True,
+            )
+        return self._data
 
     @property
     def budgets(self) -> Budgets:

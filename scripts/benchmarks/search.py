@@ -70,7 +70,7 @@ def nsga2_on_real_evaluations(bench: Bench, n: int, seed: int) -> Archive:
     """pymoo's NSGA-II measuring every design with the pre-trained supernet, until ``n``
     distinct subnets are evaluated; starts from random feasible designs, as NAT does."""
     budgets = bench.budgets
-    evaluator = bench.evaluator(seed, bench.data_for(seed))
+    evaluator = bench.evaluator(seed)
     problem = RealProblem(budgets, bench.pretrained(), evaluator, n)
     rng = np.random.default_rng(seed + 20_000)
     X0 = _sample_feasible(budgets, bench.s.real_population, rng, Archive(bench.space, 10))
@@ -89,7 +89,7 @@ def nsga2_on_real_evaluations(bench: Bench, n: int, seed: int) -> Archive:
 
 def _measured(bench: Bench, X: np.ndarray, source: str, seed: int) -> Archive:
     """An archive of ``X``, measured with the pre-trained supernet on seed ``seed``'s split."""
-    data = bench.data_for(seed)
+    data = bench.data
     archive = Archive(bench.space, data.num_classes)
     accuracy = bench.evaluator(seed, data)(bench.pretrained(), [bench.space.decode(x) for x in X])
     archive.add(X, accuracy, source, 0)
@@ -146,9 +146,7 @@ def _one_seed(bench: Bench, seed: int) -> dict:
         archive = make()
         row[label] = _scored(archive, budgets, time.perf_counter() - start)
     fronts = {label: r.pop("front") for label, r in row.items()}
-    print(
-        f"seed {seed}: " + ", ".join(f"{k} HV {v['hv']:.4f}" for k, v in row.items()), flush=True
-    )
+    print(f"seed {seed}: " + ", ".join(f"{k} HV {v['hv']:.4f}" for k, v in row.items()), flush=True)
     return {"seed": seed, "methods": row, "fronts": fronts}
 
 
@@ -219,7 +217,9 @@ def bench_search(bench: Bench) -> Result:
             "nat_history": history,
         },
         sections=sections,
-        plots=[Plot("search_pareto.png", lambda ax: _draw_fronts(ax, fronts, s.max_params), (7, 4.5))],
+        plots=[
+            Plot("search_pareto.png", lambda ax: _draw_fronts(ax, fronts, s.max_params), (7, 4.5))
+        ],
     )
 
 

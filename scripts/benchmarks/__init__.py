@@ -1,0 +1,62 @@
+"""The benchmark suite, one module per benchmark; :mod:`.common` holds what they share and
+the one renderer. Each ``bench_*`` takes the shared :class:`~.common.Bench` and returns a
+:class:`~.common.Result` (data, tables, plots); :func:`run_suite` renders them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .common import FULL, QUICK, Bench, machine, render
+from .fidelity import bench_fidelity
+from .growth import bench_growth
+from .heuristic import bench_heuristic
+from .search import bench_search
+from .speed import bench_speed
+from .surrogate import bench_surrogate
+
+__all__ = ["BENCHES", "run_suite"]
+
+BENCHES = {
+    "search": bench_search,
+    "heuristic": bench_heuristic,
+    "fidelity": bench_fidelity,
+    "surrogate": bench_surrogate,
+    "speed": bench_speed,
+    "growth": bench_growth,
+}
+
+
+def run_suite(
+    names: list[str], data: str, out: str | Path, quick: bool, seeds: list[int] | None
+) -> None:
+    """Run the benchmarks ``names`` in order; each writes ``<name>.md`` and ``<name>.json``
+    (plus plots) under ``out``, and a run of all of them ``summary.md``."""
+    settings = QUICK if quick else FULL
+    if seeds:
+        settings = replace(settings, seeds=tuple(seeds))
+    bench = Bench(settings, data, Path(out))
+    info = machine()
+    header = (
+        f"# Benchmarks ({'quick' if quick else 'full'} settings), {info['date']}: "
+        f"{info['nproc']} CPUs, torch {info['torch']} ({info['torch_threads']} threads), "
+        f"Python {info['python']}, CUDA {'yes' if info['cuda'] else 'no'}; "
+        f"data {Path(data).name}\n"
+    )
+    print(header, flush=True)
+    start_all = time.perf_counter()
+    summary = [header]
+    for name in names:
+        start = time.perf_counter()
+        result = BENCHES[name](bench)
+        text = render(name, result, time.perf_counter() - start, bench, info)
+        print(text, flush=True)
+        summary.append(text)
+    total = time.perf_counter() - start_all
+    summary.append(f"\nTotal: {total:.0f} s ({total / 60:.1f} min)\n")
+    print(summary[-1], flush=True)
+    if set(names) == set(BENCHES):
+        from nat.io.files import atomic_write
+
+        atomic_write(bench.out / "summary.md", lambda f: f.write("".join(summary).encode()))
