@@ -179,8 +179,7 @@ def write_outputs(search: NATSearch, result: SearchResult, out_dir: str | Path) 
             arch,
             out_dir / row["folder"],
             {
-                "space": space.name,
-                "space_options": space.options,
+                "space": space.to_dict(),
                 "num_classes": supernet.num_classes,
                 "params": entry.params,
                 "macs": entry.macs,

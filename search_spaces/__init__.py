@@ -3,7 +3,7 @@ parameter / MAC counts. Numpy only; nothing here imports torch."""
 
 from . import mbv2, resnet, shufflenetv2  # noqa: F401  (fill the registry)
 from .arch import STEMS, Arch, ArchArrays, Block, Stage, make_divisible
-from .base import SearchSpace, complexity, get, list_spaces, register
+from .base import SearchSpace, complexity, from_dict, get, list_spaces, register
 
 __all__ = [
     "STEMS",
@@ -13,6 +13,7 @@ __all__ = [
     "SearchSpace",
     "Stage",
     "complexity",
+    "from_dict",
     "get",
     "list_spaces",
     "make_divisible",

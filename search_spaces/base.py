@@ -18,7 +18,7 @@ import numpy as np
 
 from .arch import STEMS, Arch, ArchArrays
 
-__all__ = ["SearchSpace", "complexity", "get", "list_spaces", "register"]
+__all__ = ["SearchSpace", "complexity", "from_dict", "get", "list_spaces", "register"]
 
 _SPACES: dict[str, type[SearchSpace]] = {}
 _COMPLEXITY: dict[str, Callable[[ArchArrays, int], tuple[np.ndarray, np.ndarray]]] = {}
@@ -51,6 +51,15 @@ def get(name: str, **options: Any) -> SearchSpace:
         return _SPACES[name](**options)
     except TypeError as err:
         raise ValueError(f"bad option for search space {name!r}: {err}") from err
+
+
+def from_dict(doc: dict[str, Any]) -> SearchSpace:
+    """The space that :meth:`SearchSpace.to_dict` describes."""
+    try:
+        name, options = doc["name"], doc["options"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"a space is described by {{'name', 'options'}}, got {doc!r}") from err
+    return get(name, **options)
 
 
 def complexity(arch: Arch | Sequence[Arch], num_classes: int) -> tuple[Any, Any]:
@@ -161,6 +170,10 @@ class SearchSpace:
         self._depth_table = np.zeros((self.n_stages, max(sizes[self._depth])), dtype=np.int64)
         for s, d in enumerate(self.depth_choices):
             self._depth_table[s, : len(d)] = d
+
+    def to_dict(self) -> dict[str, Any]:
+        """Name and options, JSON-able: :func:`from_dict` rebuilds the same space."""
+        return {"name": self.name, "options": self.options}
 
     # -- to be provided by each family ------------------------------------------------------
     @property

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SPACES
+from conftest import SPACES, small_space
 
 import search_spaces
 from search_spaces import Arch, Block, Stage
@@ -172,3 +172,18 @@ def test_search_spaces_do_not_import_torch():
 
     code = "import sys, search_spaces; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_a_space_round_trips_through_its_dict(name):
+    space = small_space(name, kernel_sizes=(3, 5))
+    doc = json.loads(json.dumps(space.to_dict()))
+    assert search_spaces.from_dict(doc) == space
+    with pytest.raises(ValueError, match="name"):
+        search_spaces.from_dict({"options": {}})
+
+
+@pytest.mark.parametrize("bad", [[float("nan")], "357", []])
+def test_bad_choices_are_refused(bad):
+    with pytest.raises(ValueError, match="kernel_sizes"):
+        search_spaces.get("mbv2", kernel_sizes=bad)

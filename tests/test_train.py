@@ -112,3 +112,32 @@ def test_students_learn_from_labels_as_much_as_distill_weight_says(digits):
     assert not torch.allclose(weights[0], weights[1])
     with pytest.raises(ValueError, match="distill_weight: must be in"):
         TrainConfig(distill_weight=1.5)
+
+
+def test_killed_training_resumes_to_the_uninterrupted_weights(digits, tmp_path):
+    space = small_space("shufflenetv2", resolutions=(12,))
+    config = TrainConfig(epochs=2, batch_size=256, random_subnets=1, warmup_epochs=0.5)
+
+    def trained(net, checkpoint, **kwargs):
+        train_supernet(net, digits, config, checkpoint=checkpoint, progress=False, **kwargs)
+        return torch.cat([t.detach().flatten().float() for t in net.state_dict().values()])
+
+    torch.manual_seed(0)
+    reference = trained(supernets.build_supernet(space, 10), tmp_path / "a.pt")
+
+    steps = []
+
+    def killed_in_the_second_epoch(net):
+        steps.append(1)
+        if len(steps) == 8:  # one epoch is 5 steps: 1,437 training images in batches of 256
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        trained(supernets.build_supernet(space, 10), tmp_path / "b.pt",
+                before_step=killed_in_the_second_epoch)
+    _, metadata = load_supernet(tmp_path / "b.pt")
+    assert len(metadata["history"]) == 1  # the first epoch was saved
+    torch.manual_seed(1)  # other initial weights: the checkpoint's must be loaded
+    resumed = trained(supernets.build_supernet(space, 10), tmp_path / "b.pt", resume=True)
+    assert torch.equal(resumed, reference)

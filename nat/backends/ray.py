@@ -97,8 +97,7 @@ class _Worker:
         bn_batches: int,
         batch_size: int,
         seed: int,
-        space_name: str,
-        space_options: dict,
+        space: dict,
         num_classes: int,
         threads: int,
     ) -> None:
@@ -113,7 +112,7 @@ class _Worker:
         torch.set_num_threads(threads)  # as many threads as CPUs this worker has
         data = load_from_settings(data_settings)
         self.evaluator = SubnetEvaluator(data, bn_batches, batch_size, seed)
-        space = search_spaces.get(space_name, **space_options)
+        space = search_spaces.from_dict(space)
         self.supernet = build_supernet(space, num_classes).eval()
         self.version: object = None
 
@@ -163,8 +162,7 @@ class RayRunner:
                 bn_batches,
                 batch_size,
                 seed,
-                space.name,
-                space.options,
+                space.to_dict(),
                 num_classes,
                 threads,
             )
@@ -242,7 +240,7 @@ def _adapt_loop(config: dict) -> None:
     data = load_from_settings(config["data"])
     shard = len(data.train) // world  # equal shards: every rank takes as many steps
     data = dataclasses.replace(data, train=Subset(data.train, range(rank, shard * world, world)))
-    space = search_spaces.get(config["space"], **config["space_options"])
+    space = search_spaces.from_dict(config["space"])
     supernet = build_supernet(space, config["num_classes"])
     supernet.load_state_dict(config["state"])
 
@@ -298,8 +296,7 @@ class RayTrainAdapter:
         self.calls += 1
         config = {
             "data": self.data_settings,
-            "space": supernet.space.name,
-            "space_options": supernet.space.options,
+            "space": supernet.space.to_dict(),
             "num_classes": supernet.num_classes,
             "state": {k: v.detach().cpu() for k, v in supernet.state_dict().items()},
             "top": top.tolist(),

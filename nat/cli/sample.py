@@ -105,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     test_acc = evaluate(model, evaluator.batches(data.test), arch.resolution)
     params, macs = space.complexity(arch, data.num_classes)
     info = {
-        "space": space.name,
-        "space_options": space.options,
+        "space": space.to_dict(),
         "num_classes": data.num_classes,
         "class_names": data.class_names,
         "params": params,

@@ -18,7 +18,7 @@ from ..io.files import write_json
 
 __all__ = ["Archive", "Entry", "rank_order"]
 
-FORMAT = "nat-archive/1"
+FORMAT = "nat-archive/2"
 
 
 @dataclass
@@ -93,8 +93,7 @@ class Archive:
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
-            "space": self.space.name,
-            "space_options": self.space.options,
+            "space": self.space.to_dict(),
             "num_classes": self.num_classes,
             "entries": [asdict(e) for e in self.entries],
         }
@@ -107,7 +106,7 @@ class Archive:
     def from_dict(cls, doc: dict) -> Archive:
         if doc.get("format") != FORMAT:
             raise ValueError(f"archive format is {doc.get('format')!r}, expected {FORMAT!r}")
-        space = search_spaces.get(doc["space"], **doc["space_options"])
+        space = search_spaces.from_dict(doc["space"])
         archive = cls(space, int(doc["num_classes"]))
         archive.entries = [Entry(**e) for e in doc["entries"]]
         return archive
