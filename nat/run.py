@@ -26,7 +26,8 @@ from .engine.loop import NATSearch, SearchResult
 from .engine.problem import Budgets
 from .io.checkpoint import load_supernet, save_supernet
 from .io.files import write_json
-from .spec import OptionError, RunSpec, check_writable_dir, spec_error_names
+from .options import spec_error_names
+from .spec import OptionError, RunSpec, check_writable_dir
 from .training.train import default_device, train_supernet
 
 __all__ = [

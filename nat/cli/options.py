@@ -9,7 +9,8 @@ import re
 import typing
 from typing import Any
 
-from ..spec import OPTIONS, Option, RunSpec
+from ..options import OPTIONS, Option
+from ..spec import RunSpec
 
 __all__ = ["GROUPS", "add_spec_options", "parse_size", "spec_from_args"]
 

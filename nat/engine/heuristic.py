@@ -362,10 +362,7 @@ def _pick_archs(
     method: str,
 ) -> Scaled:
     params, macs = search_spaces.complexity(archs, num_classes)
-    i = _largest_fitting(params if metric == "params" else macs, budget, metric, ref.family, method)
-    return Scaled(
-        archs[i], widths[i], _depth_ratio(archs[i], ref), int(params[i]), int(macs[i]), method
-    )
+    return _pick(lambda i: (archs[i], widths[i]), params, macs, ref, budget, metric, method)
 
 
 def _pick_rows(
@@ -378,7 +375,16 @@ def _pick_rows(
     method: str,
 ) -> Scaled:
     params, macs = space.complexity(X, num_classes)
+    width_at = _gene_positions(space, "width")[0]
+
+    def row(i: int) -> tuple[Arch, float]:
+        return space.decode(X[i]), float(space.width_mults[X[i, width_at]])
+
+    return _pick(row, params, macs, ref, budget, metric, method)
+
+
+def _pick(candidate, params, macs, ref: Arch, budget: float, metric: str, method: str) -> Scaled:
+    """The largest candidate within ``budget``; ``candidate(i)`` gives (arch, width)."""
     i = _largest_fitting(params if metric == "params" else macs, budget, metric, ref.family, method)
-    arch = space.decode(X[i])
-    width = float(space.width_mults[X[i, _gene_positions(space, "width")[0]]])
+    arch, width = candidate(i)
     return Scaled(arch, width, _depth_ratio(arch, ref), int(params[i]), int(macs[i]), method)

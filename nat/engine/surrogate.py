@@ -80,9 +80,8 @@ def _one_blas_thread() -> Any:
     """Context limiting BLAS to one thread.
 
     Surrogate matrices are tiny (hundreds of rows); multi-threaded BLAS spends more time
-    synchronising than computing on them (measured on 2 cores, 200 points, 500 L-BFGS
-    iterations: MLP fit 4 s with two threads, 0.4 s with one), and a search may run other
-    work on the remaining cores.
+    synchronising than computing on them (an MLP fit was ten times slower with two
+    threads), and a search may run other work on the remaining cores.
     """
     return _blas_controller().limit(limits=1, user_api="blas")
 
@@ -292,7 +291,7 @@ class MLPSurrogate(Surrogate):
     without it. 1.0 ranked best of 0.01 / 0.1 / 1.0 on synthetic archives of all spaces."""
     max_iter: int = 200
     """L-BFGS iterations: 300 and 500 did not rank better on synthetic archives, and fit
-    time is linear in this (about 0.15 s for 200 points at 200 iterations)."""
+    time is linear in this."""
 
     def _regressor(self) -> TransformedTargetRegressor:
         mlp = MLPRegressor(
