@@ -22,9 +22,10 @@ from supernets import build_static
 
 from .engine.archive import Archive
 from .engine.heuristic import depth_only, feillet, width_only
+from .folder import open_run
 from .io.checkpoint import load_supernet
 from .io.files import atomic_write, markdown_table, mean_std, save_figure, write_json
-from .run import load_data, open_run
+from .run import load_data
 from .training.evaluate import SubnetEvaluator
 from .training.train import evaluate, finetune
 

@@ -192,8 +192,13 @@ def flag_of(option: str | tuple[str, ...]) -> str:
 OPTIONS: dict[str, Option] = _options()
 
 
-def unknown_option(name: str, known: typing.Iterable[str], where: str) -> OptionError:
-    """The error for an unknown ``name``, suggesting the nearest of ``known``."""
-    near = difflib.get_close_matches(name, list(known), n=1)
+def unknown_option(
+    name: str, known: typing.Iterable[str], where: str, listed: bool = False
+) -> OptionError:
+    """The error for an unknown ``name``: the nearest of ``known``, and all of them with
+    ``listed``."""
+    known = list(known)
+    near = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {near[0]!r}?" if near else ""
-    return OptionError(name, f"unknown {where}{hint}")
+    listing = f" (known: {', '.join(known)})" if listed else ""
+    return OptionError(name, f"unknown {where}{hint}{listing}")

@@ -8,8 +8,6 @@ the data loaded and the budgets checked against it; only then is anything writte
 
 from __future__ import annotations
 
-import json
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,58 +22,22 @@ from supernets import Supernet, build_supernet
 from .data import DataSplits, data_settings, load_from_settings
 from .engine.loop import NATSearch, SearchResult
 from .engine.problem import Budgets
+from .folder import PRETRAIN_FILE, RUN_FILE, open_run, preflight, remove_outputs
 from .io.checkpoint import load_supernet, save_supernet
 from .io.files import write_json
 from .options import spec_error_names
-from .spec import OptionError, RunSpec, check_writable_dir
+from .spec import OptionError, RunSpec
 from .training.train import default_device, train_supernet
 
 __all__ = [
-    "check_run_folder",
     "data_settings_of",
     "device_of",
     "load_data",
-    "open_run",
     "prepare_supernet",
     "resume",
     "run",
-    "search",
 ]
 
-RUN_FILE = "run.json"
-PRETRAIN_FILE = "pretrain.pt"
-# What a run writes into its folder; --overwrite removes exactly these, nothing else.
-RUN_OUTPUTS = (
-    RUN_FILE,
-    PRETRAIN_FILE,
-    "supernet.pt",
-    "archive.json",
-    "pareto.csv",
-    "pareto.png",
-    "history.csv",
-    "report.md",
-    "resume",
-    "front",
-    "ray-train",
-    "compare.json",
-    "compare.md",
-    "compare.png",
-)
-
-
-def search(
-    progress: bool = True, resume: bool = False, overwrite: bool = False, **options: Any
-) -> SearchResult:
-    """Search the Pareto front of accuracy against parameters / MACs on a dataset.
-
-    Keywords are the flat options of :data:`nat.spec.OPTIONS`, the same names as ``nat
-    search``'s flags (``max_params=300_000``, ``iterations=3``, ``data="digits"``...); an
-    unknown one is an error naming the nearest known one. With ``out``, the run folder gets
-    run.json, archive.json, pareto.csv, pareto.png, history.csv, the front's subnets,
-    report.md and a resume/ snapshot after every iteration.
-    """
-    spec = RunSpec.from_options(**options)
-    return run(spec, progress=progress, resume=resume, overwrite=overwrite)
 
 
 def resume(out: str | Path, progress: bool = True, **backend: Any) -> SearchResult:
@@ -85,47 +47,6 @@ def resume(out: str | Path, progress: bool = True, **backend: Any) -> SearchResu
     if backend:
         spec = RunSpec.from_options(spec, **backend)
     return run(spec, progress=progress, resume=True)
-
-
-def open_run(out: str | Path) -> RunSpec:
-    """The RunSpec saved in run folder ``out``, its ``out`` set to where the folder is now."""
-    path = Path(out) / RUN_FILE
-    if not path.is_file():
-        raise OptionError("out", f"{out} holds no {RUN_FILE}: not a run folder of this version")
-    try:
-        doc = json.loads(path.read_text())
-    except (ValueError, OSError) as err:
-        raise OptionError("out", f"{path} is not readable JSON ({err})") from None
-    return RunSpec.from_options(RunSpec.from_dict(doc, str(path)), out=str(Path(out)))
-
-
-def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse an --out that holds a run unless resuming or overwriting it, one that holds
-    other files, or one that cannot be written."""
-    check_writable_dir(out, "out")
-    if not out.exists():
-        if resume:
-            raise OptionError("out", f"{out} does not exist: nothing to resume")
-        return
-    entries = {p.name for p in out.iterdir()}
-    if resume:
-        if RUN_FILE not in entries:
-            raise OptionError("out", f"{out} holds no {RUN_FILE}: nothing to resume")
-        return
-    if not entries:
-        return
-    if not entries <= set(RUN_OUTPUTS):
-        raise OptionError(
-            "out",
-            f"{out} holds files that are not a run's ({sorted(entries - set(RUN_OUTPUTS))[:3]}"
-            "...): choose an empty or new folder",
-        )
-    if not overwrite:
-        raise OptionError(
-            "out",
-            f"{out} already holds a run: pass --resume to continue it, --overwrite to replace "
-            "it, or choose another --out",
-        )
 
 
 def data_settings_of(spec: RunSpec) -> dict:
@@ -202,19 +123,14 @@ def run(
     from .report import write_outputs  # matplotlib only when files are written
 
     start = time.perf_counter()
-    spec = spec.validate()
-    device_of(spec)
+    spec = preflight(spec, resume, overwrite)
     out = Path(spec.out) if spec.out is not None else None
-    if out is not None:
-        spec_error_names(lambda: check_run_folder(out, resume, overwrite))
-    elif resume:
-        raise OptionError("out", "resuming needs the run folder").named("--out")
     data = load_data(spec)
     budgets = spec_error_names(lambda: _budgets(spec, data.num_classes))  # before any training
     state = out / "resume" / "state.json" if out is not None else None
     if out is not None:
         if overwrite and not resume:
-            _remove_outputs(out)
+            remove_outputs(out)
         write_json(out / RUN_FILE, spec.to_dict())
     metadata = {"class_names": data.class_names}
     with _backends(spec, budgets.space, data.num_classes, out, progress) as (runner, adapter):
@@ -246,15 +162,6 @@ def _budgets(spec: RunSpec, num_classes: int) -> Budgets:
     except ValueError as err:
         option = "max_macs" if " macs " in str(err) else "max_params"
         raise OptionError(option, str(err)) from None
-
-
-def _remove_outputs(out: Path) -> None:
-    for name in RUN_OUTPUTS:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
 
 
 @contextmanager

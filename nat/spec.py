@@ -325,8 +325,7 @@ class RunSpec:
         doc = (base or cls()).to_dict()
         for name, value in options.items():
             if name not in OPTIONS:
-                where = f"option (known: {', '.join(OPTIONS)})"
-                raise unknown_option(name, OPTIONS, where)
+                raise unknown_option(name, OPTIONS, "option", listed=True)
             OPTIONS[name].set(doc, value)
         return cls.from_dict(doc)
 

@@ -158,3 +158,21 @@ def test_ctrl_c_is_exit_130_with_one_line(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
     assert err.strip().splitlines()[-1] == "nat search: interrupted"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--doe-size", "0"], ["--max-params", "1k"], ["--address", "127.0.0.1:1"],
+     ["--resolutions", ""], ["--data", "no/such/folder"]],
+)
+def test_option_errors_come_before_torch_is_even_imported(tmp_path, extra):
+    # Importing torch alone takes seconds: an error raised without it cannot have trained.
+    code = (
+        "import sys\nfrom nat.cli import main\n"
+        f"rc = main({['search', *FAST, '--out', str(tmp_path / 'r'), *extra]!r})\n"
+        "sys.exit(rc if 'torch' not in sys.modules else 99)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -39,8 +39,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..run import resume
-    from ..run import run as run_spec
+    from ..folder import open_run, preflight
 
     progress = not args.quiet
     if args.resume:
@@ -52,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
                 "resume", f"--resume uses the run's saved settings; drop {', '.join(flags)}"
             )
         backend = {k: v for k, v in given_options(args).items() if k in RESUMABLE}
-        result = resume(args.resume, progress=progress, **backend)
-        out = Path(args.resume)
+        spec = preflight(RunSpec.from_options(open_run(args.resume), **backend), resume=True)
     else:
         base = None
         if args.spec:
@@ -67,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
         spec = spec_from_args(args, base)
         if spec.out is None:
             spec = RunSpec.from_options(spec, out=f"runs/search-{spec.space}")
-        result = run_spec(spec, overwrite=args.overwrite, progress=progress)
-        out = Path(spec.out)
-    print_front(result, out)
+        spec = preflight(spec, overwrite=args.overwrite)
+    from ..run import run as run_spec  # torch: only once the settings are known to be good
+
+    result = run_spec(spec, resume=bool(args.resume), overwrite=args.overwrite, progress=progress)
+    print_front(result, Path(spec.out))
     return 0
 
 

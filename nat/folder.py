@@ -1,0 +1,124 @@
+"""Run folders, checked before anything slow is imported: ``nat search`` says what is wrong
+with its settings or its ``--out`` in well under a second, not after loading torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .options import spec_error_names
+from .spec import OptionError, RunSpec, check_writable_dir
+
+__all__ = [
+    "PRETRAIN_FILE",
+    "RUN_FILE",
+    "RUN_OUTPUTS",
+    "check_run_folder",
+    "open_run",
+    "preflight",
+    "remove_outputs",
+]
+
+RUN_FILE = "run.json"
+PRETRAIN_FILE = "pretrain.pt"
+# What a run writes into its folder; --overwrite removes exactly these, nothing else.
+RUN_OUTPUTS = (
+    RUN_FILE,
+    PRETRAIN_FILE,
+    "supernet.pt",
+    "archive.json",
+    "pareto.csv",
+    "pareto.png",
+    "history.csv",
+    "report.md",
+    "resume",
+    "front",
+    "ray-train",
+    "compare.json",
+    "compare.md",
+    "compare.png",
+)
+
+
+def open_run(out: str | Path) -> RunSpec:
+    """The RunSpec saved in run folder ``out``, its ``out`` set to where the folder is now."""
+    path = Path(out) / RUN_FILE
+    if not path.is_file():
+        raise OptionError("out", f"{out} holds no {RUN_FILE}: not a run folder of this version")
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise OptionError("out", f"{path} is not readable JSON ({err})") from None
+    return RunSpec.from_options(RunSpec.from_dict(doc, str(path)), out=str(Path(out)))
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an --out that holds a run unless resuming or overwriting it, one that holds
+    other files, or one that cannot be written."""
+    check_writable_dir(out, "out")
+    if not out.exists():
+        if resume:
+            raise OptionError("out", f"{out} does not exist: nothing to resume")
+        return
+    entries = {p.name for p in out.iterdir()}
+    if resume:
+        if RUN_FILE not in entries:
+            raise OptionError("out", f"{out} holds no {RUN_FILE}: nothing to resume")
+        return
+    if not entries:
+        return
+    if not entries <= set(RUN_OUTPUTS):
+        raise OptionError(
+            "out",
+            f"{out} holds files that are not a run's ({sorted(entries - set(RUN_OUTPUTS))[:3]}"
+            "...): choose an empty or new folder",
+        )
+    if not overwrite:
+        raise OptionError(
+            "out",
+            f"{out} already holds a run: pass --resume to continue it, --overwrite to replace "
+            "it, or choose another --out",
+        )
+
+
+def preflight(spec: RunSpec, resume: bool = False, overwrite: bool = False) -> RunSpec:
+    """Every check that needs neither torch nor the data: the spec's options and paths, the
+    Ray address, the run folder, CUDA when asked for, and whether the budgets can fit the
+    space's smallest subnet at all. Returns the spec with absolute paths."""
+    spec = spec.validate()
+    if spec.out is not None:
+        spec_error_names(lambda: check_run_folder(Path(spec.out), resume, overwrite))
+    elif resume:
+        raise OptionError("out", "resuming needs the run folder").named("--out")
+    if spec.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise OptionError("device", "cuda asked for, but torch sees no CUDA device").named(
+                "--device"
+            )
+    space = spec.build_space()
+    # The classifier's size depends on the class count, known once the data is loaded;
+    # at two classes (the fewest) a budget below the smallest subnet can never fit.
+    smallest = space.complexity(space.smallest(), 2)
+    for option, limit, count, unit in (
+        ("--max-params", spec.search.max_params, smallest[0], "params"),
+        ("--max-macs", spec.search.max_macs, smallest[1], "MACs"),
+    ):
+        if limit is not None and limit < count:
+            raise OptionError(
+                option,
+                f"budget of {limit:,.0f} {unit} is below the smallest {space.name} subnet "
+                f"(at least {count:,} {unit}): raise it or use a smaller space",
+            ).named(option)
+    return spec
+
+
+def remove_outputs(out: Path) -> None:
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
