@@ -50,6 +50,10 @@ _RENAMED = {
     ("search", "lr"): "adapt_lr",
     ("pretrain", "epochs"): "pretrain_epochs",
     ("pretrain", "lr"): "pretrain_lr",
+    ("finetune", "epochs"): "finetune_epochs",
+    ("finetune", "top"): "finetune_top",
+    ("finetune", "lr"): "finetune_lr",
+    ("finetune", "distill_weight"): "finetune_distill_weight",
 }
 _DERIVED = {
     ("search", "seed"),

@@ -12,8 +12,6 @@ from matplotlib.figure import Figure
 from .engine.loop import NATSearch, SearchResult
 from .io.checkpoint import export_subnet
 from .io.files import atomic_write, save_figure
-from .training.evaluate import SubnetEvaluator
-from .training.train import evaluate
 
 __all__ = ["write_outputs"]
 
@@ -29,17 +27,20 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
 
-def _front_rows(result: SearchResult, test_accuracy: dict[int, float]) -> list[dict]:
+def _front_rows(result: SearchResult) -> list[dict]:
     space = result.archive.space
     rows = []
-    for rank, i in enumerate(result.front):
+    for rank, (i, m) in enumerate(zip(result.front, result.models, strict=True)):
         e = result.archive.entries[i]
         arch = space.decode(e.x)
         rows.append(
             {
                 "rank": rank,
                 "accuracy": e.accuracy,
-                "test_accuracy": test_accuracy[i],
+                "finetuned_accuracy": m.val_accuracy if m.finetune_epochs else None,
+                "inherited_test_accuracy": m.inherited_test_accuracy,
+                "test_accuracy": m.test_accuracy,
+                "finetune_epochs": m.finetune_epochs,
                 "params": e.params,
                 "macs": e.macs,
                 "resolution": arch.resolution,
@@ -70,6 +71,17 @@ def _plot(path: Path, result: SearchResult) -> None:
             ms=4,
             label="non-dominated",
         )
+        tuned = [m for m in result.models if m.finetune_epochs]
+        if tuned:
+            ax.scatter(
+                [getattr(entries[m.index], metric) / 1e6 for m in tuned],
+                [100 * m.val_accuracy for m in tuned],
+                marker="^",
+                s=50,
+                c="tab:green",
+                label="fine-tuned",
+                zorder=3,
+            )
         heur = [e for e in entries if e.source == "heuristic"]
         if heur:
             ax.scatter(
@@ -103,16 +115,21 @@ def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> 
         f"- Final hypervolume: {result.hypervolume:.4f} (normalised objectives, reference "
         "point 1.01)",
         "",
-        "## Front (inherited weights, BatchNorm recalibrated; chosen on validation, the test "
-        "split only reported)",
+        "## Front (validation accuracy with inherited weights, BatchNorm recalibrated, and "
+        "after fine-tuning; test: the exported weights on the test split, which no choice saw)",
         "",
-        "| rank | accuracy | test accuracy | params | MACs | resolution | depths | source | "
-        "folder |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| rank | inherited | fine-tuned | test (exported weights) | params | MACs | "
+        "resolution | depths | source | folder |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['rank']} | {r['accuracy']:.2%} | {r['test_accuracy']:.2%} | {r['params']:,} | "
-        f"{r['macs']:,} | "
+        f"| {r['rank']} | {r['accuracy']:.2%} | "
+        + (
+            f"{r['finetuned_accuracy']:.2%} ({r['finetune_epochs']} ep)"
+            if r["finetune_epochs"]
+            else "-"
+        )
+        + f" | {r['test_accuracy']:.2%} | {r['params']:,} | {r['macs']:,} | "
         f"{r['resolution']} | {r['depths']} | {r['source']} | {r['folder']} |"
         for r in front_rows
     ]
@@ -152,39 +169,30 @@ def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> 
 
 
 def write_outputs(search: NATSearch, result: SearchResult, out_dir: str | Path) -> None:
-    """Write the run's result files; the front's subnets are exported with recalibrated
-    BatchNorm into ``front/NN/`` (config.json, weights.pt, model.ts) and scored on the test
-    split, which no step of the search has seen."""
+    """Write the run's result files and export the handed-back front (``result.models``)
+    into ``front/NN/`` (config.json, weights.pt, model.ts)."""
     out_dir = Path(out_dir)
-    cfg = search.config
-    # The BatchNorm batches of in-process evaluation (same seed), whatever the backend was:
-    # a Ray run's front then scores exactly as an in-process run's.
-    evaluator = SubnetEvaluator(search.data, cfg.bn_batches, cfg.batch_size, cfg.seed)
-    test_batches = evaluator.batches(search.data.test)
-    models = {}
-    for i in result.front:
-        arch = result.archive.space.decode(result.archive.entries[i].x)
-        _, model = evaluator.evaluate_one(search.supernet, arch)
-        models[i] = (arch, model, evaluate(model, test_batches, arch.resolution))
-    rows = _front_rows(result, {i: m[2] for i, m in models.items()})
+    rows = _front_rows(result)
     _write_csv(out_dir / "pareto.csv", rows)
     _write_csv(out_dir / "history.csv", result.history)
     _plot(out_dir / "pareto.png", result)
     space, supernet = result.archive.space, search.supernet
-    for row, i in zip(rows, result.front, strict=True):
-        entry = result.archive.entries[i]
-        arch, model, test_accuracy = models[i]
+    for row, m in zip(rows, result.models, strict=True):
+        entry = result.archive.entries[m.index]
         export_subnet(
-            model,
-            arch,
+            m.model,
+            m.arch,
             out_dir / row["folder"],
             {
                 "space": space.to_dict(),
                 "num_classes": supernet.num_classes,
                 "params": entry.params,
                 "macs": entry.macs,
-                "val_accuracy": entry.accuracy,
-                "test_accuracy": test_accuracy,
+                "val_accuracy": m.val_accuracy,
+                "test_accuracy": m.test_accuracy,
+                "inherited_val_accuracy": m.inherited_val_accuracy,
+                "inherited_test_accuracy": m.inherited_test_accuracy,
+                "finetune_epochs": m.finetune_epochs,
                 "class_names": search.data.class_names,
                 "input": "RGB, resolution x resolution px, pixels scaled to -1..1",
             },

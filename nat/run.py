@@ -23,6 +23,7 @@ from .data import DataSplits, data_settings, load_from_settings
 from .engine.loop import NATSearch, SearchResult
 from .engine.problem import Budgets
 from .folder import PRETRAIN_FILE, RUN_FILE, open_run, preflight, remove_outputs
+from .handback import hand_back
 from .io.checkpoint import load_supernet, save_supernet
 from .io.files import write_json
 from .options import spec_error_names
@@ -147,6 +148,7 @@ def run(
                 supernet, data, spec.search, out, runner, progress, metadata, adapter
             )
         result = search.run()
+    result.models = hand_back(search, result, spec.finetune, progress)
     if out is not None:
         write_outputs(search, result, out)
         (out / PRETRAIN_FILE).unlink(missing_ok=True)  # the search has its own snapshots

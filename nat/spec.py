@@ -22,6 +22,7 @@ from .io.files import jsonable
 __all__ = [
     "BackendSpec",
     "DataSpec",
+    "FinetuneSpec",
     "OptionError",
     "RunSpec",
     "SearchConfig",
@@ -258,6 +259,38 @@ class BackendSpec:
 
 
 @dataclass(frozen=True)
+class FinetuneSpec:
+    """What ``nat search`` hands back: the front's most accurate subnets, fine-tuned from
+    their inherited weights, distilled from the supernet's largest subnet."""
+
+    epochs: int = field(
+        default=3,
+        metadata=_help(
+            "epochs of fine-tuning for the chosen front subnets; 0 exports them with "
+            "inherited weights"
+        ),
+    )
+    top: int = field(
+        default=3, metadata=_help("front subnets to fine-tune, the most accurate first")
+    )
+    lr: float = field(default=0.01, metadata=_help("peak learning rate of fine-tuning"))
+    distill_weight: float = field(
+        default=0.5,
+        metadata=_help(
+            "weight of distillation from the supernet's largest subnet, the rest on the labels"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "epochs")
+        _at_least(self, 1, "top")
+        if not self.lr > 0:
+            raise OptionError("lr", f"must be positive, got {self.lr}")
+        if not 0 <= self.distill_weight <= 1:
+            raise OptionError("distill_weight", f"must be in [0, 1], got {self.distill_weight}")
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """One search run: space, data, budgets and search, pre-training recipe, backend."""
 
@@ -274,6 +307,7 @@ class RunSpec:
     data: DataSpec = field(default_factory=DataSpec)
     search: SearchConfig = field(default_factory=SearchConfig)
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5))
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     backend: BackendSpec = field(default_factory=BackendSpec)
     checkpoint: str | None = field(
         default=None, metadata=_help("start from this trained supernet (default: train one)")

@@ -21,6 +21,8 @@ TINY = dict(
     generations=4,
     adapt_epochs=1,
     bn_batches=2,
+    finetune_epochs=2,
+    finetune_top=2,
     progress=False,
     space_options={"resolutions": [12, 16], "width_mults": [0.25, 0.5]},
 )
@@ -184,3 +186,45 @@ def test_compare_trains_the_heuristic_from_scratch_on_request(run):
     assert SCRATCH in (out / "compare.md").read_text()
     with pytest.raises(ValueError, match="unknown methods"):
         compare(out, [budget], methods=("best",))
+
+
+def test_the_front_is_handed_back_fine_tuned_and_its_exports_score_as_reported(run):
+    import torch
+
+    import supernets
+    from nat.folder import open_run
+    from nat.run import load_data
+    from nat.training.evaluate import SubnetEvaluator
+    from nat.training.train import evaluate
+
+    result, out = run
+    tuned = [m for m in result.models if m.finetune_epochs]
+    assert 1 <= len(tuned) <= 2
+    assert all(m.val_accuracy > m.inherited_val_accuracy for m in tuned)  # it learned
+    test = SubnetEvaluator.batches(load_data(open_run(out)).test)
+    for rank, m in enumerate(result.models):
+        folder = out / "front" / f"{rank:02d}"
+        config = json.loads((folder / "config.json").read_text())
+        model = supernets.build_static(m.arch, 10)
+        model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+        assert evaluate(model, test, m.arch.resolution) == config["test_accuracy"]
+    assert "fine-tuned" in (out / "report.md").read_text()
+
+
+def test_finetune_epochs_0_exports_the_inherited_weights(tmp_path):
+    import torch
+
+    from nat.folder import open_run
+    from nat.io.checkpoint import load_supernet
+    from nat.run import load_data
+    from nat.training.evaluate import SubnetEvaluator
+
+    options = {**TINY, "finetune_epochs": 0}
+    again = nat.search(max_params=_budget(), seed=0, out=tmp_path, **options)
+    assert all(m.finetune_epochs == 0 for m in again.models)
+    supernet, _ = load_supernet(tmp_path / "supernet.pt")
+    evaluator = SubnetEvaluator(load_data(open_run(tmp_path)), 2, 64, 0)
+    for rank, m in enumerate(again.models):
+        _, inherited = evaluator.evaluate_one(supernet, m.arch)
+        exported = torch.load(tmp_path / "front" / f"{rank:02d}" / "weights.pt", weights_only=True)
+        assert all(torch.equal(v, exported[k]) for k, v in inherited.state_dict().items())

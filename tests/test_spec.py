@@ -33,6 +33,7 @@ def _other_value(option):
         "cache_dir": "cache", "checkpoint": "sn.pt", "val_fraction": "0.2",
         "test_fraction": "0.2", "distill_weight": "0.25", "label_smoothing": "0.2",
         "momentum": "0.8", "image_size": "32", "subset": "100",
+        "finetune_distill_weight": "0.25",
     }
     if option.name in special:
         return special[option.name]

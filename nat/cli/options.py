@@ -23,6 +23,7 @@ GROUPS = {
         o.path[0] == "search" and o.name not in ("max_params", "max_macs", "objectives")
     ),
     "supernet training": lambda o: o.path[0] == "pretrain" or o.name == "checkpoint",
+    "fine-tuning of the front": lambda o: o.path[0] == "finetune",
     "parallel evaluation (Ray)": lambda o: o.path[0] == "backend",
     "run": lambda o: o.name in ("device", "seed", "batch_size", "out"),
 }

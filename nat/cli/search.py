@@ -79,7 +79,12 @@ def print_front(result, out: Path) -> None:
         f"search done in {result.seconds:.0f} s: {len(archive)} subnets evaluated, "
         f"hypervolume {result.hypervolume:.4f}; front:"
     )
-    for i in result.front:
-        e = archive.entries[i]
-        print(f"  {e.accuracy:7.2%}  {e.params:>11,} params  {e.macs:>13,} MACs  ({e.source})")
+    print("  inherited  fine-tuned  test      params          MACs  source")
+    for m in result.models:
+        e = archive.entries[m.index]
+        tuned = f"{m.val_accuracy:7.2%}" if m.finetune_epochs else "      -"
+        print(
+            f"  {e.accuracy:9.2%}  {tuned:>10}  {m.test_accuracy:6.2%}  {e.params:>10,}  "
+            f"{e.macs:>12,}  {e.source}"
+        )
     print(f"run folder: {out} (report.md, pareto.png, front/)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ class SearchResult:
     history: list[dict]
     hypervolume: float
     seconds: float = 0.0
+    models: list = field(default_factory=list)  # nat.handback.FrontModel, in front order
 
     @property
     def X(self) -> np.ndarray:

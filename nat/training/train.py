@@ -240,13 +240,19 @@ def finetune(
     seed: int = 0,
     device: torch.device | None = None,
     progress: bool = False,
+    teacher: tuple[nn.Module, int] | None = None,
+    distill_weight: float = 0.5,
 ) -> nn.Module:
     """Train a static model with cross-entropy, SGD (Nesterov) and a cosine schedule over
     ``epochs`` at ``resolution`` px; the same recipe fine-tunes inherited weights and trains
-    from scratch, so comparisons are fair. Returns the model, in eval mode."""
+    from scratch, so comparisons are fair. ``teacher``: (a model, its resolution in px) whose
+    softened predictions the loss follows with ``distill_weight``, the rest on the labels.
+    Returns the model, in eval mode."""
     device = device or default_device()
     torch.manual_seed(seed)
     model.to(device).train()
+    if teacher is not None:
+        teacher[0].to(device).eval()
     loader = make_loader(
         data.train, batch_size, shuffle=True, seed=seed, drop_last=len(data.train) > batch_size
     )
@@ -259,8 +265,15 @@ def finetune(
             loader, desc=f"fine-tune {epoch + 1}/{epochs}", disable=not progress, leave=False
         ):
             optimizer.zero_grad(set_to_none=True)
-            logits = model(resize_batch(images.to(device), resolution))
-            F.cross_entropy(logits, labels.to(device)).backward()
+            images, labels = images.to(device), labels.to(device)
+            logits = model(resize_batch(images, resolution))
+            loss = F.cross_entropy(logits, labels)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = F.softmax(teacher[0](resize_batch(images, teacher[1])), dim=1)
+                kd = F.kl_div(F.log_softmax(logits, dim=1), soft, reduction="batchmean")
+                loss = distill_weight * kd + (1 - distill_weight) * loss
+            loss.backward()
             optimizer.step()
             schedule.step()
     return model.eval()
