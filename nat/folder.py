@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import search_spaces
+
 from .options import spec_error_names
 from .spec import OptionError, RunSpec, check_writable_dir
 
@@ -15,6 +17,7 @@ __all__ = [
     "RUN_FILE",
     "RUN_OUTPUTS",
     "check_run_folder",
+    "fits_widths_to_budget",
     "open_run",
     "preflight",
     "remove_outputs",
@@ -82,6 +85,13 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def fits_widths_to_budget(spec: RunSpec) -> bool:
+    """Whether the run's width choices are derived from its budget: a budget is given and
+    ``--width-mults`` is not (explicit choices always win)."""
+    budget = spec.search.max_params is not None or spec.search.max_macs is not None
+    return budget and "width_mults" not in spec.space_options
+
+
 def preflight(spec: RunSpec, resume: bool = False, overwrite: bool = False) -> RunSpec:
     """Every check that needs neither torch nor the data: the spec's options and paths, the
     Ray address, the run folder, CUDA when asked for, and whether the budgets can fit the
@@ -99,6 +109,10 @@ def preflight(spec: RunSpec, resume: bool = False, overwrite: bool = False) -> R
                 "--device"
             )
     space = spec.build_space()
+    if fits_widths_to_budget(spec):  # the narrowest width the budget can be fitted with
+        from .engine.heuristic import WIDTH_GRID
+
+        space = search_spaces.get(space.name, **{**space.options, "width_mults": [WIDTH_GRID[0]]})
     # The classifier's size depends on the class count, known once the data is loaded;
     # at two classes (the fewest) a budget below the smallest subnet can never fit.
     smallest = space.complexity(space.smallest(), 2)

@@ -109,6 +109,15 @@ def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> 
         "",
         f"- Space: `{archive.space!r}`",
         f"- Budgets: {budgets}; objectives: error, {', '.join(cfg.metrics)}",
+        *(
+            [
+                "- Width choices fitted to the budget: "
+                f"{search.metadata['width_mults_from_budget']} (the Feillet width of the budget "
+                "times 0.5, 0.71 and 1; `--width-mults` overrides)"
+            ]
+            if "width_mults_from_budget" in search.metadata
+            else []
+        ),
         f"- Iterations: {cfg.iterations}; real evaluations: {len(archive)} "
         f"(archive), candidates per iteration: {cfg.candidates}; adaptation epochs per "
         f"iteration: {cfg.adapt_epochs}; surrogate: {cfg.surrogate}; seed {cfg.seed}",

@@ -20,9 +20,17 @@ import torch
 from supernets import Supernet, build_supernet
 
 from .data import DataSplits, data_settings, load_from_settings
+from .engine.heuristic import budget_width_mults
 from .engine.loop import NATSearch, SearchResult
 from .engine.problem import Budgets
-from .folder import PRETRAIN_FILE, RUN_FILE, open_run, preflight, remove_outputs
+from .folder import (
+    PRETRAIN_FILE,
+    RUN_FILE,
+    fits_widths_to_budget,
+    open_run,
+    preflight,
+    remove_outputs,
+)
 from .handback import hand_back
 from .io.checkpoint import load_supernet, save_supernet
 from .io.files import write_json
@@ -38,7 +46,6 @@ __all__ = [
     "resume",
     "run",
 ]
-
 
 
 def resume(out: str | Path, progress: bool = True, **backend: Any) -> SearchResult:
@@ -127,13 +134,19 @@ def run(
     spec = preflight(spec, resume, overwrite)
     out = Path(spec.out) if spec.out is not None else None
     data = load_data(spec)
+    metadata = {"class_names": data.class_names}
+    if fits_widths_to_budget(spec):
+        widths = spec_error_names(lambda: _budget_widths(spec, data.num_classes))
+        spec = RunSpec.from_options(spec, width_mults=list(widths))
+        metadata["width_mults_from_budget"] = list(widths)
+        if progress:
+            print(f"width choices fitted to the budget: {', '.join(map(str, widths))}")
     budgets = spec_error_names(lambda: _budgets(spec, data.num_classes))  # before any training
     state = out / "resume" / "state.json" if out is not None else None
     if out is not None:
         if overwrite and not resume:
             remove_outputs(out)
         write_json(out / RUN_FILE, spec.to_dict())
-    metadata = {"class_names": data.class_names}
     with _backends(spec, budgets.space, data.num_classes, out, progress) as (runner, adapter):
         if state is not None and resume and state.is_file():
             search = NATSearch.resume(out, data, spec.search, runner, progress, metadata)
@@ -154,6 +167,17 @@ def run(
         (out / PRETRAIN_FILE).unlink(missing_ok=True)  # the search has its own snapshots
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _budget_widths(spec: RunSpec, num_classes: int) -> tuple[float, ...]:
+    search = spec.search
+    try:
+        return budget_width_mults(
+            spec.build_space(), num_classes, search.max_params, search.max_macs
+        )
+    except ValueError as err:
+        option = "max_params" if search.max_params is not None else "max_macs"
+        raise OptionError(option, str(err)) from None
 
 
 def _budgets(spec: RunSpec, num_classes: int) -> Budgets:

@@ -311,3 +311,22 @@ def test_advisil_choices_fit_and_ours_are_at_least_as_wide(name):
         assert ours.arch.depths == theirs.depths  # one block per scalable stage
         assert value(theirs, "params", 100) <= budget
         assert ours.width >= w and ours.params <= budget
+
+
+@pytest.mark.parametrize("name", SPACES)
+@pytest.mark.parametrize("budget", [300e3, 700e3, 1.2e6])
+def test_widths_fitted_to_a_budget_let_the_seed_use_90_percent_of_it(name, budget):
+    from nat.engine.heuristic import budget_width_mults
+
+    widths = budget_width_mults(search_spaces.get(name), 10, max_params=budget)
+    space = search_spaces.get(name, width_mults=widths)
+    seed = feillet(budget, None, 10, space=space)
+    assert 0.9 * budget <= seed.params <= budget
+
+
+@pytest.mark.parametrize("name", ["mbv2", "shufflenetv2"])
+def test_a_300k_budget_is_accepted_on_the_default_spaces(name):
+    from nat.folder import preflight
+    from nat.spec import RunSpec
+
+    preflight(RunSpec.from_options(space=name, max_params=300e3))

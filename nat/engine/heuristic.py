@@ -41,6 +41,7 @@ __all__ = [
     "METRICS",
     "WIDTH_GRID",
     "Scaled",
+    "budget_width_mults",
     "depth_only",
     "feillet",
     "reference_arch",
@@ -388,3 +389,29 @@ def _pick(candidate, params, macs, ref: Arch, budget: float, metric: str, method
     i = _largest_fitting(params if metric == "params" else macs, budget, metric, ref.family, method)
     arch, width = candidate(i)
     return Scaled(arch, width, _depth_ratio(arch, ref), int(params[i]), int(macs[i]), method)
+
+
+def budget_width_mults(
+    space: SearchSpace,
+    num_classes: int,
+    max_params: float | None = None,
+    max_macs: float | None = None,
+    fractions: Sequence[float] = (0.5, 0.71, 1.0),
+) -> tuple[float, ...]:
+    """Width choices fitted to the budgets: the Feillet width w* of the tightest budget, on a
+    0.01 grid, times ``fractions`` (the seeds at 1/4, 1/2 and all of the budget then sit near
+    their own budgets, the seed at the full budget within a few percent of it). ``space``
+    gives everything but the widths."""
+    # Up to the space's own widest choice, at least 1: the space's reference network must
+    # be a member of the fine space (MobileNetV2's head grows with widths above 1).
+    top_choice = max(1.0, max(space.width_mults))
+    grid = [w for w in WIDTH_GRID if w <= top_choice + 1e-9]
+    fine = search_spaces.get(space.name, **{**space.options, "width_mults": grid})
+    widest = []
+    for metric, budget in (("params", max_params), ("macs", max_macs)):
+        if budget is not None:
+            widest.append(feillet(budget, None, num_classes, metric=metric, space=fine).width)
+    if not widest:
+        raise ValueError("budget_width_mults needs max_params or max_macs")
+    top = min(widest)
+    return tuple(sorted({max(WIDTH_GRID[0], round(top * f, 2)) for f in fractions}))
