@@ -71,28 +71,32 @@ def _plot(path: Path, result: SearchResult) -> None:
             ms=4,
             label="non-dominated",
         )
-        tuned = [m for m in result.models if m.finetune_epochs]
-        if tuned:
-            ax.scatter(
-                [getattr(entries[m.index], metric) / 1e6 for m in tuned],
-                [100 * m.val_accuracy for m in tuned],
-                marker="^",
-                s=50,
-                c="tab:green",
-                label="fine-tuned",
-                zorder=3,
-            )
-        heur = [e for e in entries if e.source == "heuristic"]
-        if heur:
-            ax.scatter(
-                [getattr(e, metric) / 1e6 for e in heur],
-                [100 * e.accuracy for e in heur],
-                marker="*",
-                s=120,
-                c="tab:blue",
-                label="Feillet heuristic",
-                zorder=3,
-            )
+        # (archive entry, accuracy in 0..1) of the fine-tuned subnets and the heuristic's seeds
+        marks = {
+            "fine-tuned": (
+                [(entries[m.index], m.val_accuracy) for m in result.models if m.finetune_epochs],
+                "^",
+                50,
+                "tab:green",
+            ),
+            "Feillet heuristic": (
+                [(e, e.accuracy) for e in entries if e.source == "heuristic"],
+                "*",
+                120,
+                "tab:blue",
+            ),
+        }
+        for label, (points, marker, size, color) in marks.items():
+            if points:
+                ax.scatter(
+                    [getattr(e, metric) / 1e6 for e, _ in points],
+                    [100 * acc for _, acc in points],
+                    marker=marker,
+                    s=size,
+                    c=color,
+                    label=label,
+                    zorder=3,
+                )
         ax.set_xlabel(unit)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
