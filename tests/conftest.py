@@ -18,3 +18,9 @@ def small_space(name: str, **extra) -> search_spaces.SearchSpace:
         options["width_mults"] = (0.125, 0.25)
     options.update(extra)
     return search_spaces.get(name, **options)
+
+
+@pytest.fixture(autouse=True)
+def _no_home_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    # A test that forgets cache_dir must not write into the user's home directory.
+    monkeypatch.setenv("NAT_CACHE_DIR", str(tmp_path_factory.mktemp("default-cache")))

@@ -14,15 +14,34 @@ import pytest
 
 from nat.cli import main
 
-FAST = ["--space", "shufflenetv2", "--resolutions", "12,16", "--width-mults", "0.25,0.5",
-        "--subset", "300", "--pretrain-epochs", "1", "--iterations", "0", "--doe-size", "2",
-        "--bn-batches", "1", "--adapt-epochs", "0", "--quiet"]
+FAST = [
+    "--space",
+    "shufflenetv2",
+    "--resolutions",
+    "12,16",
+    "--width-mults",
+    "0.25,0.5",
+    "--subset",
+    "300",
+    "--pretrain-epochs",
+    "1",
+    "--iterations",
+    "0",
+    "--doe-size",
+    "2",
+    "--bn-batches",
+    "1",
+    "--adapt-epochs",
+    "0",
+    "--quiet",
+]
 
 
 def _digest(folder: Path) -> dict:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -59,8 +78,7 @@ def _fails(argv, capsys, *expected, code=2):
         ([], "already holds a run"),
     ],
 )
-def test_bad_search_options_leave_an_existing_run_untouched(finished_run, capsys, extra,
-                                                            expected):
+def test_bad_search_options_leave_an_existing_run_untouched(finished_run, capsys, extra, expected):
     # --overwrite takes every check up to the start of work: none may touch the folder
     overwrite = ["--overwrite"] if extra else []
     before = _digest(finished_run)
@@ -71,13 +89,16 @@ def test_bad_search_options_leave_an_existing_run_untouched(finished_run, capsys
 def test_a_run_can_be_overwritten_or_rerun_from_its_spec(finished_run, tmp_path, capsys):
     spec = json.loads((finished_run / "run.json").read_text())
     other = tmp_path / "again"
-    assert main(["search", "--spec", str(finished_run / "run.json"), "--out", str(other),
-                 "--quiet"]) == 0
+    assert (
+        main(["search", "--spec", str(finished_run / "run.json"), "--out", str(other), "--quiet"])
+        == 0
+    )
     again = json.loads((other / "run.json").read_text())
     assert {**again, "out": None} == {**spec, "out": None}
-    assert json.loads((other / "archive.json").read_text())["entries"] == json.loads(
-        (finished_run / "archive.json").read_text()
-    )["entries"]
+    assert (
+        json.loads((other / "archive.json").read_text())["entries"]
+        == json.loads((finished_run / "archive.json").read_text())["entries"]
+    )
     assert main(["search", *FAST, "--out", str(other), "--overwrite"]) == 0
 
 
@@ -108,20 +129,37 @@ def test_sample_refuses_a_non_empty_export_and_bad_configs(finished_run, tmp_pat
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("mine")
-    _fails(["sample", "--checkpoint", checkpoint, "--largest", "--export", str(full)], capsys,
-           "not empty")
+    _fails(
+        ["sample", "--checkpoint", checkpoint, "--largest", "--export", str(full)],
+        capsys,
+        "not empty",
+    )
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
     for text in ("[1, 2]", "null", "{not json"):
         config = tmp_path / "config.json"
         config.write_text(text)
-        _fails(["sample", "--checkpoint", checkpoint, "--config", str(config), "--export",
-                str(tmp_path / "x")], capsys, str(config))
+        _fails(
+            [
+                "sample",
+                "--checkpoint",
+                checkpoint,
+                "--config",
+                str(config),
+                "--export",
+                str(tmp_path / "x"),
+            ],
+            capsys,
+            str(config),
+        )
 
 
 def test_compare_refuses_negative_epochs_and_budgets_nothing_fits(finished_run, capsys):
     before = _digest(finished_run)
-    _fails(["compare", "--run", str(finished_run), "--budgets", "100k", "--finetune-epochs",
-            "-1"], capsys, "--finetune-epochs")
+    _fails(
+        ["compare", "--run", str(finished_run), "--budgets", "100k", "--finetune-epochs", "-1"],
+        capsys,
+        "--finetune-epochs",
+    )
     _fails(["compare", "--run", str(finished_run), "--budgets", "1k"], capsys, "nothing fits")
     assert _digest(finished_run) == before
 
@@ -129,8 +167,15 @@ def test_compare_refuses_negative_epochs_and_budgets_nothing_fits(finished_run, 
 def test_compare_without_fine_tuning_scores_the_recalibrated_inherited_model(finished_run):
     from nat.compare import compare
 
-    rows = compare(finished_run, [1e6], seeds=(0,), finetune_epochs=0, bn_batches=1,
-                   progress=False, methods=("searched",))
+    rows = compare(
+        finished_run,
+        [1e6],
+        seeds=(0,),
+        finetune_epochs=0,
+        bn_batches=1,
+        progress=False,
+        methods=("searched",),
+    )
     (row,) = rows
     assert row["finetuned"] == row["inherited"]  # was chance level: BatchNorm not recalibrated
 
@@ -140,15 +185,23 @@ def test_device_cuda_without_cuda_is_refused(tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    _fails(["search", *FAST, "--device", "cuda", "--out", str(tmp_path / "r")], capsys,
-           "--device")
+    _fails(["search", *FAST, "--device", "cuda", "--out", str(tmp_path / "r")], capsys, "--device")
     assert not (tmp_path / "r").exists()
 
 
 def test_ctrl_c_is_exit_130_with_one_line(tmp_path):
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "nat.cli", "search", *FAST, "--pretrain-epochs", "50",
-            "--out", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "nat.cli",
+        "search",
+        *FAST,
+        "--pretrain-epochs",
+        "50",
+        "--out",
+        str(out),
+    ]
     process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (out / "run.json").exists() and time.monotonic() < deadline:
@@ -162,8 +215,13 @@ def test_ctrl_c_is_exit_130_with_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     "extra",
-    [["--doe-size", "0"], ["--max-params", "1k"], ["--address", "127.0.0.1:1"],
-     ["--resolutions", ""], ["--data", "no/such/folder"]],
+    [
+        ["--doe-size", "0"],
+        ["--max-params", "1k"],
+        ["--address", "127.0.0.1:1"],
+        ["--resolutions", ""],
+        ["--data", "no/such/folder"],
+    ],
 )
 def test_option_errors_come_before_torch_is_even_imported(tmp_path, extra):
     # Importing torch alone takes seconds: an error raised without it cannot have trained.

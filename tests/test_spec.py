@@ -15,8 +15,14 @@ from nat.spec import OptionError, RunSpec
 
 def test_a_spec_round_trips_through_json():
     spec = RunSpec.from_options(
-        space="resnet", resolutions=[16, 24], max_params=3e5, objectives=["params", "macs"],
-        heuristic_budgets=[1e5, 2e5], seed=4, workers=2, pretrain_epochs=3,
+        space="resnet",
+        resolutions=[16, 24],
+        max_params=3e5,
+        objectives=["params", "macs"],
+        heuristic_budgets=[1e5, 2e5],
+        seed=4,
+        workers=2,
+        pretrain_epochs=3,
     )
     again = RunSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again == spec
@@ -26,13 +32,28 @@ def test_a_spec_round_trips_through_json():
 def _other_value(option):
     """A valid value different from the option's default, as the command line would type it."""
     special = {
-        "space": "resnet", "space_options": '{"stem": "imagenet"}', "resolutions": "16,20",
-        "width_mults": "0.25,0.5", "data": "some/folder", "objectives": "params,macs",
-        "surrogate": "rbf", "device": "cpu", "address": "auto", "workers": "1",
-        "adapt_workers": "2", "heuristic_budgets": "100k,200k", "out": "elsewhere",
-        "cache_dir": "cache", "checkpoint": "sn.pt", "val_fraction": "0.2",
-        "test_fraction": "0.2", "distill_weight": "0.25", "label_smoothing": "0.2",
-        "momentum": "0.8", "image_size": "32", "subset": "100",
+        "space": "resnet",
+        "space_options": '{"stem": "imagenet"}',
+        "resolutions": "16,20",
+        "width_mults": "0.25,0.5",
+        "data": "some/folder",
+        "objectives": "params,macs",
+        "surrogate": "rbf",
+        "device": "cpu",
+        "address": "auto",
+        "workers": "1",
+        "adapt_workers": "2",
+        "heuristic_budgets": "100k,200k",
+        "out": "elsewhere",
+        "cache_dir": "cache",
+        "checkpoint": "sn.pt",
+        "val_fraction": "0.2",
+        "test_fraction": "0.2",
+        "distill_weight": "0.25",
+        "label_smoothing": "0.2",
+        "momentum": "0.8",
+        "image_size": "32",
+        "subset": "100",
         "finetune_distill_weight": "0.25",
     }
     if option.name in special:
@@ -62,10 +83,7 @@ def test_every_search_flag_changes_its_setting_and_nothing_else(name):
     spec = spec_from_args(args)
     default, got = RunSpec().to_dict(), spec.to_dict()
     assert _get(got, option.path) != _get(default, option.path), name
-    changed = {
-        k for k in OPTIONS
-        if _get(got, OPTIONS[k].path) != _get(default, OPTIONS[k].path)
-    }
+    changed = {k for k in OPTIONS if _get(got, OPTIONS[k].path) != _get(default, OPTIONS[k].path)}
     assert changed - {name, "workers", "space_options"} == set()
 
 

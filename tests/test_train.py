@@ -134,8 +134,11 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(digits, tmp_path):
 
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        trained(supernets.build_supernet(space, 10), tmp_path / "b.pt",
-                before_step=killed_in_the_second_epoch)
+        trained(
+            supernets.build_supernet(space, 10),
+            tmp_path / "b.pt",
+            before_step=killed_in_the_second_epoch,
+        )
     _, metadata = load_supernet(tmp_path / "b.pt")
     assert len(metadata["history"]) == 1  # the first epoch was saved
     torch.manual_seed(1)  # other initial weights: the checkpoint's must be loaded
