@@ -17,6 +17,7 @@ __all__ = [
     "RUN_FILE",
     "RUN_OUTPUTS",
     "check_run_folder",
+    "device_of",
     "fits_widths_to_budget",
     "open_run",
     "preflight",
@@ -92,6 +93,20 @@ def fits_widths_to_budget(spec: RunSpec) -> bool:
     return budget and "width_mults" not in spec.space_options
 
 
+def device_of(spec: RunSpec):
+    """The torch device the spec asks for: CUDA when present for "auto"; an error naming
+    --device when CUDA is asked for and absent."""
+    import torch
+
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise OptionError("device", "cuda asked for, but torch sees no CUDA device").named(
+            "--device"
+        )
+    if spec.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec.device)
+
+
 def preflight(spec: RunSpec, resume: bool = False, overwrite: bool = False) -> RunSpec:
     """Every check that needs neither torch nor the data: the spec's options and paths, the
     Ray address, the run folder, CUDA when asked for, and whether the budgets can fit the
@@ -101,13 +116,8 @@ def preflight(spec: RunSpec, resume: bool = False, overwrite: bool = False) -> R
         spec_error_names(lambda: check_run_folder(Path(spec.out), resume, overwrite))
     elif resume:
         raise OptionError("out", "resuming needs the run folder").named("--out")
-    if spec.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise OptionError("device", "cuda asked for, but torch sees no CUDA device").named(
-                "--device"
-            )
+    if spec.device == "cuda":  # torch only loads for this one check
+        device_of(spec)
     space = spec.build_space()
     if fits_widths_to_budget(spec):  # the narrowest width the budget can be fitted with
         from .engine.heuristic import WIDTH_GRID

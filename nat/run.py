@@ -26,6 +26,7 @@ from .engine.problem import Budgets
 from .folder import (
     PRETRAIN_FILE,
     RUN_FILE,
+    device_of,
     fits_widths_to_budget,
     open_run,
     preflight,
@@ -36,11 +37,10 @@ from .io.checkpoint import load_supernet, save_supernet
 from .io.files import write_json
 from .options import spec_error_names
 from .spec import OptionError, RunSpec
-from .training.train import default_device, train_supernet
+from .training.train import train_supernet
 
 __all__ = [
     "data_settings_of",
-    "device_of",
     "load_data",
     "prepare_supernet",
     "resume",
@@ -70,14 +70,6 @@ def data_settings_of(spec: RunSpec) -> dict:
 def load_data(spec: RunSpec) -> DataSplits:
     """The spec's data, split by its seed."""
     return load_from_settings(data_settings_of(spec))
-
-
-def device_of(spec: RunSpec) -> torch.device:
-    if spec.device == "cuda" and not torch.cuda.is_available():
-        raise OptionError("device", "cuda asked for, but torch sees no CUDA device").named(
-            "--device"
-        )
-    return default_device() if spec.device == "auto" else torch.device(spec.device)
 
 
 def prepare_supernet(

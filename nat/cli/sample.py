@@ -56,8 +56,9 @@ def _read_arch(path: Path) -> Arch:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..folder import device_of
     from ..io.checkpoint import export_subnet, load_supernet
-    from ..run import data_settings_of, device_of, load_data
+    from ..run import data_settings_of, load_data
     from ..spec import RunSpec
     from ..training.evaluate import SubnetEvaluator
     from ..training.train import evaluate

@@ -39,8 +39,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..folder import device_of
     from ..io.checkpoint import save_supernet
-    from ..run import device_of, load_data, prepare_supernet
+    from ..run import load_data, prepare_supernet
     from ..training.evaluate import SubnetEvaluator
 
     spec = spec_from_args(args).validate()
