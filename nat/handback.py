@@ -1,5 +1,5 @@
 """What a search hands back: the front's subnets as models, the most accurate of them
-fine-tuned from their inherited weights (distilled from the supernet's largest subnet), each
+fine-tuned from their inherited weights (distilled from the supernet's teacher subnet), each
 scored on validation and on the test split that no step of the search has seen."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def hand_back(
     chosen = set(by_accuracy[: spec.top]) if spec.epochs else set()
     teacher = None
     if chosen:
-        largest = space.largest()
+        largest = search.teacher()
         teacher = (evaluator.evaluate_one(search.supernet, largest)[1], largest.resolution)
     models = []
     for i in result.front:

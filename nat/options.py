@@ -50,6 +50,7 @@ _RENAMED = {
     ("search", "lr"): "adapt_lr",
     ("pretrain", "epochs"): "pretrain_epochs",
     ("pretrain", "lr"): "pretrain_lr",
+    ("pretrain", "batch_size"): "pretrain_batch_size",
     ("finetune", "epochs"): "finetune_epochs",
     ("finetune", "top"): "finetune_top",
     ("finetune", "lr"): "finetune_lr",
@@ -59,7 +60,6 @@ _DERIVED = {
     ("search", "seed"),
     ("search", "batch_size"),
     ("pretrain", "seed"),
-    ("pretrain", "batch_size"),
 }
 
 

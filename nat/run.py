@@ -101,11 +101,17 @@ def prepare_supernet(
     else:
         torch.manual_seed(spec.seed)  # the initial weights
         supernet = build_supernet(space, data.num_classes)
+        if spec.pretrain.zero_init_residual:
+            supernet.zero_init_residual()
     if spec.pretrain.epochs > 0:
+        budgets = _budgets(spec, data.num_classes)
+        multiple = spec.pretrain.sample_multiple
         train_supernet(
             supernet,
             data,
             spec.pretrain,
+            sampler=budgets.sampler(multiple) if multiple and budgets.constrained else None,
+            teacher=budgets.teacher(spec.pretrain.teacher_multiple),
             checkpoint=checkpoint,
             checkpoint_metadata={"data": data_settings_of(spec)},
             device=device_of(spec),
@@ -152,6 +158,7 @@ def run(
             search = NATSearch(
                 supernet, data, spec.search, out, runner, progress, metadata, adapter
             )
+        search.teacher_multiple = spec.pretrain.teacher_multiple
         result = search.run()
     result.models = hand_back(search, result, spec.finetune, progress)
     if out is not None:

@@ -65,8 +65,9 @@ class TrainConfig:
     rate of SGD with Nesterov momentum: linear warm-up, then cosine decay to 0."""
 
     epochs: int = field(default=10, metadata=_help("training epochs"))
-    batch_size: int = field(default=64, metadata=_help("images per batch"))
-    lr: float = field(default=0.05, metadata=_help("peak learning rate"))
+    # Twice the steps of batch 64 for the same time on a CPU: +6 points median on digits.
+    batch_size: int = field(default=32, metadata=_help("images per batch"))
+    lr: float = field(default=0.1, metadata=_help("peak learning rate"))
     momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
     weight_decay: float = field(default=4e-5, metadata=_help("weight decay (not on BatchNorm)"))
     warmup_epochs: float = field(default=0.5, metadata=_help("epochs of linear lr warm-up"))
@@ -80,15 +81,40 @@ class TrainConfig:
     distill_weight: float = field(
         default=0.5,
         metadata=_help(
-            "weight of distillation from the largest subnet in the other subnets' loss, the "
+            "weight of distillation from the teacher subnet in the other subnets' loss, the "
             "rest on the labels; 1 is OFA's pure distillation"
         ),
     )
     label_smoothing: float = field(default=0.1, metadata=_help("label smoothing of the CE"))
+    zero_init_residual: bool = field(
+        default=True,
+        metadata=_help(
+            "start every residual block as the identity (BigNAS: last BatchNorm of the branch "
+            "at zero) when the supernet is built"
+        ),
+    )
+    teacher_multiple: float = field(
+        default=2.0,
+        metadata=_help(
+            "with a budget, the teacher is the largest subnet within this multiple of it "
+            "(0: the space's largest)"
+        ),
+    )
+    sample_multiple: float = field(
+        default=1.0,
+        metadata=_help(
+            "with a budget, random subnets are drawn among those within this multiple of it "
+            "(0: the whole space)"
+        ),
+    )
     seed: int = field(default=0, metadata=_help("seed of sampling and augmentation"))
 
     def __post_init__(self) -> None:
         _at_least(self, 0, "epochs", "random_subnets", "warmup_epochs", "weight_decay")
+        for name in ("teacher_multiple", "sample_multiple"):
+            value = getattr(self, name)
+            if not (value == 0 or value >= 1):
+                raise OptionError(name, f"must be 0 (off) or at least 1, got {value}")
         _at_least(self, 1, "batch_size")
         for name in ("lr", "distill_temperature"):
             if not getattr(self, name) > 0:
@@ -261,7 +287,7 @@ class BackendSpec:
 @dataclass(frozen=True)
 class FinetuneSpec:
     """What ``nat search`` hands back: the front's most accurate subnets, fine-tuned from
-    their inherited weights, distilled from the supernet's largest subnet."""
+    their inherited weights, distilled from the supernet's teacher subnet."""
 
     epochs: int = field(
         default=3,
@@ -277,7 +303,7 @@ class FinetuneSpec:
     distill_weight: float = field(
         default=0.5,
         metadata=_help(
-            "weight of distillation from the supernet's largest subnet, the rest on the labels"
+            "weight of distillation from the supernet's teacher subnet, the rest on the labels"
         ),
     )
 
@@ -324,19 +350,18 @@ class RunSpec:
     out: str | None = field(default=None, metadata=_help("run folder (default runs/search-SPACE)"))
 
     def __post_init__(self) -> None:
-        # One seed and one batch size per run: the parts get them from here.
-        for part in ("search", "pretrain"):
-            value = getattr(self, part)
-            object.__setattr__(
-                self, part, replace(value, seed=self.seed, batch_size=self.batch_size)
-            )
+        # One seed per run, and the search's batch size: the parts get them from here.
+        # Pre-training keeps its own batch size: small batches buy a short schedule more steps.
+        object.__setattr__(
+            self, "search", replace(self.search, seed=self.seed, batch_size=self.batch_size)
+        )
+        object.__setattr__(self, "pretrain", replace(self.pretrain, seed=self.seed))
         object.__setattr__(self, "space_options", jsonable(dict(self.space_options)))
 
     # -- JSON --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         doc = jsonable(asdict(self))
-        for part in ("search", "pretrain"):  # derived from the run's own seed and batch size
-            del doc[part]["seed"], doc[part]["batch_size"]
+        del doc["search"]["seed"], doc["search"]["batch_size"], doc["pretrain"]["seed"]
         return {"format": SPEC_FORMAT, **doc}
 
     @classmethod

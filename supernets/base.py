@@ -173,6 +173,18 @@ class Supernet(nn.Module):
         self.classifier = DynamicLinear(self.classifier.weight.shape[1], num_classes).to(device)
         self.num_classes = num_classes
 
+    @torch.no_grad()
+    def zero_init_residual(self) -> None:
+        """BigNAS's initialisation: the last BatchNorm γ of every residual branch set to zero,
+        so each block starts as its shortcut. A subnet's extra blocks then begin by changing
+        nothing, and deep and shallow subnets start out computing the same function.
+        ShuffleNetV2 units concatenate rather than add, and are left as they are."""
+        for stage in self.stages:
+            for block in stage:
+                bn = block.residual_bn() if hasattr(block, "residual_bn") else None
+                if bn is not None:
+                    bn.weight.zero_()
+
     def set_active(self, arch: Arch) -> None:
         """Make ``arch`` the subnet that ``forward`` computes (checked against the space)."""
         self.space.encode(arch)

@@ -42,6 +42,7 @@ class DynamicMBConv(nn.Module):
         kernel_sizes: tuple[int, ...],
         expand_ratios: tuple[float, ...],
         stride: int,
+        first: bool = False,
     ) -> None:
         super().__init__()
         hidden = round(max_in * max(expand_ratios))
@@ -52,6 +53,12 @@ class DynamicMBConv(nn.Module):
         self.project = DynamicConvBN(hidden, max_out, (1,))
         self.act = nn.ReLU6()
         self.stride = stride
+        self.first = first
+
+    def residual_bn(self) -> nn.Module | None:
+        """The last BatchNorm of the residual branch: only a stage's later blocks always keep
+        their shape (and so their shortcut) in every subnet."""
+        return None if self.first else self.project.bn
 
     def forward(self, x: torch.Tensor, c_out: int, block: Block) -> torch.Tensor:
         c_in = x.shape[1]
@@ -75,4 +82,4 @@ class MBv2Family(Family):
 
     @staticmethod
     def dynamic_block(max_in, max_out, kernel_sizes, expand_ratios, stride, first):
-        return DynamicMBConv(max_in, max_out, kernel_sizes, expand_ratios, stride)
+        return DynamicMBConv(max_in, max_out, kernel_sizes, expand_ratios, stride, first)

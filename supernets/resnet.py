@@ -43,6 +43,10 @@ class DynamicBasicBlock(nn.Module):
         self.act = nn.ReLU()
         self.stride = stride
 
+    def residual_bn(self) -> nn.Module:
+        """The last BatchNorm of the residual branch (every block has a shortcut)."""
+        return self.conv2.bn
+
     def forward(self, x: torch.Tensor, c_out: int, block: Block) -> torch.Tensor:
         h = self.conv2(self.act(self.conv1(x, c_out, block.kernel_size)), c_out, block.kernel_size)
         if self.stride != 1 or x.shape[1] != c_out:

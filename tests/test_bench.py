@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "scripts" / "bench.py"
-NAMES = ("search", "heuristic", "fidelity", "surrogate", "speed", "growth")
+NAMES = ("search", "heuristic", "fidelity", "surrogate", "speed", "growth", "quality")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -53,6 +53,14 @@ def test_quick_suite_writes_every_table(tmp_path):
     assert speed["ray"]["ray_1"] > 0 and speed["ray"]["ray_2"] > 0
     growth = json.loads((out / "growth.json").read_text())
     assert [r["archive"] for r in growth["by_archive"]] == [8, 16]
+    quality = json.loads((out / "quality.json").read_text())
+    methods = [r["method"].split(" ")[0] for r in quality["rows"]]
+    assert methods.count("(a)") == 1 and methods.count("(b)") == methods.count("(c)") == 2
+    assert methods.count("(d)") == 2
+    # The search's own row is its best front subnet, judged on the untouched test split.
+    assert all(0 <= r["test"] <= 1 and r["params"] <= 3e5 for r in quality["rows"])
+    assert len(quality["fidelity"]["scratch"]) == 3
+    assert [a["recipe"] for a in quality["ablations"]] == ["defaults", "no zero-init gamma"]
 
     # A second run of one benchmark reuses the cached pre-trained supernet and NAT run.
     again = _run("--quick", "--data", "digits", "--out", str(out), "heuristic")

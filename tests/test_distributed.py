@@ -248,7 +248,7 @@ def test_data_parallel_adaptation_with_ray_train(evaluation_setup, tmp_path):
     with ray_session(workers=2):
         adapter = RayTrainAdapter(settings, 2, tmp_path, cpus_per_worker=0.5)
         config = TrainConfig(epochs=6, batch_size=32, lr=0.1, random_subnets=1)
-        adapter(net, top, asdict(config))
+        adapter(net, top, asdict(config), space.encode(space.largest()))
     assert not torch.equal(net.classifier.weight, weights)  # the trained weights came back
     after = evaluator(net, [space.largest()])[0]
     assert before < 0.3 < after  # data-parallel epochs on digits learn something

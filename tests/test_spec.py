@@ -77,9 +77,12 @@ def _get(doc, path):
 def test_every_search_flag_changes_its_setting_and_nothing_else(name):
     option = OPTIONS[name]
     parser = build_parser()
-    value = _other_value(option)
+    if option.kind is bool:  # --no-zero-init-residual
+        given = [option.flag.replace("--", "--no-" if option.default else "--", 1)]
+    else:
+        given = [option.flag, _other_value(option)]
     extra = ["--workers", "1"] if name == "adapt_workers" else []
-    args = parser.parse_args(["search", option.flag, value, *extra])
+    args = parser.parse_args(["search", *given, *extra])
     spec = spec_from_args(args)
     default, got = RunSpec().to_dict(), spec.to_dict()
     assert _get(got, option.path) != _get(default, option.path), name

@@ -158,3 +158,25 @@ def test_cached_eval_weights_follow_training_updates():
         expected = net.extract(arch)(images)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected)
+
+
+@pytest.mark.parametrize("name", ["mbv2", "resnet"])
+def test_zero_init_residual_makes_extra_blocks_the_identity(name):
+    """BigNAS's zero-initialised last BatchNorm γ: at initialisation a subnet one block deeper
+    computes exactly what the shallower one computes."""
+    space = search_spaces.get(name, resolutions=(16,))
+    torch.manual_seed(0)
+    net = supernets.build_supernet(space, 10).train()  # batch statistics: activations O(1)
+    shallow = space.encode(space.smallest())
+    deeper = shallow.copy()
+    deeper[space.variable_names.index("depth1")] += 1
+    x = torch.randn(4, 3, 16, 16)
+
+    @torch.no_grad()
+    def logits(encoding):
+        net.set_active(space.decode(space.repair(encoding)))
+        return net(x)
+
+    assert (logits(shallow) - logits(deeper)).abs().max() > 1e-3  # the plain init differs
+    net.zero_init_residual()
+    torch.testing.assert_close(logits(shallow), logits(deeper), rtol=0, atol=0)

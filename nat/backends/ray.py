@@ -255,6 +255,7 @@ def _adapt_loop(config: dict) -> None:
         data,
         TrainConfig(**config["train"]),
         sampler=categorical_sampler(space, np.array(config["top"])),
+        teacher=space.decode(np.array(config["teacher"])),
         device=torch.device("cpu"),
         progress=False,
         before_step=average_gradients,
@@ -286,7 +287,9 @@ class RayTrainAdapter:
         self.threads = threads
         self.calls = 0
 
-    def __call__(self, supernet: Supernet, top: np.ndarray, train: dict) -> None:
+    def __call__(
+        self, supernet: Supernet, top: np.ndarray, train: dict, teacher: np.ndarray
+    ) -> None:
         import torch
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
@@ -300,6 +303,7 @@ class RayTrainAdapter:
             "num_classes": supernet.num_classes,
             "state": {k: v.detach().cpu() for k, v in supernet.state_dict().items()},
             "top": top.tolist(),
+            "teacher": np.asarray(teacher).tolist(),
             "train": train,
             "threads": self.threads,
         }

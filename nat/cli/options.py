@@ -106,6 +106,8 @@ def _argument(option: Option) -> dict:
         parse = str if item is str else _number(item, option.size)
         kwargs["type"] = _list(parse, option.choices)
         kwargs["metavar"] = "A,B,..." if not option.choices else ",".join(option.choices)
+    elif kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
     elif kind is dict:
         kwargs["type"], kwargs["metavar"] = _json_object, "JSON"
     elif kind in (int, float):

@@ -43,8 +43,8 @@ STATE_FORMAT = "nat-search-state/1"
 
 # Evaluates a list of architectures with a supernet: the seam for parallel backends.
 Runner = Callable[[Supernet, list[Arch]], np.ndarray]
-# Adapts the supernet in place given the archive's best encodings and TrainConfig fields.
-Adapter = Callable[[Supernet, np.ndarray, dict], None]
+# (supernet, the archive's best encodings, TrainConfig as a dict, the teacher's encoding)
+Adapter = Callable[[Supernet, np.ndarray, dict, np.ndarray], None]
 
 
 @dataclass
@@ -149,6 +149,14 @@ class NATSearch:
         self.history: list[dict] = []
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
+        # The pre-training recipe's (run() sets it from the spec): adaptation and hand-back
+        # distil from the same teacher as pre-training did.
+        self.teacher_multiple = TrainConfig().teacher_multiple
+
+    def teacher(self) -> Arch:
+        """The subnet the others are distilled from: the largest within
+        ``teacher_multiple`` × the budgets."""
+        return self.budgets.teacher(self.teacher_multiple)
 
     # -- steps ---------------------------------------------------------------------------
     def _evaluate(self, X: np.ndarray) -> np.ndarray:
@@ -211,7 +219,7 @@ class NATSearch:
             seed=self.config.seed * 1000 + iteration,
         )
         if self.adapter is not None:  # e.g. data-parallel on a Ray cluster
-            self.adapter(self.supernet, top, asdict(config))
+            self.adapter(self.supernet, top, asdict(config), self.space.encode(self.teacher()))
         else:
             train_supernet(
                 self.supernet,
@@ -219,6 +227,7 @@ class NATSearch:
                 config,
                 sampler=categorical_sampler(self.space, top),
                 progress=self.progress,
+                teacher=self.teacher(),
             )
         self.supernet.eval()
         self.archive.set_accuracy(self._evaluate(self.archive.X))

@@ -13,7 +13,7 @@ from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.optimize import minimize
 
-from search_spaces import SearchSpace
+from search_spaces import Arch, SearchSpace
 
 __all__ = ["Budgets", "SpaceRepair", "SurrogateProblem", "make_nsga2", "run_nsga2"]
 
@@ -55,8 +55,56 @@ class Budgets:
         cols = [(values[m] - self.limits[m]) / self.limits[m] for m in self.constrained]
         return np.stack(cols, axis=1) if cols else np.zeros((len(np.atleast_2d(X)), 0))
 
-    def feasible(self, X: np.ndarray) -> np.ndarray:
-        return np.all(self.violation(X) <= 0, axis=1)
+    def feasible(self, X: np.ndarray, multiple: float = 1.0) -> np.ndarray:
+        """Which rows of ``X`` fit ``multiple`` × every budget."""
+        return np.all(self.violation(X) <= multiple - 1, axis=1)
+
+    def teacher(self, multiple: float) -> Arch:
+        """The distillation teacher for training toward these budgets: the space's largest
+        subnet if it fits ``multiple`` × every budget, else the largest shrunk one choice at a
+        time until it fits, each step taking the choice that loses the least log-size
+        (params and MACs) per unit of excess removed. A teacher ten times over the budget
+        costs ten times the compute and teaches subnets what they cannot hold (issue 10)."""
+        space = self.space
+        x = space.encode(space.largest())
+        if multiple <= 0 or not self.constrained:
+            return space.decode(x)
+
+        def excess(X: np.ndarray) -> np.ndarray:
+            return np.max(self.violation(X) - (multiple - 1), axis=1)
+
+        def log_size(X: np.ndarray) -> np.ndarray:
+            return np.log(np.stack(self.space.complexity(X, self.num_classes))).sum(0)
+
+        while (now := excess(x[None])[0]) > 0:
+            steps = np.flatnonzero(x > space.lower)
+            candidates = np.repeat(x[None], len(steps), axis=0)
+            candidates[np.arange(len(steps)), steps] -= 1
+            candidates = space.repair(candidates)
+            removed = now - excess(candidates)
+            lost = log_size(x[None])[0] - log_size(candidates)
+            useful = removed > 0
+            if not useful.any():  # cannot happen: the smallest subnet fits (checked above)
+                raise ValueError(f"no subnet fits {multiple} x the budgets")
+            cost = np.where(useful, lost / np.where(useful, removed, 1), np.inf)
+            x = candidates[int(np.argmin(cost))]
+        return space.decode(x)
+
+    def sampler(self, multiple: float = 1.0) -> Callable[[np.random.Generator], Arch]:
+        """Draws subnets uniformly among those within ``multiple`` × every budget (rejection
+        sampling in batches; the smallest subnet when fewer than 1 in 6,400 fit): training
+        time goes to the subnets a search can return."""
+        space = self.space
+
+        def sample(rng: np.random.Generator) -> Arch:
+            for _ in range(100):
+                X = space.sample(64, rng)
+                fits = np.flatnonzero(self.feasible(X, multiple))
+                if len(fits):
+                    return space.decode(X[fits[0]])
+            return space.smallest()
+
+        return sample
 
 
 class SpaceRepair(Repair):

@@ -104,13 +104,16 @@ def train_supernet(
     progress: bool = True,
     before_step: Callable[[Supernet], None] | None = None,
     resume: bool = False,
+    teacher: Arch | None = None,
 ) -> list[dict]:
-    """Train with the sandwich rule: each step back-propagates the largest subnet on the
-    labels, then the smallest and ``config.random_subnets`` sampled subnets on a mix of the
-    largest one's softened predictions (in-place distillation) and the labels, weighted by
-    ``config.distill_weight``; one optimiser step per batch.
+    """Train with the sandwich rule: each step back-propagates the ``teacher`` subnet
+    (default: the space's largest) on the labels, then the smallest and
+    ``config.random_subnets`` sampled subnets on a mix of the teacher's softened predictions
+    (in-place distillation) and the labels, weighted by ``config.distill_weight``; one
+    optimiser step per batch.
 
-    ``sampler`` draws the random subnets (default: uniform over the space). After every
+    ``sampler`` draws the random subnets (default: uniform over the space);
+    :meth:`nat.engine.problem.Budgets.teacher` and ``.sampler`` fit both to a budget. After every
     epoch the checkpoint (if given) is rewritten atomically, with the optimiser's, the
     schedule's and the random generators' states: with ``resume``, training continues from
     the checkpoint's last epoch and ends with the weights an uninterrupted run would have.
@@ -128,7 +131,7 @@ def train_supernet(
         def sampler(g: np.random.Generator) -> Arch:
             return space.decode(space.sample(1, g)[0])
 
-    largest, smallest = space.largest(), space.smallest()
+    largest, smallest = teacher or space.largest(), space.smallest()
     loader = make_loader(
         data.train,
         config.batch_size,

@@ -12,6 +12,7 @@ from .common import FULL, QUICK, Bench, machine, render
 from .fidelity import bench_fidelity
 from .growth import bench_growth
 from .heuristic import bench_heuristic
+from .quality import bench_quality
 from .search import bench_search
 from .speed import bench_speed
 from .surrogate import bench_surrogate
@@ -25,6 +26,7 @@ BENCHES = {
     "surrogate": bench_surrogate,
     "speed": bench_speed,
     "growth": bench_growth,
+    "quality": bench_quality,
 }
 
 

@@ -76,6 +76,27 @@ class Settings:
     train_resolution: int = 64
     train_steps: int = 8
     ray_archs: int = 24
+    # quality: a split of its own (half train, a quarter each val and test), nat search with
+    # its defaults at each budget, the from-scratch peers, fidelity and recipe ablations
+    quality_space: str = "mbv2"
+    quality_subset: int = 20_000
+    quality_holdout: float = 0.25
+    quality_resolution: int = 32
+    quality_budgets: tuple[float, ...] = (3e5, 1e6)
+    quality_epochs: int = 15
+    quality_max_epochs: int = 1000  # cap of (c), the peers trained as long as the search
+    quality_fidelity_archs: int = 10
+    quality_options: dict = field(default_factory=dict)  # flat run options beyond the defaults
+    quality_ablations: dict = field(
+        default_factory=lambda: {
+            "no zero-init gamma": {"zero_init_residual": False},
+            "teacher = space's largest, uniform sampling": {
+                "teacher_multiple": 0,
+                "sample_multiple": 0,
+            },
+            "batch 64, lr 0.05 (the old recipe)": {"pretrain_batch_size": 64, "pretrain_lr": 0.05},
+        }
+    )
     # cost growth
     archive_sizes: tuple[int, ...] = (20, 40, 80, 120)
     population_sizes: tuple[int, ...] = (20, 40, 80, 160)
@@ -116,6 +137,26 @@ QUICK = Settings(
     ray_archs=4,
     archive_sizes=(8, 16),
     population_sizes=(8, 16),
+    quality_subset=600,
+    quality_resolution=16,
+    quality_budgets=(3e5,),
+    quality_epochs=1,
+    quality_max_epochs=2,
+    quality_fidelity_archs=3,
+    quality_options={
+        "width_mults": [0.25, 0.5],
+        "pretrain_epochs": 1,
+        "iterations": 1,
+        "doe_size": 4,
+        "candidates": 2,
+        "population": 8,
+        "generations": 2,
+        "adapt_epochs": 0,
+        "finetune_epochs": 1,
+        "finetune_top": 1,
+        "bn_batches": 2,
+    },
+    quality_ablations={"no zero-init gamma": {"zero_init_residual": False}},
 )
 
 
@@ -216,14 +257,13 @@ class Bench:
         return copy.deepcopy(self._pretrained).eval()
 
     # -- NAT runs --------------------------------------------------------------------------
-    def nat_spec(self, seed: int, adapt_epochs: int = 1, out: Path | None = None) -> RunSpec:
+    def nat_spec(self, seed: int, adapt_epochs: int = 1) -> RunSpec:
         """A NAT search from the shared supernet, as is (no pre-training of its own)."""
         return self.spec(
             seed,
             checkpoint=str(self.pretrained_path()),
             pretrain_epochs=0,
             adapt_epochs=adapt_epochs,
-            out=None if out is None else str(out),
         )
 
     def nat_search(self, seed: int, adapt_epochs: int) -> SearchResult:
@@ -233,10 +273,16 @@ class Bench:
     def nat_run(self, seed: int) -> tuple[Path, float]:
         """(the run folder of seed ``seed``'s NAT search, its seconds): run now unless a
         finished one of the same spec and pre-trained supernet is cached."""
-        folder = self.out / "cache" / f"nat-seed{seed}"
+        spec = self.nat_spec(seed)  # pre-trains first: sets pretrain_key
+        return self.cached_run(f"nat-seed{seed}", spec, self.pretrain_key)
+
+    def cached_run(self, name: str, spec: RunSpec, depends_on: str = "") -> tuple[Path, float]:
+        """(the folder of ``spec``'s run under ``cache/name``, its wall seconds): run now
+        unless a finished run of the same spec (and ``depends_on``) is cached there."""
+        folder = self.out / "cache" / name
         stamp = folder.with_name(folder.name + ".done.json")
-        spec = self.nat_spec(seed, out=folder)  # pre-trains first: sets pretrain_key
-        key = _digest({"spec": spec.to_dict(), "pretrained": self.pretrain_key})
+        spec = RunSpec.from_options(spec, out=str(folder))
+        key = _digest({"spec": {**spec.to_dict(), "out": None}, "depends_on": depends_on})
         if stamp.is_file() and (folder / "archive.json").is_file():
             done = json.loads(stamp.read_text())
             if done.get("key") == key:

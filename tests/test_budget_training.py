@@ -1,0 +1,61 @@
+"""Budget-aware supernet training: the teacher and the sampled subnets fit the budget."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import SPACES
+
+import search_spaces
+import supernets
+from nat.data import load_dataset
+from nat.engine.problem import Budgets
+from nat.training.train import TrainConfig, train_supernet
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_teacher_is_the_largest_that_fits_a_multiple_of_the_budget(name):
+    space = search_spaces.get(name)
+    largest, smallest = (space.complexity(a, 10)[0] for a in (space.largest(), space.smallest()))
+    assert Budgets(space, 10, largest).teacher(2.0) == space.largest()
+    assert Budgets(space, 10, None).teacher(2.0) == space.largest()
+    budget = (smallest + largest) / 4
+    teacher = Budgets(space, 10, budget).teacher(2.0)
+    params = space.complexity(teacher, 10)[0]
+    assert budget < params <= 2 * budget  # uses the multiple, and keeps to it
+    assert Budgets(space, 10, budget).teacher(0) == space.largest()  # 0: no budget awareness
+
+
+def test_teacher_fits_a_macs_budget_too():
+    space = search_spaces.get("mbv2")
+    macs = space.complexity(space.largest(), 10)[1]
+    teacher = Budgets(space, 10, max_macs=macs / 4).teacher(1.5)
+    assert space.complexity(teacher, 10)[1] <= 1.5 * macs / 4
+
+
+def test_sampler_draws_only_subnets_within_the_multiple_of_the_budget():
+    space = search_spaces.get("mbv2")
+    smallest = space.complexity(space.smallest(), 10)[0]
+    budgets = Budgets(space, 10, 2 * smallest)
+    rng = np.random.default_rng(0)
+    for multiple in (1.0, 1.5):
+        params = [space.complexity(budgets.sampler(multiple)(rng), 10)[0] for _ in range(30)]
+        assert max(params) <= multiple * 2 * smallest
+        assert len(set(params)) > 10  # random, not one subnet
+    assert max(params) > 2 * smallest  # the multiple widens the draw
+
+
+def test_training_distils_from_the_given_teacher(monkeypatch):
+    space = search_spaces.get("resnet", resolutions=(12,), width_mults=(0.125, 0.25))
+    data = load_dataset("digits", image_size=12, seed=0, subset=256)
+    torch.manual_seed(0)
+    net = supernets.build_supernet(space, data.num_classes)
+    teacher = Budgets(space, 10, space.complexity(space.largest(), 10)[0] / 3).teacher(1.5)
+    assert teacher != space.largest()
+    active = []
+    original = net.set_active
+    monkeypatch.setattr(net, "set_active", lambda a: (active.append(a), original(a)))
+    config = TrainConfig(epochs=1, batch_size=64, random_subnets=1)
+    train_supernet(net, data, config, progress=False, teacher=teacher)
+    steps = len(active) // 3  # teacher, smallest, one random subnet per step (+ one at the end)
+    assert steps >= 2 and [active[3 * i] for i in range(steps)] == [teacher] * steps
+    assert space.largest() not in active
