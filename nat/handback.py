@@ -46,8 +46,11 @@ def hand_back(
     chosen = set(by_accuracy[: spec.top]) if spec.epochs else set()
     teacher = None
     if chosen:
-        largest = search.teacher()
-        teacher = (evaluator.evaluate_one(search.supernet, largest)[1], largest.resolution)
+        teacher_arch = search.teacher()
+        teacher = (
+            evaluator.evaluate_one(search.supernet, teacher_arch)[1],
+            teacher_arch.resolution,
+        )
     models = []
     for i in result.front:
         arch = space.decode(result.archive.entries[i].x)

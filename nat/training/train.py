@@ -142,7 +142,7 @@ def train_supernet(
         def sampler(g: np.random.Generator) -> Arch:
             return space.decode(space.sample(1, g)[0])
 
-    largest, smallest = teacher or space.largest(), space.smallest()
+    teacher, smallest = teacher or space.largest(), space.smallest()
     loader = make_loader(
         data.train,
         config.batch_size,
@@ -186,8 +186,8 @@ def train_supernet(
             images, labels = images.to(device), labels.to(device)
             lr = schedule.get_last_lr()[0]
             optimizer.zero_grad(set_to_none=True)
-            supernet.set_active(largest)
-            logits = supernet(_batch(images, largest.resolution))
+            supernet.set_active(teacher)
+            logits = supernet(_batch(images, teacher.resolution))
             loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             loss.backward()
             soft_targets = F.softmax(logits.detach() / temperature, dim=1)
@@ -216,7 +216,7 @@ def train_supernet(
             loss_sum += step_loss
             batches += 1
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.4f}")
-        supernet.set_active(largest)
+        supernet.set_active(teacher)
         record = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(1, batches),
