@@ -1,6 +1,7 @@
 """What a search hands back: the front's subnets as models, the most accurate of them
-fine-tuned from their inherited weights (distilled from the supernet's teacher subnet), each
-scored on validation and on the test split that no step of the search has seen."""
+fine-tuned from their inherited weights (on the labels, optionally distilled from the
+supernet's teacher subnet), each scored on validation and on the test split that no step of
+the search has seen."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def hand_back(
     by_accuracy = sorted(result.front, key=lambda i: -result.archive.entries[i].accuracy)
     chosen = set(by_accuracy[: spec.top]) if spec.epochs else set()
     teacher = None
-    if chosen:
+    if chosen and spec.distill_weight > 0:
         teacher_arch = search.teacher()
         teacher = (
             evaluator.evaluate_one(search.supernet, teacher_arch)[1],
@@ -64,6 +65,7 @@ def hand_back(
                 arch.resolution,
                 spec.epochs,
                 lr=spec.lr,
+                weight_decay=spec.weight_decay,
                 batch_size=cfg.batch_size,
                 seed=cfg.seed,
                 progress=progress,

@@ -54,6 +54,7 @@ _RENAMED = {
     ("finetune", "epochs"): "finetune_epochs",
     ("finetune", "top"): "finetune_top",
     ("finetune", "lr"): "finetune_lr",
+    ("finetune", "weight_decay"): "finetune_weight_decay",
     ("finetune", "distill_weight"): "finetune_distill_weight",
 }
 _DERIVED = {

@@ -16,11 +16,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["STEMS", "Arch", "ArchArrays", "Block", "Stage", "make_divisible"]
+__all__ = ["STEMS", "STEM_STRIDES", "Arch", "ArchArrays", "Block", "Stage", "make_divisible"]
 
+# Stem name -> stride of the stem convolution.
 # "small": stride-1 stem without max-pool, for 32x32-class inputs (CIFAR-style);
+# "stride2": the small stem at stride 2, a quarter of its MACs downstream (16x16 after the stem
+#   at 32 px) for a CPU budget;
 # "imagenet": the torchvision stem (stride 2, plus a max-pool for ResNet and ShuffleNetV2).
-STEMS = ("small", "imagenet")
+STEM_STRIDES = {"small": 1, "stride2": 2, "imagenet": 2}
+STEMS = tuple(STEM_STRIDES)
 
 
 def make_divisible(value: float | np.ndarray, divisor: int = 8) -> int | np.ndarray:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .arch import ArchArrays, make_divisible
+from .arch import STEM_STRIDES, ArchArrays, make_divisible
 from .base import SearchSpace, conv, head, out_size, register
 
 __all__ = ["MBv2Space"]
@@ -20,7 +20,11 @@ STEM_CHANNELS, FIRST_CHANNELS, HEAD_CHANNELS = 32, 16, 1280
 STAGE_CHANNELS = (24, 32, 64, 96, 160, 320)
 MAX_DEPTHS = (2, 3, 4, 3, 3, 1)
 # "small" keeps the stem and the first stage at stride 1: total stride 8 for 32x32 inputs.
-STAGE_STRIDES = {"imagenet": (2, 2, 2, 1, 2, 1), "small": (1, 2, 2, 1, 2, 1)}
+STAGE_STRIDES = {
+    "imagenet": (2, 2, 2, 1, 2, 1),
+    "small": (1, 2, 2, 1, 2, 1),
+    "stride2": (1, 2, 2, 1, 2, 1),
+}
 
 
 @register("mbv2")
@@ -81,7 +85,7 @@ class MBv2Space(SearchSpace):
     @staticmethod
     def complexity_of_arrays(arrays: ArchArrays, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         a = arrays
-        size = out_size(a.resolution, 2 if a.stem == "imagenet" else 1)
+        size = out_size(a.resolution, STEM_STRIDES[a.stem])
         params, macs = conv(3, a.stem_channels, 3, size)
         c_in = a.stem_channels
         for s in range(len(a.strides)):

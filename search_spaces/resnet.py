@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .arch import ArchArrays, make_divisible
+from .arch import STEM_STRIDES, ArchArrays, make_divisible
 from .base import SearchSpace, conv, head, out_size, register
 
 __all__ = ["ResNetSpace"]
@@ -67,7 +67,7 @@ class ResNetSpace(SearchSpace):
     def complexity_of_arrays(arrays: ArchArrays, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         a = arrays
         imagenet = a.stem == "imagenet"
-        size = out_size(a.resolution, 2 if imagenet else 1)
+        size = out_size(a.resolution, STEM_STRIDES[a.stem])
         params, macs = conv(3, a.stem_channels, 7 if imagenet else 3, size)
         if imagenet:
             size = out_size(size, 2)  # max-pool

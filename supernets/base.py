@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from search_spaces import Arch, Block, SearchSpace
+from search_spaces import STEM_STRIDES, Arch, Block, SearchSpace
 
 from .ops import ConvBN, DynamicBatchNorm2d, DynamicConv2d, DynamicConvBN, DynamicLinear
 
@@ -72,8 +72,8 @@ def _stem_geometry(family: Family, stem: str) -> tuple[int, int, nn.Module]:
     """(kernel size, stride, pooling module) of a family's stem."""
     if stem == "imagenet":
         pool = nn.MaxPool2d(3, 2, 1) if family.stem_pool_imagenet else nn.Identity()
-        return family.stem_kernel_imagenet, 2, pool
-    return 3, 1, nn.Identity()
+        return family.stem_kernel_imagenet, STEM_STRIDES[stem], pool
+    return 3, STEM_STRIDES[stem], nn.Identity()
 
 
 class StaticNet(nn.Module):

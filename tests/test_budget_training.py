@@ -44,6 +44,24 @@ def test_sampler_draws_only_subnets_within_the_multiple_of_the_budget():
     assert max(params) > 2 * smallest  # the multiple widens the draw
 
 
+def test_sampler_is_uniform_in_size_not_in_the_encoding():
+    # Two widths: uniform draws in the encoding crowd the narrow width's sizes, far below
+    # the budget.
+    space = search_spaces.get("mbv2", resolutions=(16, 20, 24), width_mults=(0.25, 0.5))
+    smallest, budget = space.complexity(space.smallest(), 10)[0], 400_000
+    rng = np.random.default_rng(0)
+    drawn = np.array(
+        [space.complexity(Budgets(space, 10, budget).sampler(1.0)(rng), 10)[0] for _ in range(200)]
+    )
+    top = smallest + 0.75 * (budget - smallest)  # the quarter of sizes nearest the budget
+    X = space.sample(4000, rng)
+    params = space.complexity(X, 10)[0]
+    uniform = params[params <= budget]
+    assert drawn.max() <= budget
+    assert np.mean(drawn > top) > 0.15  # about a quarter
+    assert np.mean(drawn > top) > 2 * np.mean(uniform > top)
+
+
 def test_training_distils_from_the_given_teacher(monkeypatch):
     space = search_spaces.get("resnet", resolutions=(12,), width_mults=(0.125, 0.25))
     data = load_dataset("digits", image_size=12, seed=0, subset=256)

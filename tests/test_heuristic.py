@@ -330,3 +330,24 @@ def test_a_300k_budget_is_accepted_on_the_default_spaces(name):
     from nat.spec import RunSpec
 
     preflight(RunSpec.from_options(space=name, max_params=300e3))
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_the_search_seeds_the_heuristic_that_uses_90_percent_of_the_budget(name):
+    # The seed a search starts from is the same Feillet architecture as the baseline's.
+    import supernets
+    from nat.data import load_dataset
+    from nat.engine.heuristic import budget_width_mults
+    from nat.engine.loop import NATSearch
+    from nat.spec import SearchConfig
+
+    budget = 300e3
+    widths = budget_width_mults(search_spaces.get(name), 10, max_params=budget)
+    space = search_spaces.get(name, width_mults=widths)
+    data = load_dataset("digits", image_size=8, seed=0, subset=100)
+    search = NATSearch(
+        supernets.build_supernet(space, 10), data, SearchConfig(max_params=budget), progress=False
+    )
+    params = space.complexity(search.heuristic_seeds(), 10)[0]
+    assert params.max() == feillet(budget, None, 10, space=space).params
+    assert 0.9 * budget <= params.max() <= budget

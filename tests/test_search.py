@@ -23,6 +23,7 @@ TINY = dict(
     bn_batches=2,
     finetune_epochs=2,
     finetune_top=2,
+    finetune_distill_weight=0.5,  # the teacher path; the default trains on labels only
     progress=False,
     space_options={"resolutions": [12, 16], "width_mults": [0.25, 0.5]},
 )

@@ -88,9 +88,9 @@ def test_analytic_complexity_matches_a_real_forward(name, resolution):
         assert abs(macs - expected_macs) <= 0.01 * expected_macs
 
 
-@pytest.mark.parametrize("stem", ["small", "imagenet"])
+@pytest.mark.parametrize("stem", search_spaces.STEMS)
 @pytest.mark.parametrize("name", SPACES)
-def test_static_model_params_match_analytic_for_both_stems(name, stem):
+def test_static_model_params_match_analytic_for_every_stem(name, stem):
     space = search_spaces.get(name, stem=stem)
     arch = space.largest()
     params, macs = profile(supernets.build_static(arch, 1000), arch.resolution)

@@ -91,17 +91,25 @@ class Budgets:
         return space.decode(x)
 
     def sampler(self, multiple: float = 1.0) -> Callable[[np.random.Generator], Arch]:
-        """Draws subnets uniformly among those within ``multiple`` × every budget (rejection
-        sampling in batches; the smallest subnet when fewer than 1 in 6,400 fit): training
-        time goes to the subnets a search can return."""
+        """Draws subnets within ``multiple`` × every budget, uniformly in size rather than in
+        the encoding (AttentiveNAS / AlphaNet draw uniformly in FLOPs): a target size
+        between the smallest subnet's and ``multiple`` × the budget, then the closest of 256
+        random subnets that fit. Uniform draws in the encoding pile up mid-range and leave the
+        subnets near the budget, the ones a search returns, undertrained. Size is the largest
+        ratio to a budget; without budgets, the draw is uniform in the encoding."""
         space = self.space
+        if not self.constrained or multiple <= 0:
+            return lambda rng: space.decode(space.sample(1, rng)[0])
+        low = float(np.max(self.violation(space.encode(space.smallest())[None]))) + 1
 
         def sample(rng: np.random.Generator) -> Arch:
-            for _ in range(100):
-                X = space.sample(64, rng)
-                fits = np.flatnonzero(self.feasible(X, multiple))
+            target = rng.uniform(low, multiple)
+            for _ in range(25):
+                X = space.sample(256, rng)
+                size = np.max(self.violation(X), axis=1) + 1
+                fits = np.flatnonzero(size <= multiple)
                 if len(fits):
-                    return space.decode(X[fits[0]])
+                    return space.decode(X[fits[np.argmin(np.abs(size[fits] - target))]])
             return space.smallest()
 
         return sample
