@@ -19,11 +19,13 @@ __all__ = ["MBv2Space"]
 STEM_CHANNELS, FIRST_CHANNELS, HEAD_CHANNELS = 32, 16, 1280
 STAGE_CHANNELS = (24, 32, 64, 96, 160, 320)
 MAX_DEPTHS = (2, 3, 4, 3, 3, 1)
-# "small" keeps the stem and the first stage at stride 1: total stride 8 for 32x32 inputs.
+# The small stems keep the first stage at stride 1: total stride 8 for 32x32 inputs with the
+# "small" stem, 16 with "stride2" (its stem has stride 2).
+_SMALL_STAGE_STRIDES = (1, 2, 2, 1, 2, 1)
 STAGE_STRIDES = {
     "imagenet": (2, 2, 2, 1, 2, 1),
-    "small": (1, 2, 2, 1, 2, 1),
-    "stride2": (1, 2, 2, 1, 2, 1),
+    "small": _SMALL_STAGE_STRIDES,
+    "stride2": _SMALL_STAGE_STRIDES,
 }
 
 
