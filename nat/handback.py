@@ -11,12 +11,13 @@ from torch import nn
 
 from search_spaces import Arch
 
+from .data import DataSplits
 from .engine.loop import NATSearch, SearchResult
 from .spec import FinetuneSpec
 from .training.evaluate import SubnetEvaluator
 from .training.train import evaluate, finetune
 
-__all__ = ["FrontModel", "hand_back"]
+__all__ = ["FrontModel", "finetune_if_better", "hand_back"]
 
 
 @dataclass
@@ -31,7 +32,8 @@ class FrontModel:
     inherited_test_accuracy: float
     val_accuracy: float
     test_accuracy: float
-    finetune_epochs: int
+    finetune_epochs: int  # in the exported weights: 0 when not fine-tuned, or not kept
+    finetuned_val_accuracy: float | None = None  # after fine-tuning, kept or not
 
 
 def hand_back(
@@ -39,7 +41,9 @@ def hand_back(
 ) -> list[FrontModel]:
     """The front's subnets, in front order. Each is extracted with BatchNorm recalibrated on
     the batches in-process evaluation uses (so any backend gives the same models); the
-    ``spec.top`` most accurate are then fine-tuned for ``spec.epochs``."""
+    ``spec.top`` most accurate are then fine-tuned for ``spec.epochs``, and the fine-tuned
+    weights kept only if they score higher on validation than the inherited ones (validation
+    chooses, as it chose the front; the test split only scores)."""
     cfg, data, space = search.config, search.data, result.archive.space
     evaluator = SubnetEvaluator(data, cfg.bn_batches, cfg.batch_size, cfg.seed)
     test_batches = evaluator.batches(data.test)
@@ -59,22 +63,60 @@ def hand_back(
         test = evaluate(model, test_batches, arch.resolution)
         front_model = FrontModel(i, arch, model, val, test, val, test, 0)
         if i in chosen:
-            finetune(
+            tuned, kept = finetune_if_better(
                 model,
-                data,
                 arch.resolution,
-                spec.epochs,
-                lr=spec.lr,
-                weight_decay=spec.weight_decay,
+                data,
+                evaluator.val_batches,
+                val,
+                spec,
                 batch_size=cfg.batch_size,
                 seed=cfg.seed,
-                progress=progress,
                 teacher=teacher,
-                distill_weight=spec.distill_weight,
+                progress=progress,
             )
-            model.cpu()
-            front_model.val_accuracy = evaluate(model, evaluator.val_batches, arch.resolution)
-            front_model.test_accuracy = evaluate(model, test_batches, arch.resolution)
-            front_model.finetune_epochs = spec.epochs
+            front_model.finetuned_val_accuracy = tuned
+            if kept:
+                front_model.val_accuracy = tuned
+                front_model.test_accuracy = evaluate(model, test_batches, arch.resolution)
+                front_model.finetune_epochs = spec.epochs
         models.append(front_model)
     return models
+
+
+def finetune_if_better(
+    model: nn.Module,
+    resolution: int,
+    data: DataSplits,
+    val_batches: list,
+    val_accuracy: float,
+    spec: FinetuneSpec,
+    *,
+    batch_size: int,
+    seed: int,
+    teacher: tuple[nn.Module, int] | None = None,
+    progress: bool = False,
+) -> tuple[float, bool]:
+    """Fine-tune ``model`` (at ``resolution`` px) with ``spec``'s recipe, and keep the new
+    weights only if they beat ``val_accuracy``, the current weights' score on ``val_batches``;
+    otherwise restore the current weights. Returns (fine-tuned validation accuracy in 0..1,
+    whether it was kept)."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    finetune(
+        model,
+        data,
+        resolution,
+        spec.epochs,
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        teacher=teacher,
+        distill_weight=spec.distill_weight,
+    )
+    model.cpu()
+    tuned = evaluate(model, val_batches, resolution)
+    if tuned <= val_accuracy:
+        model.load_state_dict(before)
+    return tuned, tuned > val_accuracy

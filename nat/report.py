@@ -37,7 +37,7 @@ def _front_rows(result: SearchResult) -> list[dict]:
             {
                 "rank": rank,
                 "accuracy": e.accuracy,
-                "finetuned_accuracy": m.val_accuracy if m.finetune_epochs else None,
+                "finetuned_accuracy": m.finetuned_val_accuracy,
                 "inherited_test_accuracy": m.inherited_test_accuracy,
                 "test_accuracy": m.test_accuracy,
                 "finetune_epochs": m.finetune_epochs,
@@ -105,6 +105,14 @@ def _plot(path: Path, result: SearchResult) -> None:
     save_figure(fig, path)
 
 
+def _finetuned_cell(accuracy: float | None, epochs: int) -> str:
+    """Fine-tuned validation accuracy for the report: "-" when not fine-tuned, and a mark
+    when fine-tuning did not beat the inherited weights, which are then exported."""
+    if accuracy is None:
+        return "-"
+    return f"{accuracy:.2%} ({epochs} ep)" if epochs else f"{accuracy:.2%} (not kept)"
+
+
 def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> str:
     cfg, archive = search.config, result.archive
     budgets = ", ".join(f"{m} ≤ {v:,.0f}" for m, v in search.budgets.limits.items() if v) or "none"
@@ -137,11 +145,7 @@ def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> 
     ]
     lines += [
         f"| {r['rank']} | {r['accuracy']:.2%} | "
-        + (
-            f"{r['finetuned_accuracy']:.2%} ({r['finetune_epochs']} ep)"
-            if r["finetune_epochs"]
-            else "-"
-        )
+        + (_finetuned_cell(r["finetuned_accuracy"], r["finetune_epochs"]))
         + f" | {r['test_accuracy']:.2%} | {r['params']:,} | {r['macs']:,} | "
         f"{r['resolution']} | {r['depths']} | {r['source']} | {r['folder']} |"
         for r in front_rows
@@ -206,6 +210,7 @@ def write_outputs(search: NATSearch, result: SearchResult, out_dir: str | Path) 
                 "inherited_val_accuracy": m.inherited_val_accuracy,
                 "inherited_test_accuracy": m.inherited_test_accuracy,
                 "finetune_epochs": m.finetune_epochs,
+                "finetuned_val_accuracy": m.finetuned_val_accuracy,
                 "class_names": search.data.class_names,
                 "input": "RGB, resolution x resolution px, pixels scaled to -1..1",
             },

@@ -62,7 +62,9 @@ def data_settings_of(spec: RunSpec) -> dict:
     image_size = spec.data.image_size or max(spec.build_space().resolutions)
     d = spec.data
     seed = spec.seed if d.split_seed is None else d.split_seed
-    settings = data_settings(d.source, image_size, seed, d.subset, d.val_fraction, d.test_fraction)
+    settings = data_settings(
+        d.source, image_size, seed, d.subset, d.val_fraction, d.test_fraction, d.classes
+    )
     settings["cache_dir"] = d.cache_dir
     return settings
 

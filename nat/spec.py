@@ -229,9 +229,20 @@ class DataSpec:
         ),
     )
 
+    classes: tuple[str, ...] = field(
+        default=(),
+        metadata=_help(
+            "keep only these classes, by name or number (default: all), e.g. the first "
+            "state's classes of an incremental scenario; each image keeps its split"
+        ),
+    )
+
     def __post_init__(self) -> None:
         if not self.source:
             raise OptionError("source", "give 'digits', an ImageFolder directory or a .tar.gz")
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if len(self.classes) == 1:
+            raise OptionError("classes", "give at least 2 classes, or none for all")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0 < value < 1:

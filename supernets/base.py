@@ -106,10 +106,25 @@ class StaticNet(nn.Module):
     def arch(self) -> Arch:
         return Arch.from_json(self.arch_json)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's input: globally pooled features, ``[N, classifier.in_features]``."""
         x = self.pool(self.act(self.stem(x)))
-        x = self.head_act(self.head(self.stages(x)))
-        return self.classifier(x.mean((2, 3)))
+        return self.head_act(self.head(self.stages(x))).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def drop_last_activation(self) -> None:
+        """Remove the activation before global pooling (the head's, or the last block's
+        output ReLU without a head), so the features can be negative: what a cosine
+        classifier wants (LUCIR). In place; no weights change."""
+        if self.arch.head_channels:
+            self.head_act = nn.Identity()
+            return
+        last = self.stages[-1][-1]
+        if not hasattr(last, "out_act"):
+            raise ValueError(f"{self.arch.family} blocks have no output activation to remove")
+        last.out_act = nn.Identity()
 
 
 class Supernet(nn.Module):

@@ -24,9 +24,10 @@ class BasicBlock(nn.Module):
             ConvBN(c_in, c_out, 1, stride) if stride != 1 or c_in != c_out else nn.Identity()
         )
         self.act = nn.ReLU()
+        self.out_act = nn.ReLU()  # its own module, so that the last one can be removed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
+        return self.out_act(self.conv2(self.act(self.conv1(x))) + self.shortcut(x))
 
 
 class DynamicBasicBlock(nn.Module):

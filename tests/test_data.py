@@ -283,3 +283,21 @@ def test_make_loader_batches(digits: DataSplits) -> None:
     first_epoch = [labels.tolist() for _, labels in epochs]
     second_epoch = [labels.tolist() for _, labels in epochs]
     assert first_epoch != second_epoch  # Reshuffled every epoch.
+
+
+def test_a_run_on_some_classes_keeps_each_image_in_its_split_and_relabels_in_order():
+    from nat.run import load_data
+    from nat.spec import RunSpec
+
+    full = load_data(RunSpec.from_options(data="digits", seed=0))
+    some = load_data(RunSpec.from_options(data="digits", seed=0, classes=["7", "3"]))
+    assert some.num_classes == 2 and some.class_names == ["7", "3"]
+    for name in ("train", "val", "test"):
+        whole, part = getattr(full, name), getattr(some, name)
+        kept = (whole.labels == 7) | (whole.labels == 3)
+        assert torch.equal(part.indices, whole.indices[kept])  # same images, same split
+        assert torch.equal(part.labels, (whole.labels[kept] == 3).long())  # 7 -> 0, 3 -> 1
+    with pytest.raises(ValueError, match="unknown class 'cat'.*names, or numbers 0..9"):
+        load_dataset("digits", 8, classes=["3", "cat"])
+    with pytest.raises(ValueError, match="classes given twice: 3"):
+        load_dataset("digits", 8, classes=["3", "3"])

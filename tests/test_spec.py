@@ -55,6 +55,7 @@ def _other_value(option):
         "image_size": "32",
         "subset": "100",
         "finetune_distill_weight": "0.25",
+        "classes": "3,7",
     }
     if option.name in special:
         return special[option.name]
@@ -117,6 +118,7 @@ def test_unknown_keywords_name_the_nearest_option():
         ({"address": "nowhere"}, "--address"),
         ({"data": "no/such/folder"}, "--data"),
         ({"pretrain_lr": 0}, "--pretrain-lr"),
+        ({"classes": ["3"]}, "--classes"),
     ],
 )
 def test_errors_name_the_users_flag(options, flag):

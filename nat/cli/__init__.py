@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from . import compare, sample, search, train_supernet
+from . import cil, compare, sample, search, train_supernet
 
 __all__ = ["build_parser", "main"]
 
@@ -16,6 +16,7 @@ COMMANDS = {
     "sample": sample,
     "search": search,
     "compare": compare,
+    "cil": cil,
 }
 
 

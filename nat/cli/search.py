@@ -82,9 +82,12 @@ def print_front(result, out: Path) -> None:
     print("  inherited  fine-tuned  test      params          MACs  source")
     for m in result.models:
         e = archive.entries[m.index]
-        tuned = f"{m.val_accuracy:7.2%}" if m.finetune_epochs else "      -"
+        tuned = "-" if m.finetuned_val_accuracy is None else f"{m.finetuned_val_accuracy:7.2%}"
+        tuned += "" if m.finetune_epochs or m.finetuned_val_accuracy is None else "*"
         print(
             f"  {e.accuracy:9.2%}  {tuned:>10}  {m.test_accuracy:6.2%}  {e.params:>10,}  "
             f"{e.macs:>12,}  {e.source}"
         )
+    if any(m.finetuned_val_accuracy is not None and not m.finetune_epochs for m in result.models):
+        print("  * fine-tuning did not beat the inherited weights on validation; not kept")
     print(f"run folder: {out} (report.md, pareto.png, front/)")

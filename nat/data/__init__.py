@@ -42,6 +42,7 @@ from .sources import _MIN_IMAGE_SIZE, _load_digits, _load_path, _resolve_cache_d
 __all__ = [
     "DataSplits",
     "ImageTensorDataset",
+    "class_numbers",
     "data_settings",
     "load_dataset",
     "load_from_settings",
@@ -77,6 +78,41 @@ class DataSplits:
     num_classes: int
     class_names: list[str]
     image_size: int
+
+    def restricted(self, classes: Sequence[int]) -> DataSplits:
+        """Every split kept to ``classes`` (label numbers), relabelled 0, 1, ... in that
+        order. Each image stays in the split it was in, so a run on some classes never tests
+        on images that a run on all of them trains on."""
+        return DataSplits(
+            *(getattr(self, name).restricted(classes) for name in _SPLITS),
+            num_classes=len(classes),
+            class_names=[self.class_names[c] for c in classes],
+            image_size=self.image_size,
+        )
+
+
+_SPLITS = ("train", "train_eval", "val", "test")
+
+
+def class_numbers(class_names: Sequence[str], chosen: Sequence[str | int]) -> list[int]:
+    """The label numbers of ``chosen`` class names (or numbers), in their order. An unknown
+    name, a number out of range or a repeat is a ValueError that lists the classes."""
+    numbers = []
+    for c in chosen:
+        text = str(c)
+        if text in class_names:
+            numbers.append(class_names.index(text))
+        elif text.isdigit() and int(text) < len(class_names):
+            numbers.append(int(text))
+        else:
+            raise ValueError(
+                f"unknown class {text!r}: the data has {len(class_names)} classes, "
+                f"{', '.join(class_names)} (names, or numbers 0..{len(class_names) - 1})"
+            )
+    repeated = sorted({class_names[n] for n in numbers if numbers.count(n) > 1})
+    if repeated:
+        raise ValueError(f"classes given twice: {', '.join(repeated)}")
+    return numbers
 
 
 class ImageTensorDataset(Dataset):
@@ -134,6 +170,19 @@ class ImageTensorDataset(Dataset):
         """Return the int64 labels ``[M]`` of this split's images, in order."""
         return self._labels[self.indices]
 
+    def restricted(self, classes: Sequence[int], keep_labels: bool = False) -> ImageTensorDataset:
+        """The images whose label is in ``classes`` (no copy of the images), relabelled to
+        their class's position in ``classes`` (``keep_labels``: labels unchanged)."""
+        classes = torch.as_tensor(list(classes), dtype=torch.int64)
+        mapping = torch.full((int(self._labels.max()) + 1,), -1, dtype=torch.int64)
+        valid = (classes >= 0) & (classes < len(mapping))
+        if not bool(valid.all()) or len(classes.unique()) != len(classes):
+            raise ValueError(f"classes must be distinct labels, got {classes.tolist()}")
+        mapping[classes] = classes if keep_labels else torch.arange(len(classes))
+        labels = mapping[self._labels]
+        rows = self.indices[labels[self.indices] >= 0]
+        return ImageTensorDataset(self._images, labels, rows, self.augment, self.hflip)
+
 
 def _normalise(image: torch.Tensor) -> torch.Tensor:
     """Map uint8 pixels 0...255 to float32 -1...1 (mean 0.5, std 0.5 per channel)."""
@@ -184,6 +233,7 @@ def load_dataset(
     test_fraction: float = 0.1,
     subset: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    classes: Sequence[str | int] = (),
 ) -> DataSplits:
     """Load a dataset into memory and split it deterministically.
 
@@ -203,6 +253,10 @@ def load_dataset(
             total, spread over the classes as evenly as their sizes allow.
         cache_dir: Where archives are unpacked and decoded images are cached;
             defaults to ``$NAT_CACHE_DIR``, else ``~/.cache/nat``.
+        classes: If given, keep only these classes (names or label numbers), relabelled
+            0, 1, ... in this order, after the split of all classes (and after
+            ``subset``, which counts images of every class): each image is in the split
+            it would be in without ``classes``.
 
     Returns:
         The splits. Per class of ``n`` images (after ``subset``),
@@ -231,7 +285,7 @@ def load_dataset(
         rows = torch.from_numpy(indices)
         return ImageTensorDataset(images, labels, rows, augment=augment, hflip=hflip)
 
-    return DataSplits(
+    splits = DataSplits(
         train=view(train_idx, augment=True),
         train_eval=view(train_idx, augment=False),
         val=view(val_idx, augment=False),
@@ -240,6 +294,7 @@ def load_dataset(
         class_names=list(class_names),
         image_size=image_size,
     )
+    return splits.restricted(class_numbers(class_names, classes)) if classes else splits
 
 
 def _check_split_arguments(
@@ -360,6 +415,7 @@ def data_settings(
     subset: int | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
+    classes: Sequence[str] = (),
 ) -> dict:
     """The arguments of :func:`load_dataset` as a JSON-able record (paths made absolute), so
     that checkpoints and run folders can reload exactly the same splits."""
@@ -373,7 +429,7 @@ def data_settings(
         "subset": subset,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
-    }
+    } | ({"classes": list(classes)} if classes else {})  # older records stay as they were
 
 
 def load_from_settings(
@@ -388,4 +444,5 @@ def load_from_settings(
         val_fraction=settings.get("val_fraction", 0.1),
         test_fraction=settings.get("test_fraction", 0.1),
         cache_dir=cache_dir or settings.get("cache_dir"),
+        classes=settings.get("classes", ()),
     )

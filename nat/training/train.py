@@ -26,6 +26,7 @@ __all__ = [
     "evaluate",
     "evaluate_subnet",
     "finetune",
+    "input_batch",
     "resized",
     "train_supernet",
 ]
@@ -44,7 +45,7 @@ def default_device() -> torch.device:
 _LAYOUT = torch.channels_last
 
 
-def _batch(images: torch.Tensor, resolution: int) -> torch.Tensor:
+def input_batch(images: torch.Tensor, resolution: int) -> torch.Tensor:
     """``images`` at ``resolution`` px, in the training layout."""
     return resize_batch(images, resolution).contiguous(memory_format=_LAYOUT)
 
@@ -52,7 +53,7 @@ def _batch(images: torch.Tensor, resolution: int) -> torch.Tensor:
 def resized(loader: Iterable, resolution: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Iterate ``loader`` with its images resized to ``resolution`` px (channels-last)."""
     for images, labels in loader:
-        yield _batch(images, resolution), labels
+        yield input_batch(images, resolution), labels
 
 
 @torch.no_grad()
@@ -187,14 +188,14 @@ def train_supernet(
             lr = schedule.get_last_lr()[0]
             optimizer.zero_grad(set_to_none=True)
             supernet.set_active(teacher)
-            logits = supernet(_batch(images, teacher.resolution))
+            logits = supernet(input_batch(images, teacher.resolution))
             loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             loss.backward()
             soft_targets = F.softmax(logits.detach() / temperature, dim=1)
             step_loss = loss.item()
             for arch in [smallest] + [sampler(rng) for _ in range(config.random_subnets)]:
                 supernet.set_active(arch)
-                student = supernet(_batch(images, arch.resolution))
+                student = supernet(input_batch(images, arch.resolution))
                 kd = (
                     F.kl_div(
                         F.log_softmax(student / temperature, dim=1),
@@ -281,11 +282,11 @@ def finetune(
         ):
             optimizer.zero_grad(set_to_none=True)
             images, labels = images.to(device), labels.to(device)
-            logits = model(_batch(images, resolution))
+            logits = model(input_batch(images, resolution))
             loss = F.cross_entropy(logits, labels)
             if teacher is not None:
                 with torch.no_grad():
-                    soft = F.softmax(teacher[0](_batch(images, teacher[1])), dim=1)
+                    soft = F.softmax(teacher[0](input_batch(images, teacher[1])), dim=1)
                 kd = F.kl_div(F.log_softmax(logits, dim=1), soft, reduction="batchmean")
                 loss = distill_weight * kd + (1 - distill_weight) * loss
             loss.backward()
