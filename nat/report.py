@@ -115,12 +115,14 @@ def _finetuned_cell(accuracy: float | None, epochs: int) -> str:
 
 def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> str:
     cfg, archive = search.config, result.archive
+    names = search.data.class_names
     budgets = ", ".join(f"{m} ≤ {v:,.0f}" for m, v in search.budgets.limits.items() if v) or "none"
     lines = [
         f"# Search report: {archive.space.name}",
         "",
         f"- Space: `{archive.space!r}`",
         f"- Budgets: {budgets}; objectives: error, {', '.join(cfg.metrics)}",
+        f"- Classes: {len(names)} ({', '.join(names[:12])}{', ...' if len(names) > 12 else ''})",
         *(
             [
                 "- Width choices fitted to the budget: "

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "scripts" / "bench.py"
-NAMES = ("search", "heuristic", "fidelity", "surrogate", "speed", "growth", "quality")
+NAMES = ("search", "heuristic", "fidelity", "surrogate", "speed", "growth", "quality", "cil")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -61,6 +61,14 @@ def test_quick_suite_writes_every_table(tmp_path):
     assert all(0 <= r["test"] <= 1 and r["params"] <= 3e5 for r in quality["rows"])
     assert len(quality["fidelity"]["scratch"]) == 3
     assert [a["recipe"] for a in quality["ablations"]] == ["defaults", "no zero-init gamma"]
+
+    cil = json.loads((out / "cil.json").read_text())["digits"]
+    methods = [r["method"].split(" #")[0] for r in cil["rows"]]
+    assert methods[:2] == ["feillet 300k", "width-only 300k"]
+    assert set(methods[2:]) == {"searched 300k"}  # the front from scratch, its best inherited
+    assert [r["inherited"] for r in cil["rows"]][1:] == [False] * (len(methods) - 2) + [True]
+    assert cil["missing"][0].startswith("depth-only 300k")  # full width is above 300k
+    assert all(len(r["per_state"]) == 3 for r in cil["rows"])
 
     # A second run of one benchmark reuses the cached pre-trained supernet and NAT run.
     again = _run("--quick", "--data", "digits", "--out", str(out), "heuristic")

@@ -49,18 +49,31 @@ def test_imprinted_weights_point_along_the_mean_normalised_feature_with_the_old_
 def test_cosine_logits_are_sigma_times_the_cosine_and_sigma_starts_at_1():
     head = CosineClassifier(5, 3)
     f = torch.randn(4, 5)
-    expected = F.cosine_similarity(f[:, None, :], head.weight[None, :, :], dim=2)
-    assert head.sigma.item() == 1.0
-    assert torch.allclose(head(f), expected, atol=1e-6)
+    cosine = F.cosine_similarity(f[:, None, :], head.weight[None, :, :], dim=2)
+    assert head.sigma.item() == 1.0 and head.sigma.requires_grad
+    assert torch.allclose(head(f), cosine, atol=1e-6)
+    with torch.no_grad():
+        head.sigma.fill_(2.5)
+    assert torch.allclose(head(f), 2.5 * cosine, atol=1e-6)
 
 
-def test_lambda_follows_the_formula_and_reaches_the_loss_of_each_later_state(digits):
+def test_lambda_follows_the_formula_and_reaches_the_loss_of_each_later_state(digits, monkeypatch):
     assert distill_weight(5.0, 8, 2) == pytest.approx(10.0)
     assert distill_weight(5.0, 2, 2) == pytest.approx(5.0)
+    used = []  # (lambda, whether there is a teacher) as the training of each state gets them
+    train_state = protocol._train_state
+
+    def spy(model, teacher, *args):
+        used.append((args[3], teacher is not None))
+        return train_state(model, teacher, *args)
+
+    monkeypatch.setattr(protocol, "_train_state", spy)
     scenario = Scenario(10, initial=4, increment=2, states=3)
     result = run_protocol(_backbone(), digits, scenario, FAST)
-    lambdas = [s["lambda"] for s in result["states"]]
-    assert lambdas == pytest.approx([0.0, 5 * math.sqrt(4 / 2), 5 * math.sqrt(6 / 2)])
+    expected = [0.0, 5 * math.sqrt(4 / 2), 5 * math.sqrt(6 / 2)]
+    assert [s["lambda"] for s in result["states"]] == pytest.approx(expected)
+    assert [u[0] for u in used] == pytest.approx(expected)
+    assert [u[1] for u in used] == [False, True, True]
 
 
 def test_later_states_train_only_on_their_classes_and_score_only_the_classes_seen(
@@ -69,10 +82,15 @@ def test_later_states_train_only_on_their_classes_and_score_only_the_classes_see
     trained, scored = [], []
     make_loader, predict = protocol.make_loader, protocol._predict
 
-    def recording_loader(dataset, batch_size, shuffle, seed=0):
+    original = digits.train.labels.new_full((int(digits.train.indices.max()) + 1,), -1)
+    original[digits.train.indices] = digits.train.labels  # row -> the data's own label
+    raw = []
+
+    def recording_loader(dataset, batch_size, shuffle, seed=0, drop_last=False):
         if shuffle:  # the training loader
             trained.append(set(dataset.labels.tolist()))
-        return make_loader(dataset, batch_size, shuffle, seed)
+            raw.append(set(original[dataset.indices].tolist()))
+        return make_loader(dataset, batch_size, shuffle, seed, drop_last)
 
     def recording_predict(model, dataset, resolution, device):
         scored.append(set(dataset.labels.tolist()))
@@ -83,6 +101,8 @@ def test_later_states_train_only_on_their_classes_and_score_only_the_classes_see
     scenario = Scenario(10, initial=2, increment=3, states=3, order_seed=4)
     result = run_protocol(_backbone(), digits, scenario, FAST)
     assert trained == [{0, 1}, {2, 3, 4}, {5, 6, 7}]  # positions in the scenario's order
+    order = scenario.order
+    assert raw == [set(order[:2]), set(order[2:5]), set(order[5:8])]  # the images' classes
     assert scored == [{0, 1}, set(range(5)), set(range(8))]
     assert [len(s["per_state"]) for s in result["states"]] == [1, 2, 3]
     assert [s["classes"] for s in result["states"]] == [2, 5, 8]
@@ -115,7 +135,7 @@ def test_one_state_is_plain_training_with_a_cosine_classifier(digits):
     torch.manual_seed(FAST.seed)
     plain = IncrementalNet(backbone, 4)
     train = digits.restricted(scenario.order).train.restricted(range(4))
-    loader = protocol.make_loader(train, FAST.batch_size, shuffle=True, seed=FAST.seed)
+    loader = protocol.make_loader(train, FAST.batch_size, True, FAST.seed)
     optimizer = torch.optim.SGD(
         plain.parameters(), lr=FAST.lr, momentum=0.9, weight_decay=FAST.weight_decay
     )
@@ -173,3 +193,19 @@ def test_nat_cil_on_digits_with_the_defaults_writes_every_output(tmp_path, capsy
     assert doc["scenario"]["initial"] == 2 and len(doc["scenario"]["order"]) == 10
     assert "feillet 50k" in (tmp_path / "cil.md").read_text()
     assert (tmp_path / "cil.png").stat().st_size > 0
+
+
+def test_nat_cil_judges_an_exported_subnet_from_its_weights(tmp_path):
+    arch = small_space("shufflenetv2", resolutions=(8,)).smallest()
+    folder = tmp_path / "subnet"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"arch": arch.to_dict()}))
+    torch.save(supernets.build_static(arch, 10).state_dict(), folder / "weights.pt")
+    args = ["cil", "--config", str(folder), "--inherit", "--image-size", "8", "--seeds", "0"]
+    args += ["--states", "2", "--first-epochs", "1", "--later-epochs", "1", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    (row,) = json.loads((tmp_path / "out" / "cil.json").read_text())["rows"]
+    assert row["method"] == "subnet" and row["inherited"] and len(row["per_state"]) == 2
+    wrong = supernets.build_static(small_space("mbv2", resolutions=(8,)).smallest(), 10)
+    torch.save(wrong.state_dict(), folder / "weights.pt")
+    assert main([*args, "--out", str(tmp_path / "bad")]) == 2  # weights of another net

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import search_spaces
+
 from .compare import _ints, _sizes
 
 
@@ -39,7 +41,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         action="store_true",
         help="start state 0 from the exported weights of --run / --config (default: scratch)",
     )
-    src.add_argument("--space", default="mbv2", help="family of the --budgets rules (default mbv2)")
+    src.add_argument(
+        "--space",
+        default="mbv2",
+        choices=search_spaces.list_spaces(),
+        help="family of the --budgets rules (default mbv2)",
+    )
     data = p.add_argument_group("data (with --run: the run's own split)")
     data.add_argument("--data", default="digits", help="'digits', an ImageFolder or a .tar.gz")
     data.add_argument(
@@ -102,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
         data = load_dataset(args.data, size, seed=args.split_seed, subset=args.subset)
     names = data.class_names
     first = class_numbers(names, args.order.split(",") if args.order else searched_on)
-    initial = args.initial or (len(searched_on) if searched_on and not args.order else 2)
+    if args.initial is not None:
+        initial = args.initial
+    else:
+        initial = len(searched_on) if searched_on and not args.order else 2
     order = _order(len(names), first, args.order_seed)
     scenario = Scenario(
         len(names), initial, args.increment, args.states, args.order_seed, tuple(order)

@@ -179,7 +179,8 @@ class ImageTensorDataset(Dataset):
         if not bool(valid.all()) or len(classes.unique()) != len(classes):
             raise ValueError(f"classes must be distinct labels, got {classes.tolist()}")
         mapping[classes] = classes if keep_labels else torch.arange(len(classes))
-        labels = mapping[self._labels]
+        # -1 marks rows not kept, here and in the labels of an earlier restriction
+        labels = torch.where(self._labels >= 0, mapping[self._labels.clamp(min=0)], -1)
         rows = self.indices[labels[self.indices] >= 0]
         return ImageTensorDataset(self._images, labels, rows, self.augment, self.hflip)
 

@@ -122,9 +122,7 @@ def judge(
             torch.manual_seed(seed)
             model = build_static(c.arch, data.num_classes)
             if c.weights is not None:
-                state = torch.load(c.weights, weights_only=True)
-                state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-                model.load_state_dict(state, strict=False)
+                _load_backbone(model, c.weights)
             runs.append(run_protocol(model, data, scenario, _seeded(config, seed)))
         params, macs = profile(build_static(c.arch, data.num_classes), c.arch.resolution)
         row = {
@@ -150,6 +148,19 @@ def judge(
             )
     _write(Path(out), rows, data, scenario, config)
     return rows
+
+
+def _load_backbone(model: torch.nn.Module, weights: Path) -> None:
+    """``weights`` into ``model``, all but the classifier (the task's classes differ)."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape
+        raise ValueError(f"{weights} does not fit its config's architecture: {err}") from None
+    wrong = [k for k in missing if not k.startswith("classifier.")] + unexpected
+    if wrong:
+        raise ValueError(f"{weights} does not fit its config's architecture: {wrong[:3]}")
 
 
 def _seeded(config: CILConfig, seed: int) -> CILConfig:

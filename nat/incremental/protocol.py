@@ -97,7 +97,7 @@ class CILConfig:
     first_epochs: int = 12
     later_epochs: int = 8
     lr: float = 0.1
-    weight_decay: float = 5e-4
+    weight_decay: float = 1e-4  # Feillet et al.'s scaling experiments
     batch_size: int = 64
     lambda_base: float = 5.0  # Hou et al.'s value for CIFAR
     seed: int = 0
@@ -168,9 +168,10 @@ def imprint(
     """Weights for ``classes``: per class, the normalised mean of its images' L2-normalised
     features, scaled to the mean norm of the current class weights. ``[len(classes), D]``."""
     was_training = model.training
-    model.eval()
-    features = F.normalize(model.features(images), dim=1)
+    model.eval()  # BatchNorm in eval mode: chunks give what one batch would
+    features = torch.cat([F.normalize(model.features(x), dim=1) for x in images.split(256)])
     model.train(was_training)
+    labels = labels.to(features.device)
     norm = model.classifier.weight.norm(dim=1).mean()
     rows = []
     for c in classes:
@@ -191,7 +192,9 @@ def _train_state(
     config: CILConfig,
     device: torch.device,
 ) -> None:
-    loader = make_loader(dataset, config.batch_size, shuffle=True, seed=config.seed)
+    # A last batch of one image would break BatchNorm in training mode.
+    drop_last = len(dataset) % config.batch_size == 1
+    loader = make_loader(dataset, config.batch_size, True, config.seed, drop_last=drop_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         trainable, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay

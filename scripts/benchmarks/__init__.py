@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .cil import bench_cil
 from .common import FULL, QUICK, Bench, machine, render
 from .fidelity import bench_fidelity
 from .growth import bench_growth
@@ -27,6 +28,7 @@ BENCHES = {
     "speed": bench_speed,
     "growth": bench_growth,
     "quality": bench_quality,
+    "cil": bench_cil,
 }
 
 

@@ -97,12 +97,38 @@ class Settings:
             "batch 64, lr 0.05 (the old recipe)": {"pretrain_batch_size": 64, "pretrain_lr": 0.05},
         }
     )
+    # class-incremental learning (memoryless LUCIR) at AdvisIL's smaller budgets, where
+    # depth-only (full width) fits too; nat search with its defaults on state 0's classes
+    cil_space: str = "mbv2"
+    cil_budgets: tuple[float, ...] = (1.5e6, 3e6)
+    cil_subset: int = 10_000  # of a dataset other than digits: 800 train images per class
+    cil_initial: int = 2
+    cil_increment: int = 2
+    cil_states: int = 5
+    cil_first_epochs: int = 12
+    cil_later_epochs: int = 8
+    cil_seeds: tuple[int, ...] = (0, 1, 2)
+    cil_search_options: dict = field(default_factory=dict)
     # cost growth
     archive_sizes: tuple[int, ...] = (20, 40, 80, 120)
     population_sizes: tuple[int, ...] = (20, 40, 80, 160)
 
 
 FULL = Settings()
+# The quick settings' searches: every stage runs, each as briefly as it can.
+_TINY_SEARCH = {
+    "width_mults": [0.25, 0.5],
+    "pretrain_epochs": 1,
+    "iterations": 1,
+    "doe_size": 4,
+    "candidates": 2,
+    "population": 8,
+    "generations": 2,
+    "adapt_epochs": 0,
+    "finetune_epochs": 1,
+    "finetune_top": 1,
+    "bn_batches": 2,
+}
 QUICK = Settings(
     resolutions=(16, 20),
     width_mults=(0.125, 0.25),
@@ -143,20 +169,14 @@ QUICK = Settings(
     quality_epochs=1,
     quality_max_epochs=2,
     quality_fidelity_archs=3,
-    quality_options={
-        "width_mults": [0.25, 0.5],
-        "pretrain_epochs": 1,
-        "iterations": 1,
-        "doe_size": 4,
-        "candidates": 2,
-        "population": 8,
-        "generations": 2,
-        "adapt_epochs": 0,
-        "finetune_epochs": 1,
-        "finetune_top": 1,
-        "bn_batches": 2,
-    },
+    quality_options=_TINY_SEARCH,
     quality_ablations={"no zero-init gamma": {"zero_init_residual": False}},
+    cil_budgets=(3e5,),
+    cil_first_epochs=1,
+    cil_later_epochs=1,
+    cil_states=3,
+    cil_seeds=(0,),
+    cil_search_options=_TINY_SEARCH,
 )
 
 
