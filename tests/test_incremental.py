@@ -209,3 +209,20 @@ def test_nat_cil_judges_an_exported_subnet_from_its_weights(tmp_path):
     wrong = supernets.build_static(small_space("mbv2", resolutions=(8,)).smallest(), 10)
     torch.save(wrong.state_dict(), folder / "weights.pt")
     assert main([*args, "--out", str(tmp_path / "bad")]) == 2  # weights of another net
+
+
+def test_a_runs_front_becomes_candidates_in_front_order(tmp_path):
+    from nat.incremental.judge import from_run
+
+    archs = [small_space("mbv2", resolutions=(8,)).smallest(), small_space("mbv2").largest()]
+    for rank, arch in enumerate(archs):
+        folder = tmp_path / "front" / f"{rank:02d}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"arch": arch.to_dict()}))
+        (folder / "weights.pt").write_bytes(b"")
+    scratch, inherited = from_run(tmp_path, inherit=False), from_run(tmp_path, inherit=True)
+    assert [c.method for c in scratch] == ["searched 00", "searched 01"]
+    assert [c.arch for c in scratch] == archs and all(c.weights is None for c in scratch)
+    assert [c.weights.parent.name for c in inherited] == ["00", "01"]
+    with pytest.raises(ValueError, match="no front"):
+        from_run(tmp_path / "front", inherit=False)

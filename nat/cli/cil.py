@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "--image-size",
         type=int,
         default=None,
-        help="px; also the --budgets rules' resolution (default 16 for digits, else 32)",
+        help="px, also the --budgets rules' resolution (default: digits 8, their size; else 32)",
     )
     data.add_argument("--subset", type=int, default=None, help="a stratified subset of N images")
     data.add_argument("--split-seed", type=int, default=0, help="seed of the splits (default 0)")
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.run:
         data, searched_on = run_data(Path(args.run))
     else:
-        size = args.image_size or (16 if args.data == "digits" else 32)
+        size = args.image_size or (8 if args.data == "digits" else 32)
         data = load_dataset(args.data, size, seed=args.split_seed, subset=args.subset)
     names = data.class_names
     first = class_numbers(names, args.order.split(",") if args.order else searched_on)

@@ -86,7 +86,7 @@ def from_run(run: Path, inherit: bool) -> list[Candidate]:
     if not folders:
         raise ValueError(f"{run} has no front/*/config.json: give a finished `nat search` run")
     return [
-        Candidate(f"searched {c.parent.name}", c.arch, c.weights)
+        Candidate(f"searched {c.method}", c.arch, c.weights)
         for c in from_configs(folders, inherit)
     ]
 
