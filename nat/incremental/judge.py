@@ -86,8 +86,7 @@ def from_run(run: Path, inherit: bool) -> list[Candidate]:
     if not folders:
         raise ValueError(f"{run} has no front/*/config.json: give a finished `nat search` run")
     return [
-        Candidate(f"searched {c.method}", c.arch, c.weights)
-        for c in from_configs(folders, inherit)
+        Candidate(f"searched {c.method}", c.arch, c.weights) for c in from_configs(folders, inherit)
     ]
 
 
@@ -203,15 +202,19 @@ def _write(out: Path, rows: list[dict], data: DataSplits, scenario: Scenario, co
     )
     atomic_write(out / "cil.md", lambda f: f.write(text.encode()))
 
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.2))
     ax = fig.subplots()
     seen = [scenario.seen(s) for s in range(scenario.states)]
-    for r in rows:
+    colors = colormaps["tab10" if len(rows) <= 10 else "tab20"]
+    for i, r in enumerate(rows):
         mean = np.array([m for m, _ in r["per_state"]]) * 100
         err = np.array([s for _, s in r["per_state"]]) * 100
-        ax.errorbar(seen, mean, yerr=err, marker="o", capsize=3, label=r["method"])
+        ax.errorbar(
+            seen, mean, yerr=err, marker="o", capsize=3, label=r["method"], color=colors(i % 20)
+        )
     ax.set_xlabel("classes seen")
     ax.set_ylabel("test accuracy over the classes seen (%)")
     ax.set_xticks(seen)
