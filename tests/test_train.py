@@ -27,7 +27,7 @@ def _accuracies(net, data):
 @pytest.mark.parametrize("name", SPACES)
 def test_short_training_lifts_largest_and_smallest_well_above_chance(name, digits, tmp_path):
     torch.manual_seed(0)
-    net = supernets.build_supernet(small_space(name, resolutions=(12, 16)), digits.num_classes)
+    net = supernets.build_supernet(small_space(name, resolutions=(8, 12)), digits.num_classes)
     before = _accuracies(net, digits)
     config = TrainConfig(epochs=4, batch_size=64, lr=0.1, random_subnets=1)
     history = train_supernet(net, digits, config, checkpoint=tmp_path / "sn.pt", progress=False)
