@@ -122,7 +122,7 @@ def judge(
             model = build_static(c.arch, data.num_classes)
             if c.weights is not None:
                 _load_backbone(model, c.weights)
-            runs.append(run_protocol(model, data, scenario, _seeded(config, seed)))
+            runs.append(run_protocol(model, data, scenario, replace(config, seed=seed)))
         params, macs = profile(build_static(c.arch, data.num_classes), c.arch.resolution)
         row = {
             "method": c.method,
@@ -160,10 +160,6 @@ def _load_backbone(model: torch.nn.Module, weights: Path) -> None:
     wrong = [k for k in missing if not k.startswith("classifier.")] + unexpected
     if wrong:
         raise ValueError(f"{weights} does not fit its config's architecture: {wrong[:3]}")
-
-
-def _seeded(config: CILConfig, seed: int) -> CILConfig:
-    return replace(config, seed=seed)
 
 
 def _write(out: Path, rows: list[dict], data: DataSplits, scenario: Scenario, config) -> None:
