@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from .engine.loop import NATSearch, SearchResult
 from .io.checkpoint import export_subnet
+from .io.deploy import sample_images
 from .io.files import atomic_write, save_figure
 
 __all__ = ["write_outputs"]
@@ -187,15 +188,18 @@ def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> 
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(search: NATSearch, result: SearchResult, out_dir: str | Path) -> None:
+def write_outputs(
+    search: NATSearch, result: SearchResult, out_dir: str | Path, onnx: bool = True
+) -> None:
     """Write the run's result files and export the handed-back front (``result.models``)
-    into ``front/NN/`` (config.json, weights.pt, model.ts)."""
+    into ``front/NN/`` (config.json, weights.pt, and model.onnx unless ``--no-onnx``)."""
     out_dir = Path(out_dir)
     rows = _front_rows(result)
     _write_csv(out_dir / "pareto.csv", rows)
     _write_csv(out_dir / "history.csv", result.history)
     _plot(out_dir / "pareto.png", result)
     space, supernet = result.archive.space, search.supernet
+    images = sample_images(search.data.val) if onnx else None
     for row, m in zip(rows, result.models, strict=True):
         entry = result.archive.entries[m.index]
         export_subnet(
@@ -216,6 +220,7 @@ def write_outputs(search: NATSearch, result: SearchResult, out_dir: str | Path) 
                 "class_names": search.data.class_names,
                 "input": "RGB, resolution x resolution px, pixels scaled to -1..1",
             },
+            images,
         )
     text = _report(result, search, rows)
     atomic_write(out_dir / "report.md", lambda f: f.write(text.encode()))

@@ -323,6 +323,10 @@ class FinetuneSpec:
             "labels (0: labels only, as a teacher from a short pre-training is weak)"
         ),
     )
+    onnx: bool = field(
+        default=True,
+        metadata=_help("also export each front subnet as model.onnx, checked with onnxruntime"),
+    )
 
     def __post_init__(self) -> None:
         _at_least(self, 0, "epochs")

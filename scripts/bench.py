@@ -1,8 +1,9 @@
 """Benchmark suite: search quality, heuristic vs searched, ranking fidelity, surrogate quality,
-speed and cost growth. Each benchmark prints a summary table and writes ``<name>.json`` and
-``<name>.md`` (plus plots) under ``--out``.
+speed, cost growth, quality of the handed-back models, class-incremental learning and
+deployment. Each benchmark prints a summary table and writes ``<name>.json`` and ``<name>.md``
+(plus plots) under ``--out``.
 
-    python scripts/bench.py                          # all six on a CIFAR-10 subset
+    python scripts/bench.py                          # all of them on a CIFAR-10 subset
     python scripts/bench.py search fidelity          # some of them
     python scripts/bench.py --quick --data digits    # every code path in about two minutes
 

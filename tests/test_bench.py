@@ -1,5 +1,6 @@
 """The benchmark suite's quick mode runs end to end, so the scripts never rot."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,7 +10,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "scripts" / "bench.py"
-NAMES = ("search", "heuristic", "fidelity", "surrogate", "speed", "growth", "quality", "cil")
+NAMES = (
+    "search",
+    "heuristic",
+    "fidelity",
+    "surrogate",
+    "speed",
+    "growth",
+    "quality",
+    "cil",
+    "deploy",
+)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -37,7 +48,13 @@ def test_quick_suite_writes_every_table(tmp_path):
         methods = p["methods"]
         n = methods["NAT"]["evaluated"]
         # Every search method gets the same number of real evaluations.
-        for label in ("NSGA-II, real evaluations", "random search", "NAT without adaptation"):
+        for label in (
+            "NSGA-II, real evaluations",
+            "Optuna NSGA-II",
+            "Optuna TPE",
+            "random search",
+            "NAT without adaptation",
+        ):
             assert methods[label]["evaluated"] == n
         for m in methods.values():
             assert 0 < m["hv"] <= 1.01**2
@@ -70,14 +87,25 @@ def test_quick_suite_writes_every_table(tmp_path):
     assert cil["missing"][0].startswith("depth-only 300k")  # full width is above 300k
     assert all(len(r["per_state"]) == 3 for r in cil["rows"])
 
+    deploy = json.loads((out / "deploy.json").read_text())["rows"]
+    assert sorted(r["space"] for r in deploy) == ["mbv2", "resnet", "shufflenetv2"]
+    assert all(r["max_abs_diff"] <= 1e-4 and r["onnxruntime_ms"] > 0 for r in deploy)
+
     # A second run of one benchmark reuses the cached pre-trained supernet and NAT run.
     again = _run("--quick", "--data", "digits", "--out", str(out), "heuristic")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "iteration 1" not in again.stdout + again.stderr
 
 
-def test_bad_arguments_are_named():
-    done = _run("--quick", "--data", "digits", "nonsense")
-    assert done.returncode == 2 and "unknown benchmark(s) ['nonsense']" in done.stderr
-    done = _run("--data", "/no/such/cifar.tar.gz")
-    assert done.returncode == 2 and "/no/such/cifar.tar.gz not found" in done.stderr
+def test_bad_arguments_are_named(capsys):
+    # In process: a subprocess would spend its time importing torch and Ray.
+    spec = importlib.util.spec_from_file_location("bench_cli", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for argv, message in [
+        (["--quick", "--data", "digits", "nonsense"], "unknown benchmark(s) ['nonsense']"),
+        (["--data", "/no/such/cifar.tar.gz"], "/no/such/cifar.tar.gz not found"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            bench.main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from nat.cli import main
+from nat.data import load_dataset, resize_batch
+from nat.io.checkpoint import load_subnet
+from nat.io.deploy import onnx_session
 
 TINY = [
     "--space",
@@ -48,13 +51,20 @@ def test_sample_exports_a_working_subnet(checkpoint, tmp_path, capsys):
     assert set(config) >= {"arch", "params", "macs", "val_accuracy", "test_accuracy"}
     resolution = config["arch"]["resolution"]
     assert resolution == 12
-    scripted = torch.jit.load(str(out / "model.ts"))
-    weights = torch.load(out / "weights.pt", weights_only=True)
+    model, loaded = load_subnet(out)
+    assert loaded == config
+    weights = model.state_dict()
     assert (
         sum(v.numel() for k, v in weights.items() if "running" not in k and "num_batches" not in k)
         == config["params"]
     )
-    assert scripted(torch.zeros(2, 3, resolution, resolution)).shape == (2, 10)
+    # model.onnx: real digits at the subnet's resolution, the logits torch computes
+    data = load_dataset("digits", 16, seed=0)
+    images = resize_batch(torch.stack([data.test[i][0] for i in range(8)]), resolution)
+    (logits,) = onnx_session(out / "model.onnx").run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model(images), atol=1e-4, rtol=0)
+    assert 0 <= config["onnx_max_abs_diff"] <= 1e-4
 
     again = tmp_path / "again"
     assert (
@@ -67,11 +77,14 @@ def test_sample_exports_a_working_subnet(checkpoint, tmp_path, capsys):
                 str(out / "config.json"),
                 "--export",
                 str(again),
+                "--no-onnx",
                 "--quiet",
             ]
         )
         == 0
     )
+    assert not (again / "model.onnx").exists()
+    del config["onnx_max_abs_diff"]
     assert json.loads((again / "config.json").read_text()) == config  # same BN batches
 
 

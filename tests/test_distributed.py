@@ -196,6 +196,7 @@ def test_sigkilled_search_resumes_to_the_uninterrupted_archive(reference, tmp_pa
         str(_budget()),
         "--seed",
         "0",
+        "--no-onnx",
         "--quiet",
         "--out",
         str(out),

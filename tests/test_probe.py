@@ -33,6 +33,7 @@ FAST = [
     "1",
     "--adapt-epochs",
     "0",
+    "--no-onnx",
     "--quiet",
 ]
 

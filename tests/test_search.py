@@ -26,6 +26,7 @@ TINY = dict(
     finetune_distill_weight=0.5,  # the teacher path; the default trains on labels only
     finetune_lr=0.01,  # 12 steps on 400 images: the default 0.1 is for real schedules
     progress=False,
+    onnx=False,  # an export costs seconds; test_deploy and one run below check model.onnx
     space_options={"resolutions": [12, 16], "width_mults": [0.25, 0.5]},
 )
 
@@ -216,17 +217,28 @@ def test_the_front_is_handed_back_fine_tuned_and_its_exports_score_as_reported(r
 def test_finetune_epochs_0_exports_the_inherited_weights(tmp_path):
     import torch
 
+    from nat.data import resize_batch
     from nat.folder import open_run
     from nat.io.checkpoint import load_supernet
+    from nat.io.deploy import onnx_session
     from nat.run import load_data
     from nat.training.evaluate import SubnetEvaluator
 
-    options = {**TINY, "finetune_epochs": 0}
+    options = {**TINY, "finetune_epochs": 0, "onnx": True}
     again = nat.search(max_params=_budget(), seed=0, out=tmp_path, **options)
     assert all(m.finetune_epochs == 0 for m in again.models)
     supernet, _ = load_supernet(tmp_path / "supernet.pt")
-    evaluator = SubnetEvaluator(load_data(open_run(tmp_path)), 2, 64, 0)
+    data = load_data(open_run(tmp_path))
+    evaluator = SubnetEvaluator(data, 2, 64, 0)
+    images = torch.stack([data.test[i][0] for i in range(8)])
     for rank, m in enumerate(again.models):
         _, inherited = evaluator.evaluate_one(supernet, m.arch)
-        exported = torch.load(tmp_path / "front" / f"{rank:02d}" / "weights.pt", weights_only=True)
+        folder = tmp_path / "front" / f"{rank:02d}"
+        exported = torch.load(folder / "weights.pt", weights_only=True)
         assert all(torch.equal(v, exported[k]) for k, v in inherited.state_dict().items())
+        # model.onnx computes what the exported weights compute, on real images
+        batch = resize_batch(images, m.arch.resolution)
+        (logits,) = onnx_session(folder / "model.onnx").run(None, {"images": batch.numpy()})
+        with torch.no_grad():
+            expected = inherited.cpu().eval()(batch).numpy()
+        assert abs(logits - expected).max() <= 1e-4

@@ -128,19 +128,6 @@ def test_recalibrate_bn_sets_statistics_from_the_data():
         supernets.recalibrate_bn(model, [], batches=4)
 
 
-def test_extracted_models_export_to_torchscript(tmp_path):
-    for name in SPACES:
-        space = search_spaces.get(name, resolutions=(16,))
-        net = supernets.build_supernet(space, 5).eval()
-        model = net.extract(space.smallest())
-        images = torch.randn(1, 3, 16, 16)
-        traced = torch.jit.trace(model, images)
-        path = tmp_path / f"{name}.pt"
-        traced.save(str(path))
-        loaded = torch.jit.load(str(path))
-        torch.testing.assert_close(loaded(images), model(images))
-
-
 def test_cached_eval_weights_follow_training_updates():
     space = search_spaces.get("resnet", resolutions=(16,), width_mults=(0.125, 0.25))
     net = supernets.build_supernet(space, 10)

@@ -8,6 +8,7 @@ from pathlib import Path
 import search_spaces
 
 from .compare import _ints, _sizes
+from .options import _json_object
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -46,6 +47,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         default="mbv2",
         choices=search_spaces.list_spaces(),
         help="family of the --budgets rules (default mbv2)",
+    )
+    src.add_argument(
+        "--space-options",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help='options of --space for the rules, e.g. \'{"stem": "stride2"}\' (a quarter of the '
+        "small stem's MACs at 32 px)",
     )
     data = p.add_argument_group("data (with --run: the run's own split)")
     data.add_argument("--data", default="digits", help="'digits', an ImageFolder or a .tar.gz")
@@ -119,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
     )
     resolution = args.image_size or data.image_size
     candidates = from_run(Path(args.run), args.inherit) if args.run else []
-    ruled, missing = from_budgets(args.budgets, args.space, resolution, len(names))
+    try:
+        space = search_spaces.get(args.space, **args.space_options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--space-options for {args.space}: {err}") from None
+    ruled, missing = from_budgets(args.budgets, space, resolution, len(names))
     for why in missing:
         print(f"skipped {why}")
     candidates += ruled

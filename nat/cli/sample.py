@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         name,
         help="take a subnet out of a trained supernet",
         description="Pick a subnet, recalibrate its BatchNorm on training images, evaluate it, "
-        "and export its config JSON, state_dict and TorchScript model. No retraining.",
+        "and export its config JSON, state_dict and ONNX model (checked against torch with "
+        "onnxruntime). No retraining.",
     )
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="supernet checkpoint")
     which = p.add_mutually_exclusive_group(required=True)
@@ -32,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace what --export holds")
     add_spec_options(
         p,
-        lambda o: o.path[0] == "data" or o.name in ("bn_batches", "device", "seed", "batch_size"),
+        lambda o: (
+            o.path[0] == "data" or o.name in ("bn_batches", "device", "seed", "batch_size", "onnx")
+        ),
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -58,6 +61,7 @@ def _read_arch(path: Path) -> Arch:
 def run(args: argparse.Namespace) -> int:
     from ..folder import device_of
     from ..io.checkpoint import export_subnet, load_supernet
+    from ..io.deploy import sample_images
     from ..run import data_settings_of, load_data
     from ..spec import RunSpec
     from ..training.evaluate import SubnetEvaluator
@@ -117,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         "data": data_settings_of(spec),
         "input": "RGB, resolution x resolution px, pixels scaled to -1..1",
     }
-    export_subnet(model.cpu(), arch, export, info)
+    images = sample_images(data.val) if spec.finetune.onnx else None
+    export_subnet(model.cpu(), arch, export, info, images)
     print(
         f"subnet: {params:,} params, {macs:,} MACs at {arch.resolution} px; "
         f"val accuracy {val_acc:.2%}, test accuracy {test_acc:.2%}; exported to {export}"

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import search_spaces
-from search_spaces import Arch
+from search_spaces import Arch, SearchSpace
 from supernets import build_static
 
 from ..data import DataSplits
@@ -41,12 +40,12 @@ class Candidate:
 
 
 def from_budgets(
-    budgets: list[float], space: str, resolution: int, num_classes: int
+    budgets: list[float], space: SearchSpace, resolution: int, num_classes: int
 ) -> tuple[list[Candidate], list[str]]:
     """The Feillet rule and its ablations at each budget (params), on ``space``'s reference
-    network at ``resolution`` px; and why a rule is missing where it cannot fit a budget
-    (depth-only keeps the full width, often far above a small budget)."""
-    ref = reference_arch(search_spaces.get(space), resolution)
+    network (with its stem) at ``resolution`` px; and why a rule is missing where it cannot fit
+    a budget (depth-only keeps the full width, often far above a small budget)."""
+    ref = reference_arch(space, resolution)
     out, missing = [], []
     for budget in budgets:
         for name, rule in RULES.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +12,19 @@ import torch
 
 import search_spaces
 from search_spaces import Arch
-from supernets import StaticNet, Supernet, build_supernet
+from supernets import StaticNet, Supernet, build_static, build_supernet
 
+from ..data.sources import resize_batch
+from .deploy import export_onnx
 from .files import atomic_write, write_json
 
-__all__ = ["export_subnet", "load_supernet", "load_training_state", "save_supernet"]
+__all__ = [
+    "export_subnet",
+    "load_subnet",
+    "load_supernet",
+    "load_training_state",
+    "save_supernet",
+]
 
 FORMAT = "nat-supernet/1"
 
@@ -103,20 +110,47 @@ def load_training_state(path: str | os.PathLike, train_config: dict) -> dict | N
     return {**state, "supernet": payload["state_dict"], "history": metadata["history"]}
 
 
-def export_subnet(model: StaticNet, arch: Arch, folder: str | os.PathLike, info: dict) -> Path:
-    """Write ``config.json`` (the architecture and ``info``), ``weights.pt`` (state_dict) and
-    ``model.ts`` (TorchScript, traced at the architecture's resolution) into ``folder``."""
+def export_subnet(
+    model: StaticNet,
+    arch: Arch,
+    folder: str | os.PathLike,
+    info: dict,
+    images: torch.Tensor | None = None,
+) -> Path:
+    """Write ``config.json`` (the architecture and ``info``), ``weights.pt`` (state_dict) and,
+    given ``images`` (a batch of real images, resized here to the architecture's resolution),
+    ``model.onnx`` checked against torch on them (see :mod:`nat.io.deploy`) into ``folder``.
+
+    TorchScript is no longer written: torch 2.14 deprecates it, ``model.onnx`` runs without
+    torch, and :func:`load_subnet` rebuilds the torch model from the other two files.
+    """
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    write_json(folder / "config.json", {"arch": arch.to_dict(), **info})
+    if images is not None:
+        batch = resize_batch(images.float().cpu(), arch.resolution)
+        info = {**info, "onnx_max_abs_diff": export_onnx(model, batch, folder / "model.onnx")}
     state = io.BytesIO()
     torch.save(model.state_dict(), state)
     atomic_write(folder / "weights.pt", lambda f: f.write(state.getbuffer()))
-    example = torch.zeros(1, 3, arch.resolution, arch.resolution)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still asked for
-        traced = torch.jit.trace(model, example)
-        script = io.BytesIO()
-        torch.jit.save(traced, script)
-    atomic_write(folder / "model.ts", lambda f: f.write(script.getbuffer()))
+    write_json(folder / "config.json", {"arch": arch.to_dict(), **info})
     return folder
+
+
+def load_subnet(folder: str | os.PathLike) -> tuple[StaticNet, dict]:
+    """The torch model an :func:`export_subnet` folder holds (eval mode, CPU), and its
+    ``config.json``."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        arch = Arch.from_dict(config["arch"])
+        num_classes = int(config["num_classes"])
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{folder} is not an exported subnet's folder ({err})") from None
+    model = build_static(arch, num_classes)
+    try:
+        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError) as err:
+        raise ValueError(f"{folder / 'weights.pt'} does not fit its config.json: {err}") from None
+    return model.eval(), config

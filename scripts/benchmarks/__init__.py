@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .cil import bench_cil
 from .common import FULL, QUICK, Bench, machine, render
+from .deploy import bench_deploy
 from .fidelity import bench_fidelity
 from .growth import bench_growth
 from .heuristic import bench_heuristic
@@ -29,6 +30,7 @@ BENCHES = {
     "growth": bench_growth,
     "quality": bench_quality,
     "cil": bench_cil,
+    "deploy": bench_deploy,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import search_spaces
 from nat.data import load_dataset
 from nat.incremental.judge import Candidate, from_budgets, from_run, judge
 from nat.incremental.protocol import CILConfig, Scenario
@@ -32,17 +33,18 @@ def bench_cil(bench: Bench) -> Result:
         digits = source == "digits"
         resolution = 8 if digits else 32  # digits are 8x8 images: more px only upsample
         subset = None if digits else s.cil_subset
+        space_options = {} if digits else dict(s.cil_space_options)
         data = load_dataset(source, resolution, seed=0, subset=subset)
         scenario = Scenario(data.num_classes, s.cil_initial, s.cil_increment, s.cil_states)
         first = [data.class_names[c] for c in scenario.order[: scenario.initial]]
         name = "digits" if digits else Path(source).name.split(".")[0]
-        candidates, missing = from_budgets(
-            list(s.cil_budgets), s.cil_space, resolution, data.num_classes
-        )
+        space = search_spaces.get(s.cil_space, **space_options)
+        candidates, missing = from_budgets(list(s.cil_budgets), space, resolution, data.num_classes)
         for budget in s.cil_budgets:
             label = f"{budget / 1e3:,.0f}k"
             spec = RunSpec.from_options(
                 space=s.cil_space,
+                space_options=space_options,
                 data=source,
                 subset=subset,
                 resolutions=[resolution],

@@ -1,5 +1,6 @@
-"""1. Search quality: NAT against NAT without adaptation, NSGA-II on real evaluations, random
-search (all with the same number of real evaluations) and the heuristics, by hypervolume.
+"""1. Search quality: NAT against NAT without adaptation, NSGA-II on real evaluations, Optuna's
+multi-objective NSGA-II and TPE samplers, random search (all with the same number of real
+evaluations) and the heuristics, by hypervolume.
 
 Every method of a seed measures subnets on that seed's data split, the one a NAT run with
 that seed uses; all start from the one pre-trained supernet."""
@@ -21,7 +22,14 @@ from nat.io.files import mean_std
 
 from .common import Bench, Plot, Result, Table, pm
 
-METHODS = ["NAT", "NAT without adaptation", "NSGA-II, real evaluations", "random search"]
+METHODS = [
+    "NAT",
+    "NAT without adaptation",
+    "NSGA-II, real evaluations",
+    "Optuna NSGA-II",
+    "Optuna TPE",
+    "random search",
+]
 HEURISTICS = {"heuristic (Feillet)": feillet, "width-only": width_only, "depth-only": depth_only}
 
 
@@ -87,6 +95,54 @@ def nsga2_on_real_evaluations(bench: Bench, n: int, seed: int) -> Archive:
     return problem.archive
 
 
+def optuna_search(bench: Bench, n: int, seed: int, sampler: str) -> Archive:
+    """Optuna's ``sampler`` ("NSGA-II" or "TPE", multi-objective, the budget through
+    ``constraints_func``) on the integer encoding, the Feillet architecture enqueued first, until
+    ``n`` distinct feasible subnets are measured with the pre-trained supernet. Repeats are
+    answered from memory; infeasible designs are not measured and count as chance-less, as in
+    :class:`RealProblem`."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    budgets, space = bench.budgets, bench.space
+    evaluator, supernet = bench.evaluator(seed), bench.pretrained()
+
+    def violation(trial) -> list[float]:
+        return trial.user_attrs["violation"]
+
+    samplers = {
+        "NSGA-II": lambda: optuna.samplers.NSGAIISampler(
+            population_size=bench.s.real_population, seed=seed, constraints_func=violation
+        ),
+        "TPE": lambda: optuna.samplers.TPESampler(
+            seed=seed, constraints_func=violation, multivariate=True
+        ),
+    }
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=samplers[sampler]())
+    names = [f"x{i}" for i in range(space.n_var)]
+    heuristic = feillet(float(bench.s.max_params), None, budgets.num_classes, space=space).arch
+    study.enqueue_trial(dict(zip(names, map(int, space.encode(heuristic)), strict=True)))
+    archive, known = Archive(space, budgets.num_classes), {}
+    for _ in range(max(1000, 50 * n)):  # trials; a space too small to hold n designs stops here
+        if len(known) >= n:
+            break
+        trial = study.ask()
+        raw = [
+            trial.suggest_int(k, int(lo), int(hi))
+            for k, lo, hi in zip(names, space.lower, space.upper, strict=True)
+        ]
+        x = space.repair(np.array([raw]))[0]
+        g = budgets.violation(x[None])[0]
+        trial.set_user_attr("violation", [float(v) for v in g])
+        key = tuple(int(v) for v in x)
+        if (g <= 0).all() and key not in known:
+            (known[key],) = evaluator(supernet, [space.decode(x)])
+            archive.add(x[None], [known[key]], f"optuna-{sampler.lower()}", 0)
+        params = space.complexity(x[None], budgets.num_classes)[0][0]
+        study.tell(trial, [1.0 - known.get(key, 0.0), params / budgets.scale["params"]])
+    return archive
+
+
 def _measured(bench: Bench, X: np.ndarray, source: str, seed: int) -> Archive:
     """An archive of ``X``, measured with the pre-trained supernet on seed ``seed``'s split."""
     data = bench.data
@@ -137,6 +193,8 @@ def _one_seed(bench: Bench, seed: int) -> dict:
     runs = {
         "NAT without adaptation": lambda: bench.nat_search(seed, adapt_epochs=0).archive,
         "NSGA-II, real evaluations": lambda: nsga2_on_real_evaluations(bench, n, seed),
+        "Optuna NSGA-II": lambda: optuna_search(bench, n, seed, "NSGA-II"),
+        "Optuna TPE": lambda: optuna_search(bench, n, seed, "TPE"),
         "random search": lambda: random_search(bench, n, seed),
     }
     for label, method in HEURISTICS.items():

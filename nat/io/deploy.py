@@ -1,0 +1,94 @@
+"""ONNX export of a static subnet, checked against torch with onnxruntime on the CPU.
+
+The file is made with ``torch.onnx.export``'s dynamo path, checked with ``onnx.checker`` and run
+by onnxruntime on a batch of real images before it is written: a file that exists computes
+what the torch model computes. Input ``images``: float32 ``[N, 3, R, R]``, RGB, pixels scaled
+to -1..1 (``(p / 255 - 0.5) / 0.5``), R the architecture's resolution; output ``logits``
+``[N, classes]`` in the order of the run's ``class_names``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .files import atomic_write
+
+__all__ = ["ONNX_TOLERANCE", "OnnxMismatchError", "export_onnx", "onnx_session", "sample_images"]
+
+# Largest |logit difference| accepted between onnxruntime and torch (float32 on a CPU: the two
+# differ by summation order only, 1e-6 or so on these nets).
+ONNX_TOLERANCE = 1e-4
+
+
+class OnnxMismatchError(ValueError):
+    """onnxruntime does not reproduce the torch model's logits."""
+
+
+def onnx_session(model: bytes | str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU session of an ONNX file or its bytes; ``threads``: intra-op threads
+    (None: onnxruntime's default, every core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def sample_images(split: Dataset, n: int = 16) -> torch.Tensor:
+    """The first ``n`` images of ``split`` as a batch: real inputs to check an export on."""
+    return torch.stack([split[i][0] for i in range(min(n, len(split)))])
+
+
+def export_onnx(
+    model: nn.Module, images: torch.Tensor, path: str | os.PathLike, atol: float = ONNX_TOLERANCE
+) -> float:
+    """Write ``model`` (eval mode, CPU) to ``path`` as ONNX with a dynamic batch size, after
+    checking it; returns the largest |logit difference| against torch on ``images`` (a batch
+    at the model's input size).
+
+    Raises :class:`OnnxMismatchError` when onnxruntime's logits differ by more than ``atol``;
+    nothing is written then.
+    """
+    import onnx
+
+    model = model.cpu().eval()
+    images = images.detach().float().cpu().contiguous()
+    if images.ndim != 4 or images.shape[0] < 2:
+        raise ValueError(f"images must be a batch [N >= 2, 3, R, R], got {tuple(images.shape)}")
+    with torch.no_grad():
+        expected = model(images).numpy()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        program = torch.onnx.export(
+            model,
+            (images[:2],),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            verbose=False,
+        )
+    data = program.model_proto.SerializeToString()
+    onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+    (got,) = onnx_session(data).run(None, {"images": images.numpy()})
+    diff = float(np.max(np.abs(got - expected)))
+    if not diff <= atol:
+        raise OnnxMismatchError(
+            f"onnxruntime's logits differ from torch's by up to {diff:.3g} (tolerance {atol:g}) "
+            f"on {len(images)} images: {Path(path).name} was not written. Report the "
+            "architecture; meanwhile use weights.pt with torch"
+        )
+    atomic_write(path, lambda f: f.write(data))
+    return diff

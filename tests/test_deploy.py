@@ -1,0 +1,82 @@
+"""ONNX export: onnxruntime reproduces torch's logits on real images, or nothing is written."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import search_spaces
+import supernets
+from nat.data import load_dataset, resize_batch
+from nat.io import deploy
+from nat.io.deploy import ONNX_TOLERANCE, OnnxMismatchError, export_onnx, onnx_session
+
+SPACES = ("mbv2", "resnet", "shufflenetv2")
+
+
+@pytest.fixture(scope="module")
+def images():
+    data = load_dataset("digits", 16, seed=0)
+    return torch.stack([data.test[i][0] for i in range(8)])
+
+
+def _trained_like(model: nn.Module, seed: int) -> nn.Module:
+    """``model`` with BatchNorm statistics and affine parameters away from their initial
+    values (zero-init γ would silence whole residual branches), so every path counts."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.weight.data = 0.5 + torch.rand(n, generator=g)
+            m.bias.data = 0.2 * torch.randn(n, generator=g)
+            m.running_mean.data = 0.2 * torch.randn(n, generator=g)
+            m.running_var.data = 0.5 + torch.rand(n, generator=g)
+    return model.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SPACES)
+def test_onnxruntime_reproduces_torch_for_ten_random_subnets(name, images, tmp_path):
+    # Up to two blocks a stage: both kinds of block (downsampling, repeated) at every choice
+    # of kernel, width and expansion, with fewer nodes to export than at full depth (the
+    # deploy benchmark exports full-depth subnets).
+    full = search_spaces.get(name)
+    space = search_spaces.get(name, depths=[range(1, min(d, 2) + 1) for d in full.max_depths])
+    archs = [space.decode(x) for x in space.sample(10, np.random.default_rng(0))]
+    for i, arch in enumerate(archs):
+        model = _trained_like(supernets.build_static(arch, 10), i)
+        batch = resize_batch(images, arch.resolution)
+        path = tmp_path / f"{i}.onnx"
+        diff = export_onnx(model, batch, path)
+        assert diff <= ONNX_TOLERANCE
+        session = onnx_session(path, threads=1)
+        for n in (1, 8):  # the batch dimension is dynamic
+            (got,) = session.run(None, {"images": batch[:n].numpy()})
+            with torch.no_grad():
+                want = model(batch[:n]).numpy()
+            assert got.shape == (n, 10)
+            assert np.abs(got - want).max() <= ONNX_TOLERANCE, arch.to_json()
+
+
+def test_a_mismatch_is_a_clear_error_and_writes_nothing(images, tmp_path, monkeypatch):
+    space = search_spaces.get("resnet", resolutions=(16,))
+    model = _trained_like(supernets.build_static(space.smallest(), 10), 0)
+
+    def drifting(model_bytes, threads=None):  # onnxruntime off by 1e-3 on one logit
+        session = onnx_session(model_bytes, threads)
+
+        class Drifting:
+            def run(self, names, feeds):
+                (logits,) = session.run(names, feeds)
+                logits[0, 0] += 1e-3
+                return [logits]
+
+        return Drifting()
+
+    monkeypatch.setattr(deploy, "onnx_session", drifting)
+    path = tmp_path / "model.onnx"
+    with pytest.raises(OnnxMismatchError, match=r"differ from torch's by up to 0\.001"):
+        export_onnx(model, images, path)
+    assert not path.exists() and not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="a batch"):
+        export_onnx(model, images[0], path)
