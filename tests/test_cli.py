@@ -8,7 +8,7 @@ import torch
 from nat.cli import main
 from nat.data import load_dataset, resize_batch
 from nat.io.checkpoint import load_subnet
-from nat.io.deploy import onnx_session
+from nat.io.deploy import onnx_session, sample_images
 
 TINY = [
     "--space",
@@ -60,7 +60,7 @@ def test_sample_exports_a_working_subnet(checkpoint, tmp_path, capsys):
     )
     # model.onnx: real digits at the subnet's resolution, the logits torch computes
     data = load_dataset("digits", 16, seed=0)
-    images = resize_batch(torch.stack([data.test[i][0] for i in range(8)]), resolution)
+    images = resize_batch(sample_images(data.test, 8), resolution)
     (logits,) = onnx_session(out / "model.onnx").run(None, {"images": images.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(logits), model(images), atol=1e-4, rtol=0)

@@ -9,7 +9,13 @@ import search_spaces
 import supernets
 from nat.data import load_dataset, resize_batch
 from nat.io import deploy
-from nat.io.deploy import ONNX_TOLERANCE, OnnxMismatchError, export_onnx, onnx_session
+from nat.io.deploy import (
+    ONNX_TOLERANCE,
+    OnnxMismatchError,
+    export_onnx,
+    onnx_session,
+    sample_images,
+)
 
 SPACES = ("mbv2", "resnet", "shufflenetv2")
 
@@ -17,7 +23,7 @@ SPACES = ("mbv2", "resnet", "shufflenetv2")
 @pytest.fixture(scope="module")
 def images():
     data = load_dataset("digits", 16, seed=0)
-    return torch.stack([data.test[i][0] for i in range(8)])
+    return sample_images(data.test, 8)
 
 
 def _trained_like(model: nn.Module, seed: int) -> nn.Module:

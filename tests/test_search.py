@@ -220,7 +220,7 @@ def test_finetune_epochs_0_exports_the_inherited_weights(tmp_path):
     from nat.data import resize_batch
     from nat.folder import open_run
     from nat.io.checkpoint import load_supernet
-    from nat.io.deploy import onnx_session
+    from nat.io.deploy import onnx_session, sample_images
     from nat.run import load_data
     from nat.training.evaluate import SubnetEvaluator
 
@@ -230,7 +230,7 @@ def test_finetune_epochs_0_exports_the_inherited_weights(tmp_path):
     supernet, _ = load_supernet(tmp_path / "supernet.pt")
     data = load_data(open_run(tmp_path))
     evaluator = SubnetEvaluator(data, 2, 64, 0)
-    images = torch.stack([data.test[i][0] for i in range(8)])
+    images = sample_images(data.test, 8)
     for rank, m in enumerate(again.models):
         _, inherited = evaluator.evaluate_one(supernet, m.arch)
         folder = tmp_path / "front" / f"{rank:02d}"
