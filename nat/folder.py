@@ -9,8 +9,8 @@ from pathlib import Path
 
 import search_spaces
 
-from .options import spec_error_names
-from .spec import OptionError, RunSpec, check_writable_dir
+from .options import check_writable_dir, spec_error_names
+from .spec import OptionError, RunSpec
 
 __all__ = [
     "PRETRAIN_FILE",

@@ -9,11 +9,20 @@ import math
 import os
 import typing
 from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from .spec import OptionError, RunSpec
 
-__all__ = ["OPTIONS", "Option", "build", "flag_of", "spec_error_names", "unknown_option"]
+__all__ = [
+    "OPTIONS",
+    "Option",
+    "build",
+    "check_writable_dir",
+    "flag_of",
+    "spec_error_names",
+    "unknown_option",
+]
 
 
 # -- flat options: one name per setting, shared by the CLI, nat.search() and JSON -------------
@@ -28,6 +37,7 @@ class Option:
     help: str
     choices: tuple | None = None
     size: bool = False  # accepts 500k / 2.5M
+    time: bool = False  # accepts 5ms / 800us, read as milliseconds
 
     @property
     def flag(self) -> str:
@@ -88,6 +98,7 @@ def _options() -> dict[str, Option]:
                 f.metadata.get("help", ""),
                 f.metadata.get("choices"),
                 f.metadata.get("size", False),
+                f.metadata.get("time", False),
             )
             if path == ("space_options",):  # the common space options get flags of their own
                 for key, help_text in (
@@ -207,3 +218,25 @@ def unknown_option(
     hint = f"; did you mean {near[0]!r}?" if near else ""
     listing = f" (known: {', '.join(known)})" if listed else ""
     return OptionError(name, f"unknown {where}{hint}{listing}")
+
+
+def check_writable_dir(folder: str | os.PathLike, option: str) -> Path:
+    """``folder`` is a directory, or can be made one, that accepts files: tried with a
+    temporary file in its nearest existing ancestor, removed at once (so a read-only file
+    system is caught even for root)."""
+    import tempfile
+
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OptionError(option, f"{path} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OptionError(option, f"{path} cannot be made: {probe} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise OptionError(option, f"{path} is not writable ({err.strerror})") from None
+    return path

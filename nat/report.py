@@ -44,6 +44,7 @@ def _front_rows(result: SearchResult) -> list[dict]:
                 "finetune_epochs": m.finetune_epochs,
                 "params": e.params,
                 "macs": e.macs,
+                "latency_ms": e.latency,
                 "resolution": arch.resolution,
                 "depths": " ".join(map(str, arch.depths)),
                 "source": e.source,
@@ -58,14 +59,17 @@ def _front_rows(result: SearchResult) -> list[dict]:
 def _plot(path: Path, result: SearchResult) -> None:
     archive = result.archive
     entries = archive.entries
-    fig = Figure(figsize=(11, 4.2))
-    axes = fig.subplots(1, 2)
-    for ax, metric, unit in ((axes[0], "macs", "MACs (M)"), (axes[1], "params", "parameters (M)")):
-        x = [getattr(e, metric) / 1e6 for e in entries]
+    panels = [("macs", "MACs (M)", 1e6), ("params", "parameters (M)", 1e6)]
+    if archive.latency is not None:
+        panels.append(("latency", "predicted latency (ms, batch 1)", 1.0))
+    fig = Figure(figsize=(5.5 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels))
+    for ax, (metric, unit, scale) in zip(axes, panels, strict=True):
+        x = [getattr(e, metric) / scale for e in entries]
         ax.scatter(x, [100 * e.accuracy for e in entries], s=14, c="0.7", label="evaluated")
         front = sorted(result.front, key=lambda i: getattr(entries[i], metric))
         ax.plot(
-            [getattr(entries[i], metric) / 1e6 for i in front],
+            [getattr(entries[i], metric) / scale for i in front],
             [100 * entries[i].accuracy for i in front],
             "o-",
             c="tab:red",
@@ -90,7 +94,7 @@ def _plot(path: Path, result: SearchResult) -> None:
         for label, (points, marker, size, color) in marks.items():
             if points:
                 ax.scatter(
-                    [getattr(e, metric) / 1e6 for e, _ in points],
+                    [getattr(e, metric) / scale for e, _ in points],
                     [100 * acc for _, acc in points],
                     marker=marker,
                     s=size,
@@ -117,7 +121,15 @@ def _finetuned_cell(accuracy: float | None, epochs: int) -> str:
 def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> str:
     cfg, archive = search.config, result.archive
     names = search.data.class_names
-    budgets = ", ".join(f"{m} ≤ {v:,.0f}" for m, v in search.budgets.limits.items() if v) or "none"
+    budgets = (
+        ", ".join(
+            f"{m} ≤ {v:.3g} ms" if m == "latency" else f"{m} ≤ {v:,.0f}"
+            for m, v in search.budgets.limits.items()
+            if v
+        )
+        or "none"
+    )
+    latency = archive.latency is not None
     lines = [
         f"# Search report: {archive.space.name}",
         "",
@@ -143,16 +155,26 @@ def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> 
         "after fine-tuning; test: the exported weights on the test split, which no choice saw)",
         "",
         "| rank | inherited | fine-tuned | test (exported weights) | params | MACs | "
-        "resolution | depths | source | folder |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        + ("latency ms | " if latency else "")
+        + "resolution | depths | source | folder |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if latency else ""),
     ]
     lines += [
         f"| {r['rank']} | {r['accuracy']:.2%} | "
         + (_finetuned_cell(r["finetuned_accuracy"], r["finetune_epochs"]))
         + f" | {r['test_accuracy']:.2%} | {r['params']:,} | {r['macs']:,} | "
-        f"{r['resolution']} | {r['depths']} | {r['source']} | {r['folder']} |"
+        + (f"{r['latency_ms']:.3f} | " if latency else "")
+        + f"{r['resolution']} | {r['depths']} | {r['source']} | {r['folder']} |"
         for r in front_rows
     ]
+    if latency:
+        table = archive.latency
+        lines += [
+            "",
+            f"Latency: predicted from {len(table.rows)} units measured with "
+            f"{table.machine['runtime']}, {table.machine['threads']} thread(s), batch 1, on "
+            f"{table.machine['cpu']}.",
+        ]
     heur = [e for e in archive.entries if e.source == "heuristic"]
     if heur:
         lines += [
@@ -211,6 +233,7 @@ def write_outputs(
                 "num_classes": supernet.num_classes,
                 "params": entry.params,
                 "macs": entry.macs,
+                **({"predicted_latency_ms": entry.latency} if entry.latency is not None else {}),
                 "val_accuracy": m.val_accuracy,
                 "test_accuracy": m.test_accuracy,
                 "inherited_val_accuracy": m.inherited_val_accuracy,

@@ -35,6 +35,7 @@ from .folder import (
 from .handback import hand_back
 from .io.checkpoint import load_supernet, save_supernet
 from .io.files import write_json
+from .latency import latency_table_of
 from .options import spec_error_names
 from .spec import OptionError, RunSpec
 from .training.train import train_supernet
@@ -141,7 +142,8 @@ def run(
         metadata["width_mults_from_budget"] = list(widths)
         if progress:
             print(f"width choices fitted to the budget: {', '.join(map(str, widths))}")
-    budgets = spec_error_names(lambda: _budgets(spec, data.num_classes))  # before any training
+    # Before any training: a bad budget, or the latency table it needs, shows at once.
+    budgets = spec_error_names(lambda: _budgets(spec, data.num_classes, progress))
     state = out / "resume" / "state.json" if out is not None else None
     if out is not None:
         if overwrite and not resume:
@@ -181,14 +183,22 @@ def _budget_widths(spec: RunSpec, num_classes: int) -> tuple[float, ...]:
         raise OptionError(option, str(err)) from None
 
 
-def _budgets(spec: RunSpec, num_classes: int) -> Budgets:
+def _budgets(spec: RunSpec, num_classes: int, progress: bool = False) -> Budgets:
     try:
+        space = spec.build_space()
+        search = spec.search
+        table = latency_table_of(search, space, num_classes, log=print if progress else None)
         return Budgets(
-            spec.build_space(), num_classes, spec.search.max_params, spec.search.max_macs
+            space, num_classes, search.max_params, search.max_macs, search.max_latency, table
         )
     except ValueError as err:
-        option = "max_macs" if " macs " in str(err) else "max_params"
-        raise OptionError(option, str(err)) from None
+        message = str(err)
+        option = "max_params"
+        if " MACs" in message:
+            option = "max_macs"
+        elif "latency" in message:
+            option = "latency_table" if "table" in message else "max_latency"
+        raise OptionError(option, message) from None
 
 
 @contextmanager

@@ -10,7 +10,6 @@ before any work.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ __all__ = [
 ]
 
 SPEC_FORMAT = "nat-run/1"
-METRICS = ("params", "macs")
+METRICS = ("params", "macs", "latency")
+LATENCY_RUNTIMES = ("onnxruntime", "torch")
 SURROGATES = ("adaptive", "rbf", "gp", "mlp", "trees")
 
 
@@ -126,8 +126,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The NAT loop. Budgets: ``max_params`` parameters, ``max_macs`` MACs per image (None:
-    unbounded). ``metrics``: the complexity objectives besides the error."""
+    """The NAT loop. Budgets: ``max_params`` parameters, ``max_macs`` MACs per image,
+    ``max_latency`` milliseconds at batch 1 on this machine (None: unbounded). ``metrics``:
+    the complexity objectives besides the error. Latency, as a budget or an objective, is
+    predicted from a table of measured units (:mod:`nat.latency`)."""
 
     iterations: int = field(default=5, metadata=_help("NAT iterations"))
     max_params: float | None = field(
@@ -137,9 +139,24 @@ class SearchConfig:
         default=None,
         metadata=_help("budget of multiply-accumulates per image, e.g. 60M", size=True),
     )
+    max_latency: float | None = field(
+        default=None,
+        metadata=_help("latency budget at batch 1 on this machine, e.g. 5ms", time=True),
+    )
     metrics: tuple[str, ...] = field(
         default=("params",),
         metadata=_help("complexity objectives besides the error", choices=METRICS),
+    )
+    latency_runtime: str = field(
+        default="onnxruntime",
+        metadata=_help("what latency is measured with", choices=LATENCY_RUNTIMES),
+    )
+    latency_threads: int = field(default=1, metadata=_help("threads latency is measured with"))
+    latency_table: str | None = field(
+        default=None,
+        metadata=_help(
+            "a table from nat latency-table (default: this machine's cached one, built if missing)"
+        ),
     )
     doe_size: int = field(default=16, metadata=_help("random subnets in the initial archive"))
     candidates: int = field(default=8, metadata=_help("subnets evaluated for real per iteration"))
@@ -175,15 +192,19 @@ class SearchConfig:
         object.__setattr__(self, "heuristic_budgets", tuple(self.heuristic_budgets))
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or not self.metrics or len(set(self.metrics)) != len(self.metrics):
-            raise OptionError("metrics", f"must be params and/or macs, got {list(self.metrics)}")
+            raise OptionError(
+                "metrics", f"must be distinct ones of {list(METRICS)}, got {list(self.metrics)}"
+            )
+        if self.latency_runtime not in LATENCY_RUNTIMES:
+            raise OptionError("latency_runtime", f"choose one of {list(LATENCY_RUNTIMES)}")
         if self.surrogate not in SURROGATES:
             raise OptionError("surrogate", f"choose one of {list(SURROGATES)}")
         _at_least(self, 0, "iterations", "adapt_epochs")
         _at_least(self, 1, "doe_size", "candidates", "population", "generations", "bn_batches")
-        _at_least(self, 1, "adapt_top", "batch_size")
+        _at_least(self, 1, "adapt_top", "batch_size", "latency_threads")
         if not self.lr > 0:
             raise OptionError("lr", f"must be positive, got {self.lr}")
-        for name in ("max_params", "max_macs"):
+        for name in ("max_params", "max_macs", "max_latency"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise OptionError(name, f"must be a positive number, got {value}")
@@ -432,6 +453,8 @@ class RunSpec:
         """Check everything that can be checked without loading data or training; returns the
         spec with paths made absolute. Errors name the user's flag."""
 
+        from .options import check_writable_dir, spec_error_names
+
         def check() -> RunSpec:
             self.build_space()
             source = self.data.source
@@ -455,33 +478,19 @@ class RunSpec:
                 from .backends.address import check_address  # no Ray import needed
 
                 check_address(self.backend.address)
-            return replace(self, data=replace(self.data, source=source), checkpoint=checkpoint)
-
-        from .options import spec_error_names
+            table = self.search.latency_table
+            if table is not None:
+                if not Path(table).is_file():
+                    raise OptionError("latency_table", f"{table} not found")
+                table = str(Path(table).resolve())
+            return replace(
+                self,
+                data=replace(self.data, source=source),
+                search=replace(self.search, latency_table=table),
+                checkpoint=checkpoint,
+            )
 
         return spec_error_names(check)
-
-
-def check_writable_dir(folder: str | os.PathLike, option: str) -> Path:
-    """``folder`` is a directory, or can be made one, that accepts files: tried with a
-    temporary file in its nearest existing ancestor, removed at once (so a read-only file
-    system is caught even for root)."""
-    import tempfile
-
-    path = Path(folder).expanduser()
-    if path.exists() and not path.is_dir():
-        raise OptionError(option, f"{path} is a file, not a folder")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise OptionError(option, f"{path} cannot be made: {probe} is a file")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise OptionError(option, f"{path} is not writable ({err.strerror})") from None
-    return path
 
 
 def _space_keys(name: str) -> list[str]:

@@ -104,6 +104,7 @@ class SearchSpace:
 
     name: str = ""
     family: str = ""
+    imagenet_stem_pool: bool = True  # the ImageNet stem ends with a 3x3 stride-2 max-pool
 
     def __init__(
         self,
@@ -393,6 +394,47 @@ class SearchSpace:
         if np.asarray(cfg_or_x).ndim == 1:
             return int(params[0]), int(macs[0])
         return params, macs
+
+    def units(self, x: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, active) of a population's units (stem, block slots, head): see
+        :func:`search_spaces.units.units_of_arrays`."""
+        from .units import units_of_arrays
+
+        return units_of_arrays(
+            self.to_arrays(np.atleast_2d(x)), num_classes, self.imagenet_stem_pool
+        )
+
+    def covering_population(self) -> np.ndarray:
+        """Encodings whose units, together, include every unit of every subnet of the space.
+
+        A unit depends on its own choices, its stage's width and the previous stage's, and the
+        resolution; depth only adds copies of a stage's later block, and kernels and expand
+        ratios of different slots never interact. So: every stage at its deepest, one kernel
+        and one expand ratio everywhere, and every resolution and width pair of adjacent
+        stages."""
+        n_width = self._width.stop - self._width.start
+        n_expand = len(self.expand_ratios) if self.expand_ratios is not None else 1
+        if n_width == 1:
+            widths = [np.array([w]) for w in range(len(self.width_mults))]
+        else:
+            widths = []
+            for a in range(len(self.width_mults)):
+                for b in range(len(self.width_mults)):
+                    for s in range(n_width):
+                        w = np.full(n_width, a)
+                        w[s] = b
+                        widths.append(w)
+        rows = []
+        for r in range(len(self.resolutions)):
+            for w in widths:
+                for k in range(len(self.kernel_sizes)):
+                    for e in range(n_expand):
+                        x = self.upper.copy()
+                        x[0], x[self._width], x[self._kernel] = r, w, k
+                        if self.expand_ratios is not None:
+                            x[self._expand] = e
+                        rows.append(x)
+        return np.unique(self.repair(np.array(rows)), axis=0)
 
 
 def _index(choices: tuple, value: Any, what: str) -> int:

@@ -35,6 +35,7 @@ class MBv2Space(SearchSpace):
     channels), ``depths`` (choices per stage), ``kernel_sizes``, ``expand_ratios``, ``stem``."""
 
     family = "mbv2"
+    imagenet_stem_pool = False
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from search_spaces import STEM_STRIDES, Arch, Block, SearchSpace
+from search_spaces import BLOCK, FIRST_BLOCK, HEAD, STEM, STEM_STRIDES, Arch, Block, SearchSpace
 
 from .ops import ConvBN, DynamicBatchNorm2d, DynamicConv2d, DynamicConvBN, DynamicLinear
 
@@ -22,6 +22,7 @@ __all__ = [
     "Supernet",
     "build_static",
     "build_supernet",
+    "build_unit",
     "copy_weights",
     "recalibrate_bn",
     "register_family",
@@ -291,3 +292,36 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 20) -> Non
     model.train(was_training)
     if seen == 0:
         raise ValueError("recalibrate_bn got an empty loader: BatchNorm statistics were not set")
+
+
+class _Head(nn.Module):
+    """A head unit: optional 1x1 ConvBN and activation, global pooling, linear classifier."""
+
+    def __init__(self, c_in: int, head_channels: int, num_classes: int, activation) -> None:
+        super().__init__()
+        self.head = ConvBN(c_in, head_channels, 1) if head_channels else nn.Identity()
+        self.act = activation() if head_channels else nn.Identity()
+        self.classifier = nn.Linear(head_channels or c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.act(self.head(x)).mean((2, 3)))
+
+
+def build_unit(family: str, stem: str, row: Iterable[int]) -> tuple[nn.Module, tuple[int, ...]]:
+    """A freshly initialised static module computing one unit of a network, in eval mode, and
+    its input shape at batch 1. ``row``: the unit's integers in ``search_spaces.UNIT_FIELDS``
+    order. The layers are the ones :class:`StaticNet` builds, so a unit runs as it does there."""
+    fam = _family(family)
+    kind, c_in, c_out, kernel, expand_pct, stride, size, classes = (int(v) for v in row)
+    if kind == STEM:
+        stem_kernel, stem_stride, pool = _stem_geometry(fam, stem)
+        module = nn.Sequential(ConvBN(3, c_out, stem_kernel, stem_stride), fam.activation(), pool)
+    elif kind in (FIRST_BLOCK, BLOCK):
+        expand = expand_pct / 100
+        block = Block(kernel, int(expand) if expand.is_integer() else expand)
+        module = fam.static_block(c_in, c_out, block, stride, kind == FIRST_BLOCK)
+    elif kind == HEAD:
+        module = _Head(c_in, c_out, classes, fam.activation)
+    else:
+        raise ValueError(f"unknown unit kind {kind}: a row of search_spaces.UNIT_FIELDS")
+    return module.eval(), (1, c_in, size, size)

@@ -20,6 +20,7 @@ NAMES = (
     "quality",
     "cil",
     "deploy",
+    "latency",
 )
 
 
@@ -43,7 +44,7 @@ def test_quick_suite_writes_every_table(tmp_path):
     assert "Total:" in summary and "NAT / random search HV" in summary
 
     search = json.loads((out / "search.json").read_text())
-    assert [p["seed"] for p in search["per_seed"]] == [0, 1]
+    assert [p["seed"] for p in search["per_seed"]] == [0]
     for p in search["per_seed"]:
         methods = p["methods"]
         n = methods["NAT"]["evaluated"]
@@ -90,6 +91,11 @@ def test_quick_suite_writes_every_table(tmp_path):
     deploy = json.loads((out / "deploy.json").read_text())["rows"]
     assert sorted(r["space"] for r in deploy) == ["mbv2", "resnet", "shufflenetv2"]
     assert all(r["max_abs_diff"] <= 1e-4 and r["onnxruntime_ms"] > 0 for r in deploy)
+
+    latency = json.loads((out / "latency.json").read_text())["rows"]
+    assert sorted(r["space"] for r in latency) == ["mbv2", "resnet", "shufflenetv2"]
+    assert all(r["units"] > 0 and len(r["measured_ms"]) == 3 for r in latency)
+    assert all(-1 <= r["spearman"] <= 1 and r["median_abs_error"] >= 0 for r in latency)
 
     # A second run of one benchmark reuses the cached pre-trained supernet and NAT run.
     again = _run("--quick", "--data", "digits", "--out", str(out), "heuristic")

@@ -1,5 +1,9 @@
 """ONNX export: onnxruntime reproduces torch's logits on real images, or nothing is written."""
 
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -40,28 +44,50 @@ def _trained_like(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", SPACES)
-def test_onnxruntime_reproduces_torch_for_ten_random_subnets(name, images, tmp_path):
+def _parity_space(name: str) -> search_spaces.SearchSpace:
     # Up to two blocks a stage: both kinds of block (downsampling, repeated) at every choice
     # of kernel, width and expansion, with fewer nodes to export than at full depth (the
     # deploy benchmark exports full-depth subnets).
     full = search_spaces.get(name)
-    space = search_spaces.get(name, depths=[range(1, min(d, 2) + 1) for d in full.max_depths])
-    archs = [space.decode(x) for x in space.sample(10, np.random.default_rng(0))]
-    for i, arch in enumerate(archs):
-        model = _trained_like(supernets.build_static(arch, 10), i)
-        batch = resize_batch(images, arch.resolution)
-        path = tmp_path / f"{i}.onnx"
-        diff = export_onnx(model, batch, path)
-        assert diff <= ONNX_TOLERANCE
-        session = onnx_session(path, threads=1)
-        for n in (1, 8):  # the batch dimension is dynamic
-            (got,) = session.run(None, {"images": batch[:n].numpy()})
-            with torch.no_grad():
-                want = model(batch[:n]).numpy()
-            assert got.shape == (n, 10)
-            assert np.abs(got - want).max() <= ONNX_TOLERANCE, arch.to_json()
+    return search_spaces.get(name, depths=[range(1, min(d, 2) + 1) for d in full.max_depths])
+
+
+def _export_and_compare(job: tuple) -> tuple[str, float, float]:
+    """Export one subnet and run it in onnxruntime at batch 1 and 8: (arch JSON, the export's
+    own check, the worst difference at either batch size). Runs in a worker process."""
+    name, x, seed, images, path = job
+    torch.set_num_threads(1)  # two workers share the two cores
+    arch = _parity_space(name).decode(np.asarray(x))
+    model = _trained_like(supernets.build_static(arch, 10), seed)
+    batch = resize_batch(torch.from_numpy(images), arch.resolution)
+    checked = export_onnx(model, batch, path)
+    session = onnx_session(path, threads=1)
+    worst = 0.0
+    for n in (1, 8):  # the batch dimension is dynamic
+        (got,) = session.run(None, {"images": batch[:n].numpy()})
+        with torch.no_grad():
+            want = model(batch[:n]).numpy()
+        assert got.shape == (n, 10)
+        worst = max(worst, float(np.abs(got - want).max()))
+    return arch.to_json(), checked, worst
+
+
+@pytest.mark.slow
+def test_onnxruntime_reproduces_torch_for_ten_random_subnets(images, tmp_path):
+    # Exporting is single-threaded Python (tracing, graph passes): two processes halve the
+    # wall time of these 30 exports.
+    jobs = [
+        (name, x, i, images.numpy(), tmp_path / f"{name}-{i}.onnx")
+        for name in SPACES
+        for i, x in enumerate(_parity_space(name).sample(10, np.random.default_rng(0)))
+    ]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        results = list(pool.map(_export_and_compare, jobs))
+    assert len(results) == 30
+    for (name, *_), (arch, checked, worst) in zip(jobs, results, strict=True):
+        assert checked <= ONNX_TOLERANCE and worst <= ONNX_TOLERANCE, (name, arch)
+    assert {json.loads(arch)["family"] for arch, _, _ in results} == set(SPACES)
 
 
 def test_a_mismatch_is_a_clear_error_and_writes_nothing(images, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 import nat
 from nat.cli import main
 from nat.engine.problem import Budgets
+from nat.latency import build_table
 
 TINY = dict(
     space="shufflenetv2",
@@ -38,9 +39,24 @@ def _budget() -> float:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def latency_budget(tmp_path_factory):
+    """(table file, latency budget): a table measured here, and a budget 70 % of the way from
+    the space's fastest subnet to its slowest (predicted)."""
+    space = small_space("shufflenetv2", **TINY["space_options"])
+    table = build_table(space, 10, rounds=2, calibration=2)
+    low, high = table.predict(
+        np.stack([space.encode(space.smallest()), space.encode(space.largest())])
+    )
+    path = table.save(tmp_path_factory.mktemp("latency") / "table.json")
+    return str(path), float(low + 0.7 * (high - low))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, latency_budget):
     out = tmp_path_factory.mktemp("search")
-    return nat.search(max_params=_budget(), seed=0, out=out, **TINY), out
+    table, max_latency = latency_budget
+    options = dict(max_params=_budget(), max_latency=max_latency, latency_table=table, seed=0)
+    return nat.search(out=out, **options, **TINY), out
 
 
 def test_search_writes_every_output(run):
@@ -66,9 +82,14 @@ def test_search_writes_every_output(run):
 
 
 def test_every_subnet_respects_the_budget_and_the_front_is_non_dominated(run):
-    result, _ = run
+    result, out = run
     budget = _budget()
     assert all(e.params <= budget for e in result.archive.entries)
+    # The latency budget holds for every evaluated subnet, as the table predicts it.
+    max_latency = json.loads((out / "run.json").read_text())["search"]["max_latency"]
+    latency = [e.latency for e in result.archive.entries]
+    assert all(0 < ms <= max_latency for ms in latency)
+    assert "latency ms" in (out / "report.md").read_text()
     sources = {e.source for e in result.archive.entries}
     assert {"smallest", "heuristic", "doe", "search"} <= sources
     F = result.archive.objectives(("params",))[result.front]
@@ -78,9 +99,11 @@ def test_every_subnet_respects_the_budget_and_the_front_is_non_dominated(run):
     assert all(0 < h <= 1.01**2 for h in hv)
 
 
-def test_same_seed_gives_the_same_archive(run, tmp_path):
+def test_same_seed_gives_the_same_archive(run, latency_budget, tmp_path):
     result, _ = run
-    again = nat.search(max_params=_budget(), seed=0, out=tmp_path, **TINY)
+    table, max_latency = latency_budget
+    options = dict(max_params=_budget(), max_latency=max_latency, latency_table=table, seed=0)
+    again = nat.search(out=tmp_path, **options, **TINY)
     assert [(e.x, e.accuracy) for e in again.archive.entries] == [
         (e.x, e.accuracy) for e in result.archive.entries
     ]

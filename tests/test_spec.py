@@ -56,6 +56,9 @@ def _other_value(option):
         "subset": "100",
         "finetune_distill_weight": "0.25",
         "classes": "3,7",
+        "latency_runtime": "torch",
+        "latency_table": "table.json",
+        "max_latency": "5ms",
     }
     if option.name in special:
         return special[option.name]

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from . import cil, compare, sample, search, train_supernet
+from . import cil, compare, latency_table, sample, search, train_supernet
 
 __all__ = ["build_parser", "main"]
 
@@ -17,6 +17,7 @@ COMMANDS = {
     "search": search,
     "compare": compare,
     "cil": cil,
+    "latency-table": latency_table,
 }
 
 

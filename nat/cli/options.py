@@ -12,15 +12,16 @@ from typing import Any
 from ..options import OPTIONS, Option
 from ..spec import RunSpec
 
-__all__ = ["GROUPS", "add_spec_options", "parse_size", "spec_from_args"]
+__all__ = ["GROUPS", "add_spec_options", "parse_size", "parse_time", "spec_from_args"]
 
+_BUDGETS = ("max_params", "max_macs", "max_latency", "objectives")
 # Which flags each help section shows, by the settings' paths in the spec.
 GROUPS = {
     "space": lambda o: o.path[0] in ("space", "space_options"),
     "data": lambda o: o.path[0] == "data",
-    "budgets and objectives": lambda o: o.name in ("max_params", "max_macs", "objectives"),
+    "budgets and objectives": lambda o: o.name in _BUDGETS or o.name.startswith("latency_"),
     "search": lambda o: (
-        o.path[0] == "search" and o.name not in ("max_params", "max_macs", "objectives")
+        o.path[0] == "search" and o.name not in _BUDGETS and not o.name.startswith("latency_")
     ),
     "supernet training": lambda o: o.path[0] == "pretrain" or o.name == "checkpoint",
     "fine-tuning of the front": lambda o: o.path[0] == "finetune",
@@ -34,6 +35,7 @@ _METAVARS = {
     "address": "ADDR",
     "data": "SOURCE",
     "cache_dir": "DIR",
+    "latency_table": "FILE",
 }
 _SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
 
@@ -48,10 +50,23 @@ def parse_size(text: str) -> float:
     return float(match.group(1)) * _SUFFIXES[match.group(2).lower()]
 
 
-def _number(kind: type, size: bool) -> typing.Callable[[str], Any]:
+_TIME_UNITS = {"": 1.0, "ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1e3}
+
+
+def parse_time(text: str) -> float:
+    """A time in milliseconds: '5ms' -> 5, '800us' -> 0.8, '0.01s' -> 10, '5' -> 5."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(ms|us|µs|s)?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a time such as 5ms or 800us, got {text!r}")
+    return float(match.group(1)) * _TIME_UNITS[match.group(2) or ""]
+
+
+def _number(kind: type, size: bool, time: bool = False) -> typing.Callable[[str], Any]:
     def parse(text: str) -> Any:
         if size:
             return parse_size(text)
+        if time:
+            return parse_time(text)
         try:
             value = float(text)
         except ValueError:
@@ -111,8 +126,10 @@ def _argument(option: Option) -> dict:
     elif kind is dict:
         kwargs["type"], kwargs["metavar"] = _json_object, "JSON"
     elif kind in (int, float):
-        kwargs["type"] = _number(kind, option.size)
-        kwargs["metavar"] = "SIZE" if option.size else ("N" if kind is int else "X")
+        kwargs["type"] = _number(kind, option.size, option.time)
+        kwargs["metavar"] = (
+            "SIZE" if option.size else "TIME" if option.time else "N" if kind is int else "X"
+        )
     else:
         kwargs["metavar"] = _METAVARS.get(option.name, option.name.split("_")[-1].upper())
         if option.choices:

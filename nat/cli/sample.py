@@ -10,8 +10,8 @@ import numpy as np
 
 from search_spaces import Arch
 
-from ..options import spec_error_names
-from ..spec import OptionError, check_writable_dir
+from ..options import check_writable_dir, spec_error_names
+from ..spec import OptionError
 from .options import add_spec_options, given_options
 
 

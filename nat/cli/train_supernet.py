@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..options import spec_error_names
-from ..spec import OptionError, check_writable_dir
+from ..options import check_writable_dir, spec_error_names
+from ..spec import OptionError
 from .options import add_spec_options, spec_from_args
 
 _FLAGS = {"pretrain_epochs": "--epochs", "pretrain_lr": "--lr", "checkpoint": "--init"}

@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
@@ -13,6 +14,9 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 import search_spaces
 from search_spaces import SearchSpace
+
+if TYPE_CHECKING:
+    from ..latency import LatencyTable
 
 from ..io.files import write_json
 
@@ -24,7 +28,8 @@ FORMAT = "nat-archive/2"
 @dataclass
 class Entry:
     """One real evaluation: validation accuracy (0..1) of the subnet ``x`` with inherited
-    weights and recalibrated BatchNorm; ``params``; ``macs`` per image."""
+    weights and recalibrated BatchNorm; ``params``; ``macs`` per image; ``latency``: predicted
+    ms at batch 1 (None when the run has no latency table)."""
 
     x: list[int]
     accuracy: float
@@ -32,13 +37,16 @@ class Entry:
     macs: int
     source: str  # "doe", "smallest", "largest", "heuristic", "search"
     iteration: int
+    latency: float | None = None
 
 
 class Archive:
     """Evaluated architectures of one space, at most one entry per encoding."""
 
-    def __init__(self, space: SearchSpace, num_classes: int) -> None:
-        self.space, self.num_classes = space, num_classes
+    def __init__(
+        self, space: SearchSpace, num_classes: int, latency: LatencyTable | None = None
+    ) -> None:
+        self.space, self.num_classes, self.latency = space, num_classes, latency
         self.entries: list[Entry] = []
 
     def __len__(self) -> int:
@@ -63,12 +71,23 @@ class Archive:
         if not np.all(np.isfinite(accuracy)):
             raise ValueError("an evaluation returned a non-finite accuracy; it is not recorded")
         params, macs = self.space.complexity(X, self.num_classes)
-        for x, acc, p, m in zip(X, accuracy, params, macs, strict=True):
+        latency = self.latency.predict(X) if self.latency is not None else [None] * len(X)
+        for x, acc, p, m, ms in zip(X, accuracy, params, macs, latency, strict=True):
             if x in self:
                 raise ValueError(f"architecture {list(x)} is already in the archive")
+            ms = None if ms is None else round(float(ms), 4)
             self.entries.append(
-                Entry([int(v) for v in x], float(acc), int(p), int(m), source, iteration)
+                Entry([int(v) for v in x], float(acc), int(p), int(m), source, iteration, ms)
             )
+
+    def attach_latency(self, latency: LatencyTable | None) -> None:
+        """Predict every entry's latency with ``latency`` (None: drop the predictions)."""
+        self.latency = latency
+        if not self.entries:
+            return
+        predicted = latency.predict(self.X) if latency is not None else [None] * len(self)
+        for entry, ms in zip(self.entries, predicted, strict=True):
+            entry.latency = None if ms is None else round(float(ms), 4)
 
     def set_accuracy(self, accuracy: np.ndarray) -> None:
         """Replace every accuracy (after the supernet's weights changed)."""
@@ -77,6 +96,8 @@ class Archive:
 
     def objectives(self, metrics: tuple[str, ...]) -> np.ndarray:
         """(n, 1 + len(metrics)) array to minimise: error, then each complexity metric."""
+        if "latency" in metrics and any(e.latency is None for e in self.entries):
+            raise ValueError("latency is an objective but the archive has no latency table")
         cols = [1.0 - self.accuracy] + [
             np.array([getattr(e, m) for e in self.entries], dtype=np.float64) for m in metrics
         ]

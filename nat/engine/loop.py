@@ -29,6 +29,7 @@ from supernets import Supernet
 from ..data import DataSplits
 from ..io.checkpoint import load_supernet, save_supernet
 from ..io.files import write_json
+from ..latency import latency_table_of
 from ..spec import SearchConfig
 from ..training.evaluate import SubnetEvaluator
 from ..training.train import TrainConfig, train_supernet
@@ -141,11 +142,20 @@ class NATSearch:
         self.metadata = metadata or {}
         self.space = supernet.space
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.budgets = Budgets(self.space, supernet.num_classes, config.max_params, config.max_macs)
+        log = (lambda text: tqdm.write(text)) if progress else None
+        self.latency = latency_table_of(config, self.space, supernet.num_classes, log)
+        self.budgets = Budgets(
+            self.space,
+            supernet.num_classes,
+            config.max_params,
+            config.max_macs,
+            config.max_latency,
+            self.latency,
+        )
         self.runner = runner or SubnetEvaluator(
             data, config.bn_batches, config.batch_size, config.seed, progress
         )
-        self.archive = Archive(self.space, supernet.num_classes)
+        self.archive = Archive(self.space, supernet.num_classes, self.latency)
         self.history: list[dict] = []
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
@@ -167,7 +177,9 @@ class NATSearch:
         """The Feillet heuristic's architecture (widths snapped to the space) per budget, from
         the family's reference network (kernel 3): scaling the space's largest (kernel 7)
         instead left the seed at 69 % of a 300k budget on CIFAR-10's mbv2 space."""
-        metric = self.config.metrics[0]
+        # Feillet scales by params or MACs; a latency-only run scales by MACs and keeps the
+        # seeds its latency budget admits.
+        metric = next((m for m in self.config.metrics if m != "latency"), "macs")
         limit = self.budgets.limits[metric] or self.budgets.scale[metric]
         budgets = self.config.heuristic_budgets or (limit / 4, limit / 2, limit)
         seeds = []
@@ -394,6 +406,7 @@ class NATSearch:
         if supernet.space != archive.space:
             raise ValueError(f"{folder / state['supernet']} does not match the archive's space")
         search = cls(supernet, data, config, out_dir, runner, progress, metadata)
+        archive.attach_latency(search.latency)
         search.archive = archive
         search.history = state["history"]
         search.rng.bit_generator.state = state["rng"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -15,14 +16,20 @@ from pymoo.optimize import minimize
 
 from search_spaces import Arch, SearchSpace
 
+if TYPE_CHECKING:
+    from ..latency import LatencyTable
+
 __all__ = ["Budgets", "SpaceRepair", "SurrogateProblem", "make_nsga2", "run_nsga2"]
 
-METRICS = ("params", "macs")
+METRICS = ("params", "macs", "latency")
+_UNITS = {"params": "parameters", "macs": "MACs", "latency": "ms latency"}
 
 
 class Budgets:
-    """Upper bounds on parameters and MACs per image (None: unbounded), and the scale each
-    complexity objective is divided by (the budget, else the space's largest value)."""
+    """Upper bounds on parameters, MACs per image and milliseconds at batch 1 (None:
+    unbounded), and the scale each complexity objective is divided by (the budget, else the
+    space's largest value). ``latency``: the table that predicts latency (``nat.latency``),
+    needed for a latency budget or objective."""
 
     def __init__(
         self,
@@ -30,18 +37,34 @@ class Budgets:
         num_classes: int,
         max_params: float | None = None,
         max_macs: float | None = None,
+        max_latency: float | None = None,
+        latency: LatencyTable | None = None,
     ) -> None:
-        self.space, self.num_classes = space, num_classes
-        self.limits = {"params": max_params, "macs": max_macs}
-        largest = dict(zip(METRICS, space.complexity(space.largest(), num_classes), strict=True))
-        smallest = dict(zip(METRICS, space.complexity(space.smallest(), num_classes), strict=True))
+        self.space, self.num_classes, self.latency = space, num_classes, latency
+        if max_latency is not None and latency is None:
+            raise ValueError("a latency budget needs a latency table (nat.latency.load_or_build)")
+        self.limits = {"params": max_params, "macs": max_macs, "latency": max_latency}
+        ends = self.values(
+            np.stack([space.encode(space.largest()), space.encode(space.smallest())])
+        )
         for metric, limit in self.limits.items():
-            if limit is not None and limit < smallest[metric]:
+            if limit is not None and limit < ends[metric][1]:
+                smallest = ends[metric][1]
                 raise ValueError(
-                    f"budget of {limit:,.0f} {metric} is below the smallest {space.name} subnet "
-                    f"({smallest[metric]:,} {metric}): raise it or use a smaller space"
+                    f"budget of {_amount(limit, metric)} is below the smallest {space.name} "
+                    f"subnet's {_amount(smallest, metric)}: raise it or use a smaller space"
                 )
-        self.scale = {m: float(self.limits[m] or largest[m]) for m in METRICS}
+        self.scale = {m: float(self.limits[m] or ends[m][0]) for m in ends}
+
+    def values(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Each complexity metric of the rows of ``X``: params and MACs analytically, latency
+        (ms) predicted from the table when there is one."""
+        X = np.atleast_2d(X)
+        params, macs = self.space.complexity(X, self.num_classes)
+        values = {"params": params, "macs": macs}
+        if self.latency is not None:
+            values["latency"] = self.latency.predict(X)
+        return values
 
     @property
     def constrained(self) -> tuple[str, ...]:
@@ -49,9 +72,7 @@ class Budgets:
 
     def violation(self, X: np.ndarray) -> np.ndarray:
         """(n, number of budgets) relative excess over each budget; feasible when all <= 0."""
-        values = dict(
-            zip(METRICS, self.space.complexity(np.atleast_2d(X), self.num_classes), strict=True)
-        )
+        values = self.values(X)
         cols = [(values[m] - self.limits[m]) / self.limits[m] for m in self.constrained]
         return np.stack(cols, axis=1) if cols else np.zeros((len(np.atleast_2d(X)), 0))
 
@@ -149,9 +170,7 @@ class SurrogateProblem(Problem):
 
     def _evaluate(self, X, out, *args, **kwargs):
         X = self.budgets.space.repair(X)
-        values = dict(
-            zip(METRICS, self.budgets.space.complexity(X, self.budgets.num_classes), strict=True)
-        )
+        values = self.budgets.values(X)
         out["F"] = np.column_stack(
             [1.0 - self.predict_accuracy(X)]
             + [values[m] / self.budgets.scale[m] for m in self.metrics]
@@ -184,3 +203,8 @@ def run_nsga2(
     pop = result.pop
     G = pop.get("G") if problem.n_ieq_constr else np.zeros((len(pop), 0))
     return problem.budgets.space.repair(pop.get("X")), pop.get("F"), G
+
+
+def _amount(value: float, metric: str) -> str:
+    number = f"{value:.3g}" if metric == "latency" else f"{value:,.0f}"
+    return f"{number} {_UNITS[metric]}"

@@ -14,6 +14,7 @@ from .deploy import bench_deploy
 from .fidelity import bench_fidelity
 from .growth import bench_growth
 from .heuristic import bench_heuristic
+from .latency import bench_latency
 from .quality import bench_quality
 from .search import bench_search
 from .speed import bench_speed
@@ -31,6 +32,7 @@ BENCHES = {
     "quality": bench_quality,
     "cil": bench_cil,
     "deploy": bench_deploy,
+    "latency": bench_latency,
 }
 
 

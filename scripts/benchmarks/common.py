@@ -115,6 +115,14 @@ class Settings:
     # deployment: ONNX export and batch-1 latency of random subnets of every family
     deploy_archs: int = 10
     deploy_repeats: int = 50
+    deploy_max_depth: int | None = None  # blocks per stage at most (None: the space's)
+    # the latency predictor: random subnets of each family's default space, both runtimes
+    latency_archs: int = 30
+    latency_rounds: int = 6
+    latency_calibration: int = 10  # whole subnets the table is calibrated on
+    latency_runtimes: tuple[str, ...] = ("onnxruntime", "torch")
+    latency_space_options: dict = field(default_factory=dict)
+    latency_dynamo: bool = True  # measure the exported model.onnx itself (slow to export)
     # cost growth
     archive_sizes: tuple[int, ...] = (20, 40, 80, 120)
     population_sizes: tuple[int, ...] = (20, 40, 80, 160)
@@ -143,7 +151,7 @@ QUICK = Settings(
     max_params=4e5,
     pretrain_epochs=4,
     bn_batches=2,
-    seeds=(0, 1),
+    seeds=(0,),
     iterations=1,
     doe_size=4,
     candidates=3,
@@ -186,6 +194,13 @@ QUICK = Settings(
     cil_search_options=_TINY_SEARCH,
     deploy_archs=1,
     deploy_repeats=3,
+    deploy_max_depth=1,
+    latency_archs=3,
+    latency_rounds=2,
+    latency_calibration=2,
+    latency_runtimes=("onnxruntime",),
+    latency_space_options={"resolutions": [16], "width_mults": [0.25], "kernel_sizes": [3]},
+    latency_dynamo=False,
 )
 
 

@@ -44,6 +44,9 @@ def bench_deploy(bench: Bench) -> Result:
     try:
         for name in search_spaces.list_spaces():
             space = search_spaces.get(name)
+            if s.deploy_max_depth is not None:
+                depths = [range(1, min(d, s.deploy_max_depth) + 1) for d in space.max_depths]
+                space = search_spaces.get(name, depths=depths)
             X = space.sample(s.deploy_archs, np.random.default_rng(0))
             for x in X:
                 arch = space.decode(x)
