@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import search_spaces
+
 from .spec import OptionError, RunSpec
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "build",
     "check_writable_dir",
     "flag_of",
+    "space_keys",
     "spec_error_names",
     "unknown_option",
 ]
@@ -240,3 +243,15 @@ def check_writable_dir(folder: str | os.PathLike, option: str) -> Path:
     except OSError as err:
         raise OptionError(option, f"{path} is not writable ({err.strerror})") from None
     return path
+
+
+def space_keys(name: str) -> list[str]:
+    """The option names the search space ``name`` takes."""
+    import inspect
+
+    if name not in search_spaces.list_spaces():
+        raise OptionError(
+            "space", f"unknown space {name!r}: choose one of {search_spaces.list_spaces()}"
+        )
+    cls = type(search_spaces.get(name))
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]

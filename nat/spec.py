@@ -435,7 +435,9 @@ class RunSpec:
     # -- checks ------------------------------------------------------------------------------
     def build_space(self) -> search_spaces.SearchSpace:
         """The search space, or an error naming the option at fault."""
-        known = _space_keys(self.space)
+        from .options import space_keys
+
+        known = space_keys(self.space)
         unknown = sorted(set(self.space_options) - set(known))
         if unknown:
             raise OptionError(
@@ -491,14 +493,3 @@ class RunSpec:
             )
 
         return spec_error_names(check)
-
-
-def _space_keys(name: str) -> list[str]:
-    import inspect
-
-    if name not in search_spaces.list_spaces():
-        raise OptionError(
-            "space", f"unknown space {name!r}: choose one of {search_spaces.list_spaces()}"
-        )
-    cls = type(search_spaces.get(name))
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
