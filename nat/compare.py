@@ -25,6 +25,8 @@ from .engine.heuristic import depth_only, feillet, width_only
 from .folder import open_run
 from .io.checkpoint import load_supernet
 from .io.files import atomic_write, markdown_table, mean_std, save_figure, write_json
+from .profile import profile
+from .pruning import PruningError, prune_to_budget
 from .run import load_data
 from .training.evaluate import SubnetEvaluator
 from .training.train import evaluate, finetune
@@ -34,6 +36,9 @@ SCRATCH = "heuristic (scratch)"
 __all__ = ["compare"]
 
 METHODS = {"heuristic": feillet, "width-only": width_only, "depth-only": depth_only}
+# The space's largest subnet, inherited, pruned to the budget while fine-tuning (nat.pruning).
+PRUNED = {"pruned-l1": "l1", "pruned-taylor": "taylor"}
+KNOWN = (*METHODS, "searched", *PRUNED)
 
 
 def _candidates(
@@ -52,6 +57,9 @@ def _candidates(
     best = max(within, key=lambda e: e.accuracy, default=None)
     if "searched" in methods:
         archs["searched"] = space.decode(best.x) if best else None
+    for name in PRUNED:
+        if name in methods:
+            archs[name] = space.largest()  # the starting point; pruning sets the size
     return archs
 
 
@@ -67,15 +75,21 @@ def compare(
     scratch: bool = False,
     methods: tuple[str, ...] = (*METHODS, "searched"),
 ) -> list[dict]:
-    """Compare ``methods`` (of "heuristic", "width-only", "depth-only", "searched") at each
-    budget, plus the heuristic trained from scratch with ``scratch``; writes compare.md,
-    compare.json and compare.png into ``run_dir`` (a ``nat search`` folder) and returns the
-    table rows (accuracies as (mean, std) over seeds, 0..1)."""
-    unknown = set(methods) - {*METHODS, "searched"}
+    """Compare ``methods`` (of :data:`KNOWN`) at each budget, plus the heuristic trained
+    from scratch with ``scratch``; writes compare.md, compare.json and compare.png into
+    ``run_dir`` (a ``nat search`` folder) and returns the table rows (accuracies as (mean,
+    std) over seeds, 0..1). The pruned methods prune the space's largest subnet, inherited,
+    to the params budget during the same fine-tuning epochs the others get."""
+    unknown = set(methods) - set(KNOWN)
     if unknown or not methods:
-        raise ValueError(f"unknown methods {sorted(unknown)}: choose from {[*METHODS, 'searched']}")
+        raise ValueError(f"unknown methods {sorted(unknown)}: choose from {list(KNOWN)}")
     if finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be at least 0, got {finetune_epochs}")
+    pruned = [m for m in methods if m in PRUNED]
+    if pruned and metric != "params":
+        raise ValueError(f"{pruned[0]} prunes to a params budget: use --metric params")
+    if pruned and finetune_epochs == 0:
+        raise ValueError(f"{pruned[0]} prunes while fine-tuning: give --finetune-epochs 1 or more")
     if scratch and finetune_epochs == 0:
         raise ValueError("--scratch trains for --finetune-epochs: give at least 1")
     if not seeds:
@@ -103,8 +117,23 @@ def compare(
                 rows.append({**row, "params": None, "macs": None})
                 continue
             params, macs = archive.space.complexity(arch, archive.num_classes)
-            inherited, tuned = [], []
+            inherited, tuned, unprunable = [], [], None
             for seed in seeds:
+                if method in PRUNED:
+                    _, model = SubnetEvaluator(data, bn_batches, seed=seed).evaluate_one(
+                        supernet, arch
+                    )
+                    try:
+                        prune_to_budget(
+                            model, data, arch.resolution, budget, PRUNED[method],
+                            finetune_epochs, lr, seed, progress,
+                        )  # fmt: skip
+                    except PruningError as err:
+                        unprunable = str(err)  # this budget only: the others still run
+                        break
+                    params, macs = profile(model, arch.resolution)
+                    tuned.append(evaluate(model, test_batches, arch.resolution))
+                    continue
                 if method == SCRATCH:
                     torch.manual_seed(seed)
                     model = build_static(arch, archive.num_classes)
@@ -123,6 +152,9 @@ def compare(
                         progress=progress,
                     )
                 tuned.append(evaluate(model, test_batches, arch.resolution))
+            if unprunable:
+                rows.append({**row, "params": None, "macs": None, "why": unprunable})
+                continue
             rows.append(
                 {
                     **row,
@@ -131,8 +163,9 @@ def compare(
                     "inherited": mean_std(inherited) if inherited else None,
                     "finetuned": mean_std(tuned),
                     "resolution": arch.resolution,
-                    "depths": list(arch.depths),
-                    "arch": arch.to_dict(),
+                    "depths": "pruned" if method in PRUNED else list(arch.depths),
+                    "arch": None if method in PRUNED else arch.to_dict(),
+                    **({"pruned_from": arch.to_dict()} if method in PRUNED else {}),
                 }
             )
     _write(run_dir, rows, metric, seeds, finetune_epochs)
@@ -144,7 +177,8 @@ def _write(run_dir: Path, rows: list[dict], metric: str, seeds, epochs: int) -> 
     table = []
     for r in rows:
         if r["params"] is None:
-            table.append([f"{r['budget']:,.0f}", r["method"], "nothing fits", "", "", "", ""])
+            why = "cannot prune" if r.get("why") else "nothing fits"
+            table.append([f"{r['budget']:,.0f}", r["method"], why, "", "", "", ""])
             continue
         inherited = "{:.2%} ± {:.2%}".format(*r["inherited"]) if r["inherited"] else "-"
         tuned = "{:.2%} ± {:.2%}".format(*r["finetuned"])
@@ -180,7 +214,9 @@ def _write(run_dir: Path, rows: list[dict], metric: str, seeds, epochs: int) -> 
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     for method, marker in zip(
-        ("heuristic", "width-only", "depth-only", "searched", SCRATCH), "s^vox", strict=True
+        ("heuristic", "width-only", "depth-only", "searched", SCRATCH, *PRUNED),
+        "s^vox<>",
+        strict=True,
     ):
         pts = sorted(
             (r[metric], r["finetuned"])

@@ -42,6 +42,7 @@ RUN_OUTPUTS = (
     "compare.json",
     "compare.md",
     "compare.png",
+    "multi-exit",
 )
 
 

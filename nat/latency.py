@@ -49,7 +49,9 @@ __all__ = [
     "load_or_build",
     "load_table",
     "machine",
+    "reference_calls",
     "runner",
+    "speed_factor",
 ]
 
 FORMAT = 1
@@ -266,10 +268,13 @@ def build_table(
     rounds: int = ROUNDS,
     calibration: int = CALIBRATION,
     log: Callable[[str], None] | None = None,
+    dynamo: bool = True,
 ) -> LatencyTable:
     """Measure every distinct unit of ``space`` (see ``SearchSpace.covering_population``),
     and ``calibration`` random whole subnets (0: none) to fit the map from the units' sum to
-    a whole subnet's time, all in each of ``rounds`` interleaved rounds.
+    a whole subnet's time, all in each of ``rounds`` interleaved rounds. The whole subnets are
+    exported as ``nat search`` ships them (``dynamo``, about 5 s each), or with the fast
+    exporter the units use (``dynamo=False``: quick checks of the code path).
 
     Whole subnets run slower than their units alone: on this machine by 1-20 % in
     onnxruntime and 25-75 % in torch (more cache misses, more allocation), growing with size.
@@ -288,12 +293,8 @@ def build_table(
         for row in unique:
             module, shape = build_unit(space.family, space.stem, row)
             calls.append(runner(module, shape, runtime, threads))
-        X = space.sample(calibration, np.random.default_rng(CALIBRATION_SEED))
-        for x in X:
-            arch = space.decode(x)
-            model = build_static(arch, num_classes).eval()
-            side = arch.resolution
-            calls.append(runner(model, (1, 3, side, side), runtime, threads, dynamo=True))
+        X, whole = reference_calls(space, num_classes, runtime, threads, calibration, dynamo)
+        calls += whole
         if log:
             log(f"  built in {time.perf_counter() - start:.0f} s; timing {rounds} rounds")
         ms = fastest_ms(calls, threads, rounds)
@@ -312,6 +313,35 @@ def build_table(
         table.scale, table.power = float(np.exp(log_scale)), float(power)
     table.build_seconds = time.perf_counter() - start
     return table
+
+
+def reference_calls(
+    space: SearchSpace,
+    num_classes: int,
+    runtime: str = "onnxruntime",
+    threads: int = 1,
+    count: int = CALIBRATION,
+    dynamo: bool = True,
+) -> tuple[np.ndarray, list[Callable[[], Any]]]:
+    """The whole subnets a table of ``space`` is calibrated on (the same ``count`` encodings
+    every time), and a call running each (see :func:`runner`)."""
+    X = space.sample(count, np.random.default_rng(CALIBRATION_SEED))
+    calls = []
+    for x in X:
+        arch = space.decode(x)
+        model = build_static(arch, num_classes).eval()
+        side = arch.resolution
+        calls.append(runner(model, (1, 3, side, side), runtime, threads, dynamo=dynamo))
+    return X, calls
+
+
+def speed_factor(table: LatencyTable, X: np.ndarray, measured_ms: np.ndarray) -> float:
+    """How much slower the machine runs now than when ``table`` was built: the median of
+    measured ÷ predicted over reference subnets ``X`` (see :func:`reference_calls`) timed
+    now. This machine's speed drifts by up to ±25 % from one minute to the next, so a
+    prediction is an estimate at the speed of the build; time the references alongside the
+    models to compare with, and multiply predictions by this factor to compare shapes."""
+    return float(np.median(np.asarray(measured_ms) / table.predict(X)))
 
 
 @contextlib.contextmanager

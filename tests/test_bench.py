@@ -21,6 +21,8 @@ NAMES = (
     "cil",
     "deploy",
     "latency",
+    "pruning",
+    "multiexit",
 )
 
 
@@ -96,6 +98,17 @@ def test_quick_suite_writes_every_table(tmp_path):
     assert sorted(r["space"] for r in latency) == ["mbv2", "resnet", "shufflenetv2"]
     assert all(r["units"] > 0 and len(r["measured_ms"]) == 3 for r in latency)
     assert all(-1 <= r["spearman"] <= 1 and r["median_abs_error"] >= 0 for r in latency)
+
+    pruning = json.loads((out / "pruning.json").read_text())
+    assert {r["method"] for r in pruning["rows"]} == {"heuristic", "searched", "pruned-taylor"}
+    assert all(r["params"] <= r["budget"] for r in pruning["rows"] if r["params"] is not None)
+    transfer = pruning["transfer"]
+    assert [t["method"] for t in transfer] == ["fine-tuned, unpruned", "pruned-taylor to 200,000"]
+    assert transfer[1]["params"] <= 2e5 < transfer[0]["params"]
+
+    (multiexit,) = json.loads((out / "multiexit.json").read_text())["runs"]
+    assert len(multiexit["curve"]) == 4 and len(multiexit["exit_macs"]) >= 2
+    assert len(multiexit["versus_front"]) >= 1
 
     # A second run of one benchmark reuses the cached pre-trained supernet and NAT run.
     again = _run("--quick", "--data", "digits", "--out", str(out), "heuristic")

@@ -22,7 +22,7 @@ TINY = {"resolutions": (12,), "width_mults": (0.25, 0.5), "kernel_sizes": (3, 5)
 @pytest.fixture(scope="module")
 def tiny_table():
     space = search_spaces.get("resnet", **TINY)
-    return space, latency.build_table(space, 10, rounds=2, calibration=3)
+    return space, latency.build_table(space, 10, rounds=2, calibration=3, dynamo=False)
 
 
 @pytest.mark.parametrize("name", SPACES)
@@ -67,6 +67,19 @@ def test_prediction_is_the_sum_of_the_units_and_vectorised(tiny_table):
     assert table.power > 0 and table.scale > 0 and (table.scale, table.power) != (1, 1)
     deeper = space.encode(space.largest())
     assert table.predict(deeper)[0] > table.predict(space.encode(space.smallest()))[0]
+
+
+def test_the_speed_factor_compares_the_reference_subnets_with_the_table(tiny_table):
+    space, table = tiny_table
+    X, calls = latency.reference_calls(space, 10, count=3, dynamo=False)
+    # The same subnets every time: the ones the table was calibrated on.
+    again, _ = latency.reference_calls(space, 10, count=3, dynamo=False)
+    np.testing.assert_array_equal(X, again)
+    assert len(calls) == 3
+    slower = table.predict(X) * np.array([1.2, 1.5, 2.0])
+    assert latency.speed_factor(table, X, slower) == pytest.approx(1.5)
+    measured = latency.fastest_ms(calls, 1, rounds=1)
+    assert (measured > 0).all() and 0.2 < latency.speed_factor(table, X, measured) < 5
 
 
 def test_tables_round_trip_and_are_refused_elsewhere(tiny_table, tmp_path):

@@ -43,7 +43,7 @@ def latency_budget(tmp_path_factory):
     """(table file, latency budget): a table measured here, and a budget 70 % of the way from
     the space's fastest subnet to its slowest (predicted)."""
     space = small_space("shufflenetv2", **TINY["space_options"])
-    table = build_table(space, 10, rounds=2, calibration=2)
+    table = build_table(space, 10, rounds=2, calibration=2, dynamo=False)
     low, high = table.predict(
         np.stack([space.encode(space.smallest()), space.encode(space.largest())])
     )
@@ -265,3 +265,42 @@ def test_finetune_epochs_0_exports_the_inherited_weights(tmp_path):
         with torch.no_grad():
             expected = inherited.cpu().eval()(batch).numpy()
         assert abs(logits - expected).max() <= 1e-4
+
+
+def test_multi_exit_on_the_front_writes_its_curve_and_model(run, capsys):
+    from nat.io.deploy import onnx_session
+    from nat.multiexit import load_multi_exit
+
+    _, out = run
+    argv = ["multi-exit", "--run", str(out), "--epochs", "1", "--points", "4", "--no-progress"]
+    assert main(argv) == 0
+    folder = out / "multi-exit"
+    doc = json.loads((folder / "multiexit.json").read_text())
+    assert doc["exit_stages"] == [0, 1]  # one exit per spatial scale, the last excepted
+    costs = doc["exit_macs"]
+    assert len(costs) == 3 and costs == sorted(costs)
+    curve = doc["curve"]
+    assert len(curve) == 4 and curve[0]["target_macs"] == costs[0]
+    for point in curve:  # within the target on validation, where the thresholds were fitted
+        assert point["val"]["expected_macs"] <= point["target_macs"] + 1e-6
+        assert 0 <= point["test"]["accuracy"] <= 1
+    assert curve[-1]["test"]["fractions"][-1] == 1  # the full target: all reach the last exit
+    front = sorted(out.glob("front/[0-9][0-9]"))
+    assert len(doc["versus_front"]) == len(front)
+    for name in ("multiexit.md", "multiexit.png", "weights.pt", "model.onnx"):
+        assert (folder / name).is_file(), name
+    assert "Against the single-exit front" in capsys.readouterr().out
+    model = load_multi_exit(folder)
+    assert model.exit_stages == (0, 1)
+    outputs = [o.name for o in onnx_session(str(folder / "model.onnx")).get_outputs()]
+    assert outputs == ["logits_0", "logits_1", "logits_2"] and doc["onnx_max_abs_diff"] <= 1e-4
+
+    # Any exported subnet, on data given here; the output goes beside it.
+    config = front[0] / "config.json"
+    again = ["multi-exit", "--config", str(config), "--subset", "300", "--epochs", "1"]
+    assert main([*again, "--points", "2", "--no-onnx", "--no-progress"]) == 0
+    assert len(json.loads((front[0] / "multi-exit" / "multiexit.json").read_text())["curve"]) == 2
+    assert main([*argv[:3], "--exits", "5"]) == 2
+    assert "no stage 5 to put an exit after" in capsys.readouterr().err
+    assert main(["multi-exit", "--run", str(out), "--config", "x"]) == 2
+    assert "either --run DIR" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from . import cil, compare, latency_table, sample, search, train_supernet
+from . import cil, compare, latency_table, multi_exit, sample, search, train_supernet
 
 __all__ = ["build_parser", "main"]
 
@@ -18,6 +18,7 @@ COMMANDS = {
     "compare": compare,
     "cil": cil,
     "latency-table": latency_table,
+    "multi-exit": multi_exit,
 }
 
 

@@ -24,10 +24,17 @@ def _ints(text: str) -> list[int]:
         ) from None
 
 
+def _names(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one method, e.g. heuristic,searched")
+    return names
+
+
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p = sub.add_parser(
         name,
-        help="heuristic vs width-only vs depth-only vs searched",
+        help="heuristic vs width-only vs depth-only vs searched vs pruned",
         description="At each budget, compare the Feillet heuristic, its width-only and "
         "depth-only ablations and the searched subnet of a `nat search` run: test accuracy "
         "with inherited weights (BatchNorm recalibrated) and after the same short fine-tuning, "
@@ -72,6 +79,18 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         help="training batches for BatchNorm recalibration (default 20)",
     )
     p.add_argument(
+        "--methods",
+        type=_names,
+        default=["heuristic", "width-only", "depth-only", "searched"],
+        metavar="NAME,...",
+        help="what to compare (default heuristic,width-only,depth-only,searched): heuristic "
+        "(Feillet: shallowest depth, then the widest width within the budget), width-only "
+        "(full depth), depth-only (full width), searched (the archive's most accurate subnet "
+        "within the budget), pruned-l1 and pruned-taylor (the space's largest subnet, "
+        "inherited, pruned to the params budget during the fine-tuning epochs with "
+        "torch-pruning, by L1 magnitude or Taylor importance)",
+    )
+    p.add_argument(
         "--scratch",
         action="store_true",
         help="also train the heuristic's architecture from scratch, as many epochs",
@@ -92,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         args.bn_batches,
         progress=not args.quiet,
         scratch=args.scratch,
+        methods=tuple(args.methods),
     )
     print((Path(args.run) / "compare.md").read_text())
     return 0

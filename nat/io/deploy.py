@@ -4,7 +4,8 @@ The file is made with ``torch.onnx.export``'s dynamo path, checked with ``onnx.c
 by onnxruntime on a batch of real images before it is written: a file that exists computes
 what the torch model computes. Input ``images``: float32 ``[N, 3, R, R]``, RGB, pixels scaled
 to -1..1 (``(p / 255 - 0.5) / 0.5``), R the architecture's resolution; output ``logits``
-``[N, classes]`` in the order of the run's ``class_names``.
+``[N, classes]`` in the order of the run's ``class_names`` (a multi-exit model: one output
+per exit, ``logits_0`` first, the network's own classifier last).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def export_onnx(
 ) -> float:
     """Write ``model`` (eval mode, CPU) to ``path`` as ONNX with a dynamic batch size, after
     checking it; returns the largest |logit difference| against torch on ``images`` (a batch
-    at the model's input size).
+    at the model's input size). One output ``logits``, or for a model returning a tuple of
+    logits (a multi-exit network) ``logits_0``, ``logits_1``, ... in its order.
 
     Raises :class:`OnnxMismatchError` when onnxruntime's logits differ by more than ``atol``;
     nothing is written then.
@@ -68,7 +70,10 @@ def export_onnx(
     if images.ndim != 4 or images.shape[0] < 2:
         raise ValueError(f"images must be a batch [N >= 2, 3, R, R], got {tuple(images.shape)}")
     with torch.no_grad():
-        expected = model(images).numpy()
+        outputs = model(images)
+    several = isinstance(outputs, (tuple, list))
+    expected = [o.numpy() for o in outputs] if several else [outputs.numpy()]
+    names = ["logits"] if len(expected) == 1 else [f"logits_{k}" for k in range(len(expected))]
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's notes on its own internals
         program = torch.onnx.export(
@@ -76,14 +81,14 @@ def export_onnx(
             (images[:2],),
             dynamo=True,
             input_names=["images"],
-            output_names=["logits"],
+            output_names=names,
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             verbose=False,
         )
     data = program.model_proto.SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
-    (got,) = onnx_session(data).run(None, {"images": images.numpy()})
-    diff = float(np.max(np.abs(got - expected)))
+    got = onnx_session(data).run(None, {"images": images.numpy()})
+    diff = max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected, strict=True))
     if not diff <= atol:
         raise OnnxMismatchError(
             f"onnxruntime's logits differ from torch's by up to {diff:.3g} (tolerance {atol:g}) "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -258,12 +260,20 @@ def finetune(
     progress: bool = False,
     teacher: tuple[nn.Module, int] | None = None,
     distill_weight: float = 0.5,
+    criterion: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    before_epoch: Callable[[int], bool] | None = None,
 ) -> nn.Module:
     """Train a static model with cross-entropy, SGD (Nesterov) and a cosine schedule over
     ``epochs`` at ``resolution`` px; the same recipe fine-tunes inherited weights and trains
     from scratch, so comparisons are fair. ``teacher``: (a model, its resolution in px) whose
     softened predictions the loss follows with ``distill_weight``, the rest on the labels.
-    Returns the model, in eval mode."""
+    ``criterion``: the loss of the model's output and the labels instead of cross-entropy
+    (e.g. for a model with several outputs). ``before_epoch(epoch)`` runs before each
+    epoch; when it returns True it has replaced the model's parameters (pruning), and a new
+    optimiser carries on the same cosine schedule. Returns the model, in eval mode."""
+    if criterion is not None and teacher is not None:
+        raise ValueError("give a teacher or a criterion, not both")
+    criterion = criterion or F.cross_entropy
     device = device or default_device()
     torch.manual_seed(seed)
     model.to(device, memory_format=_LAYOUT).train()
@@ -272,18 +282,30 @@ def finetune(
     loader = make_loader(
         data.train, batch_size, shuffle=True, seed=seed, drop_last=len(data.train) > batch_size
     )
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
-    )
-    schedule = warmup_cosine(optimizer, epochs * len(loader))
+
+    def sgd() -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+        )
+
+    optimizer = sgd()
+    total = epochs * len(loader)
+    schedule = warmup_cosine(optimizer, total)
     for epoch in range(epochs):
+        if before_epoch is not None and before_epoch(epoch):
+            model.to(device, memory_format=_LAYOUT).train()
+            optimizer, done = sgd(), epoch * len(loader)
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimizer,
+                lambda step, done=done: 0.5 * (1 + math.cos(math.pi * (step + done) / total)),
+            )
         for images, labels in tqdm(
             loader, desc=f"fine-tune {epoch + 1}/{epochs}", disable=not progress, leave=False
         ):
             optimizer.zero_grad(set_to_none=True)
             images, labels = images.to(device), labels.to(device)
             logits = model(input_batch(images, resolution))
-            loss = F.cross_entropy(logits, labels)
+            loss = criterion(logits, labels)
             if teacher is not None:
                 with torch.no_grad():
                     soft = F.softmax(teacher[0](input_batch(images, teacher[1])), dim=1)

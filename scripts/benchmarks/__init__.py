@@ -15,6 +15,8 @@ from .fidelity import bench_fidelity
 from .growth import bench_growth
 from .heuristic import bench_heuristic
 from .latency import bench_latency
+from .multiexit import bench_multiexit
+from .pruning import bench_pruning
 from .quality import bench_quality
 from .search import bench_search
 from .speed import bench_speed
@@ -33,6 +35,8 @@ BENCHES = {
     "cil": bench_cil,
     "deploy": bench_deploy,
     "latency": bench_latency,
+    "pruning": bench_pruning,
+    "multiexit": bench_multiexit,
 }
 
 

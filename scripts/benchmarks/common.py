@@ -122,7 +122,16 @@ class Settings:
     latency_calibration: int = 10  # whole subnets the table is calibrated on
     latency_runtimes: tuple[str, ...] = ("onnxruntime", "torch")
     latency_space_options: dict = field(default_factory=dict)
-    latency_dynamo: bool = True  # measure the exported model.onnx itself (slow to export)
+    latency_dynamo: bool = True  # calibrate on and measure model.onnx itself (slow to export)
+    # pruning (torch-pruning) vs searched at fractions of max_params, and in transfer
+    pruning_fractions: tuple[float, ...] = (0.25, 0.5)
+    pruning_seeds: tuple[int, ...] = (0, 1, 2)
+    pruning_importances: tuple[str, ...] = ("l1", "taylor")
+    transfer_subset: int | None = None  # digits images for the transfer (None: all 1,797)
+    # multi-exit: exits on the front's most accurate subnet, one training per seed
+    multiexit_seeds: tuple[int, ...] = (0, 1, 2)
+    multiexit_epochs: int = 5
+    multiexit_points: int = 12
     # cost growth
     archive_sizes: tuple[int, ...] = (20, 40, 80, 120)
     population_sizes: tuple[int, ...] = (20, 40, 80, 160)
@@ -201,6 +210,13 @@ QUICK = Settings(
     latency_runtimes=("onnxruntime",),
     latency_space_options={"resolutions": [16], "width_mults": [0.25], "kernel_sizes": [3]},
     latency_dynamo=False,
+    pruning_fractions=(0.5,),
+    pruning_seeds=(0,),
+    pruning_importances=("taylor",),  # L1 runs in the tests
+    transfer_subset=300,
+    multiexit_seeds=(0,),
+    multiexit_epochs=1,
+    multiexit_points=4,
 )
 
 

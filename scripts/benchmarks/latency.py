@@ -25,7 +25,13 @@ def bench_latency(bench: Bench) -> Result:
         for name in search_spaces.list_spaces():
             space = search_spaces.get(name, **s.latency_space_options)
             table = latency.build_table(
-                space, 10, runtime, 1, s.latency_rounds, s.latency_calibration
+                space,
+                10,
+                runtime,
+                1,
+                s.latency_rounds,
+                s.latency_calibration,
+                dynamo=s.latency_dynamo,
             )
             X = space.sample(s.latency_archs, np.random.default_rng(0))
             predicted = table.predict(X)
@@ -37,9 +43,17 @@ def bench_latency(bench: Bench) -> Result:
                 calls.append(
                     latency.runner(model, (1, 3, side, side), runtime, 1, dynamo=s.latency_dynamo)
                 )
+            # The table's own calibration subnets, timed with them, tell how much the
+            # machine's speed has drifted since the table was built.
+            X_ref, references = latency.reference_calls(
+                space, 10, runtime, 1, s.latency_calibration, s.latency_dynamo
+            )
             # Measured like the units: interleaved rounds, the fastest run of each.
-            measured = latency.fastest_ms(calls, 1, s.latency_rounds)
+            measured = latency.fastest_ms(calls + references, 1, s.latency_rounds)
+            measured, measured_ref = measured[: len(X)], measured[len(X) :]
+            drift = latency.speed_factor(table, X_ref, measured_ref) if len(X_ref) else 1.0
             error = (predicted - measured) / measured
+            drift_error = (predicted * drift - measured) / measured
             raw_error = (table.unit_sum(X) - measured) / measured
             rho = float(spearmanr(predicted, measured)[0]) if len(X) > 2 else float("nan")
             budget = float(np.median(predicted))
@@ -56,6 +70,8 @@ def bench_latency(bench: Bench) -> Result:
                 "scale": table.scale,
                 "power": table.power,
                 "worst_abs_error": float(np.max(np.abs(error))),
+                "speed_factor": drift,
+                "drift_corrected_median_abs_error": float(np.median(np.abs(drift_error))),
                 "mean_error": float(np.mean(error)),
                 "spearman": rho,
                 "measured_ms": measured.tolist(),
@@ -75,6 +91,8 @@ def bench_latency(bench: Bench) -> Result:
         Table(
             f"Predicted (sum of units, calibrated on {s.latency_calibration} other subnets; "
             "uncalibrated: the plain sum) vs measured whole-model latency, batch 1, one thread, "
+            "slowdown: the calibration subnets timed again with the subnets, measured ÷ "
+            "predicted, "
             f"{s.latency_archs} random subnets per family of the default spaces; onnxruntime "
             f"runs the {'dynamo-exported model.onnx' if s.latency_dynamo else 'fast export'}",
             [
@@ -86,6 +104,8 @@ def bench_latency(bench: Bench) -> Result:
                 "uncalibrated",
                 "worst |error|",
                 "mean error",
+                "slowdown since build",
+                "median |error| at that speed",
                 "Spearman rho",
                 "measured ms",
             ],
@@ -99,6 +119,8 @@ def bench_latency(bench: Bench) -> Result:
                     f"{r['uncalibrated_median_abs_error']:.1%}",
                     f"{r['worst_abs_error']:.1%}",
                     f"{r['mean_error']:+.1%}",
+                    f"{r['speed_factor']:.2f}",
+                    f"{r['drift_corrected_median_abs_error']:.1%}",
                     f"{r['spearman']:.3f}",
                     f"{min(r['measured_ms']):.2f} to {max(r['measured_ms']):.2f}",
                 ]
