@@ -25,6 +25,7 @@ from supernets.multiexit import MultiExitNet
 from .data import DataSplits, resize_batch
 from .io.deploy import export_onnx, sample_images
 from .io.files import atomic_write, markdown_table, save_figure, write_json
+from .pruning import params_of
 from .training.evaluate import SubnetEvaluator
 from .training.train import evaluate, finetune, resized
 
@@ -37,7 +38,9 @@ __all__ = [
     "fit_thresholds",
     "judge_multi_exit",
     "load_multi_exit",
+    "most_accurate",
     "route",
+    "run_front",
     "simulate",
 ]
 
@@ -197,6 +200,24 @@ def default_exits(arch: Arch) -> tuple[int, ...]:
     return chosen or (max(0, len(stages) // 2 - 1),)
 
 
+def run_front(run_dir: str | Path) -> list[tuple[Path, dict]]:
+    """A ``nat search`` run's exported front: (folder, its config.json) in front order.
+    ``most_accurate`` picks the one with the best validation accuracy."""
+    folders = sorted(Path(run_dir, "front").glob("[0-9][0-9]"))
+    if not folders:
+        raise FileNotFoundError(f"{run_dir}/front/ holds no exported subnet: run the search")
+    front = [(f, json.loads((f / "config.json").read_text())) for f in folders]
+    missing = [f.name for f, c in front if "val_accuracy" not in c]
+    if missing:
+        raise ValueError(f"front subnet(s) {missing} of {run_dir} have no val_accuracy")
+    return front
+
+
+def most_accurate(front: Sequence[tuple[Path, dict]]) -> Path:
+    """The folder of the front subnet with the best validation accuracy."""
+    return max(front, key=lambda pair: pair[1]["val_accuracy"])[0]
+
+
 def load_multi_exit(folder: str | Path) -> MultiExitNet:
     """The model a :func:`judge_multi_exit` folder holds (eval mode, CPU)."""
     folder = Path(folder)
@@ -271,14 +292,14 @@ def judge_multi_exit(
                 "test": simulate(*test, thresholds, costs),
             }
         )
-    params = sum(p.numel() for p in model.parameters())
+    params = params_of(model)
     doc = {
         "arch": arch.to_dict(),
         "num_classes": num_classes,
         "exit_stages": list(model.exit_stages),
         "exit_channels": list(model.exit_channels),
         "params": params,
-        "single_exit_params": sum(p.numel() for p in net.parameters()),
+        "single_exit_params": params_of(net),
         "exit_macs": costs.tolist(),
         "epochs": epochs,
         "lr": lr,

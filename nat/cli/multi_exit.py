@@ -4,7 +4,6 @@ accuracy vs expected-MACs curve over the run's single-exit front."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .compare import _ints
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--subnet picks a front folder of --run: give --run DIR")
     from ..data import load_dataset
     from ..io.checkpoint import load_subnet
-    from ..multiexit import judge_multi_exit
+    from ..multiexit import judge_multi_exit, most_accurate, run_front
 
     front: list[dict] = []
     if args.run:
@@ -72,21 +71,16 @@ def run(args: argparse.Namespace) -> int:
 
         run_dir = Path(args.run)
         spec = open_run(run_dir)
-        folders = sorted((run_dir / "front").glob("[0-9][0-9]"))
-        if not folders:
-            raise FileNotFoundError(f"{run_dir}/front/ holds no exported subnet: run the search")
-        front = [json.loads((f / "config.json").read_text()) for f in folders]
-        missing = [f.name for f, c in zip(folders, front, strict=True) if "val_accuracy" not in c]
-        if missing:
-            raise ValueError(f"front subnet(s) {missing} of {run_dir} have no val_accuracy")
+        pairs = run_front(run_dir)
+        front = [config for _, config in pairs]
         if args.subnet:
-            chosen = [f for f in folders if f.name == args.subnet]
+            chosen = [f for f, _ in pairs if f.name == args.subnet]
             if not chosen:
-                names = ", ".join(f.name for f in folders)
+                names = ", ".join(f.name for f, _ in pairs)
                 raise ValueError(f"--subnet {args.subnet}: the front holds {names}")
             folder = chosen[0]
         else:
-            folder = max(zip(folders, front, strict=True), key=lambda p: p[1]["val_accuracy"])[0]
+            folder = most_accurate(pairs)
         data = load_data(spec)
         out = Path(args.out or run_dir / "multi-exit")
     else:

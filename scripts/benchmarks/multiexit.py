@@ -4,13 +4,12 @@ test accuracy at each front subnet's MACs beside that subnet's own."""
 
 from __future__ import annotations
 
-import json
 import statistics
 
 from nat.folder import open_run
 from nat.io.checkpoint import load_subnet
 from nat.io.files import mean_std
-from nat.multiexit import judge_multi_exit
+from nat.multiexit import judge_multi_exit, most_accurate, run_front
 from nat.run import load_data
 
 from .common import Bench, Result, Table, pct
@@ -19,13 +18,13 @@ from .common import Bench, Result, Table, pct
 def bench_multiexit(bench: Bench) -> Result:
     s = bench.s
     folder, _ = bench.nat_run(s.seeds[0])
-    folders = sorted((folder / "front").glob("[0-9][0-9]"))
-    front = [json.loads((f / "config.json").read_text()) for f in folders]
-    best = max(range(len(front)), key=lambda i: front[i]["val_accuracy"])
+    pairs = run_front(folder)
+    front = [config for _, config in pairs]
+    best = most_accurate(pairs)
     data = load_data(open_run(folder))
     docs = []
     for seed in s.multiexit_seeds:
-        net, _ = load_subnet(folders[best])
+        net, _ = load_subnet(best)
         docs.append(
             judge_multi_exit(
                 net,
