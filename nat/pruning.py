@@ -14,7 +14,7 @@ from torch import nn
 from .data import DataSplits, make_loader
 from .training.train import finetune, input_batch
 
-__all__ = ["IMPORTANCES", "PruningError", "params_of", "prune_to_budget"]
+__all__ = ["IMPORTANCES", "PruningError", "params_of", "prune_to_budget", "transfer"]
 
 # Which filters go: the smallest L1 norm of their weights (magnitude), or the smallest
 # first-order Taylor estimate of the loss change, |weight × gradient|, over a few batches.
@@ -147,6 +147,35 @@ def prune_to_budget(
             f"pruning left {params_of(model):,} parameters, over the {max_params:,.0f} budget"
         )
     return model.eval()
+
+
+def transfer(
+    model: nn.Module,
+    data: DataSplits,
+    resolution: int,
+    max_params: float | None = None,
+    importance: str = "taylor",
+    epochs: int = 5,
+    lr: float = 0.01,
+    seed: int = 0,
+    new_classifier: bool = True,
+    progress: bool = False,
+) -> nn.Module:
+    """A copy of ``model`` (trained on any task) moved to ``data``'s: a new classifier
+    (seeded) unless ``new_classifier`` is False and the class count is the same (the same
+    task), then ``epochs`` of fine-tuning at ``resolution`` px, pruning to ``max_params``
+    during them (Cortesi's transfer). ``max_params=None`` fine-tunes it whole: the baseline
+    pruning is judged by."""
+    model = copy.deepcopy(model).cpu()
+    classifier = model.classifier
+    if new_classifier or classifier.out_features != data.num_classes:
+        torch.manual_seed(seed)
+        model.classifier = nn.Linear(classifier.in_features, data.num_classes)
+    if max_params is None:
+        finetune(model, data, resolution, epochs, lr=lr, seed=seed, progress=progress)
+        return model.eval()
+    return prune_to_budget(model, data, resolution, max_params, importance, epochs, lr, seed,
+                           progress)  # fmt: skip
 
 
 def _accumulate_gradients(model: nn.Module, loader: Iterable, resolution: int) -> None:

@@ -1,6 +1,8 @@
 """The pruning baseline: models pruned within the params budget that still run, count as
 profiling says, and export; budgets and networks the pruner cannot handle are named."""
 
+import json
+
 import pytest
 import torch
 
@@ -56,3 +58,46 @@ def test_what_cannot_be_pruned_is_named(digits):
         prune_to_budget(_largest("resnet"), digits, 12, 1e4, "hessian", epochs=1)
     with pytest.raises(ValueError, match="at least 1 epoch"):
         prune_to_budget(_largest("resnet"), digits, 12, 1e4, "l1", epochs=0)
+
+
+def test_nat_prune_moves_a_subnet_to_new_classes_prunes_it_and_it_reloads(tmp_path, capsys):
+    from nat.cli import main
+    from nat.io.checkpoint import export_subnet, load_subnet
+    from nat.io.deploy import onnx_session
+
+    # The source task: digits 0-4; the target: digits 5-9, a budget a third of the source's.
+    space = search_spaces.get("mbv2", resolutions=(12,), width_mults=(0.25,), depths=[[1]] * 6)
+    torch.manual_seed(0)
+    source = supernets.build_static(space.largest(), 5)
+    export_subnet(source, space.largest(), tmp_path / "source",
+                  {"num_classes": 5, "class_names": list("01234")})  # fmt: skip
+    budget = params_of(source) // 3
+    out = tmp_path / "pruned"
+    argv = ["prune", "--model", str(tmp_path / "source"), "--data", "digits", "--subset", "400",
+            "--classes", "5,6,7,8,9", "--max-params", str(budget), "--epochs", "1",
+            "--compare-unpruned", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert "fine-tuned, unpruned" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["pruned"] and config["class_names"] == list("56789")
+    assert config["params"] <= budget < config["unpruned"]["params"] == params_of(source)
+    assert {"prune.md", "model.onnx", "weights.pt"} <= {p.name for p in out.iterdir()}
+
+    # weights.pt is a plain state_dict: the architecture's layers are resized to it.
+    model, _ = load_subnet(out)
+    assert profile(model, 12) == (config["params"], config["macs"])
+    data = load_dataset("digits", 12, seed=0, subset=400, classes=list("56789"))
+    images = sample_images(data.test, 8)
+    (logits,) = onnx_session((out / "model.onnx").read_bytes()).run(
+        None, {"images": images.numpy()}
+    )
+    assert torch.allclose(model(images), torch.from_numpy(logits), atol=1e-4)
+    assert main(["multi-exit", "--config", str(out), "--no-onnx"]) == 2
+    assert "is a pruned model" in capsys.readouterr().err
+
+    bad = ["prune", "--model", str(tmp_path / "source"), "--data", "digits", "--subset", "400",
+           "--max-params", "100", "--epochs", "1", "--no-onnx", "--no-progress"]  # fmt: skip
+    assert main(bad) == 2
+    assert "over the 100 budget" in capsys.readouterr().err
+    assert main(["prune", "--model", str(tmp_path), "--data", "digits", "--max-params", "1k"]) == 2
+    assert "is not an exported subnet's folder" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from . import cil, compare, latency_table, multi_exit, sample, search, train_supernet
+from . import cil, compare, latency_table, multi_exit, prune, sample, search, train_supernet
 
 __all__ = ["build_parser", "main"]
 
@@ -19,6 +19,7 @@ COMMANDS = {
     "cil": cil,
     "latency-table": latency_table,
     "multi-exit": multi_exit,
+    "prune": prune,
 }
 
 

@@ -88,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
         folder = folder.parent if folder.name == "config.json" else folder
         out = Path(args.out or folder / "multi-exit")
     net, config = load_subnet(folder)
+    if config.get("pruned"):
+        raise ValueError(
+            f"{folder} is a pruned model: its layers no longer have its architecture's "
+            "channels, which the exits are sized by; give an unpruned subnet"
+        )
     if not args.run:
         size = config["arch"]["resolution"]
         data = load_dataset(args.data, size, seed=args.split_seed, subset=args.subset)

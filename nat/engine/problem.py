@@ -16,12 +16,13 @@ from pymoo.optimize import minimize
 
 from search_spaces import Arch, SearchSpace
 
+from ..spec import METRICS
+
 if TYPE_CHECKING:
     from ..latency import LatencyTable
 
 __all__ = ["Budgets", "SpaceRepair", "SurrogateProblem", "make_nsga2", "run_nsga2"]
 
-METRICS = ("params", "macs", "latency")
 _UNITS = {"params": "parameters", "macs": "MACs", "latency": "ms latency"}
 
 

@@ -20,6 +20,7 @@ from .files import atomic_write, write_json
 
 __all__ = [
     "export_subnet",
+    "fit_shapes",
     "load_subnet",
     "load_supernet",
     "load_training_state",
@@ -150,7 +151,39 @@ def load_subnet(folder: str | os.PathLike) -> tuple[StaticNet, dict]:
     model = build_static(arch, num_classes)
     try:
         state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        if config.get("pruned"):
+            fit_shapes(model, state)
         model.load_state_dict(state)
     except (OSError, RuntimeError) as err:
         raise ValueError(f"{folder / 'weights.pt'} does not fit its config.json: {err}") from None
     return model.eval(), config
+
+
+def fit_shapes(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Resize ``model``'s convolutions, BatchNorms and linear layers (in place) to the
+    shapes of ``state``'s weights: a channel-pruned model (``nat prune``) is its architecture
+    with fewer channels per layer, and its ``weights.pt`` is a plain state_dict, so it loads
+    with ``weights_only=True``. Depthwise convolutions stay depthwise."""
+    from torch import nn
+
+    for name, module in model.named_modules():
+        weight = state.get(f"{name}.weight")
+        if weight is None or not hasattr(module, "weight") or weight.shape == module.weight.shape:
+            continue
+        if isinstance(module, nn.Conv2d):
+            out_channels, in_per_group = weight.shape[:2]
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            module.groups = out_channels if depthwise else module.groups
+            module.in_channels, module.out_channels = in_per_group * module.groups, out_channels
+        elif isinstance(module, nn.BatchNorm2d):
+            module.num_features = weight.shape[0]
+            module.running_mean = torch.zeros(weight.shape[0])
+            module.running_var = torch.ones(weight.shape[0])
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = weight.shape
+        else:
+            continue  # load_state_dict names the mismatch
+        module.weight = nn.Parameter(torch.empty_like(weight))
+        if module.bias is not None:
+            module.bias = nn.Parameter(torch.empty(weight.shape[0]))
+    return model

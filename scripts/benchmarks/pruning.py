@@ -6,15 +6,13 @@ fine-tuned whole or pruned to a budget during the same epochs."""
 
 from __future__ import annotations
 
-import torch
-
 from nat.compare import compare
 from nat.data import load_dataset
 from nat.io.files import mean_std
 from nat.profile import profile
-from nat.pruning import prune_to_budget
+from nat.pruning import transfer
 from nat.training.evaluate import SubnetEvaluator
-from nat.training.train import evaluate, finetune
+from nat.training.train import evaluate
 
 from .common import Bench, Result, Table, pct
 
@@ -85,32 +83,10 @@ def _transfer(bench: Bench, budgets: list[float]) -> list[dict]:
     for label, importance, budget in plans:
         scores, params, macs = [], 0, 0
         for seed in s.pruning_seeds:
-            model = _with_new_classifier(source, target.num_classes, seed)
-            if importance is None:
-                finetune(model, target, arch.resolution, s.finetune_epochs, seed=seed)
-            else:
-                prune_to_budget(
-                    model, target, arch.resolution, budget, importance, s.finetune_epochs,
-                    seed=seed,
-                )  # fmt: skip
+            model = transfer(source, target, arch.resolution, budget, importance or "l1",
+                             s.finetune_epochs, seed=seed)  # fmt: skip
             scores.append(evaluate(model, test, arch.resolution))
             params, macs = profile(model, arch.resolution)
-        out.append(
-            {
-                "method": label,
-                "params": params,
-                "macs": macs,
-                "test": mean_std(scores),
-            }
-        )
+        out.append({"method": label, "params": params, "macs": macs, "test": mean_std(scores)})
         print(f"pruning transfer {label}: {out[-1]['test'][0]:.1%}", flush=True)
     return out
-
-
-def _with_new_classifier(model: torch.nn.Module, num_classes: int, seed: int) -> torch.nn.Module:
-    import copy
-
-    model = copy.deepcopy(model)
-    torch.manual_seed(seed)
-    model.classifier = torch.nn.Linear(model.classifier.in_features, num_classes)
-    return model

@@ -96,8 +96,8 @@ def nsga2_on_real_evaluations(bench: Bench, n: int, seed: int) -> Archive:
 
 
 def optuna_search(bench: Bench, n: int, seed: int, sampler: str) -> Archive:
-    """Optuna's ``sampler`` ("NSGA-II" or "TPE", multi-objective, the budget through
-    ``constraints_func``) on the integer encoding, the Feillet architecture enqueued first, until
+    """Optuna's ``sampler`` ("NSGA-II" or "TPE", multi-objective, the budget as the
+    trial's constraints) on the integer encoding, the Feillet architecture enqueued first, until
     ``n`` distinct feasible subnets are measured with the pre-trained supernet. Repeats are
     answered from memory; infeasible designs are not measured and count as chance-less, as in
     :class:`RealProblem`."""
@@ -107,16 +107,11 @@ def optuna_search(bench: Bench, n: int, seed: int, sampler: str) -> Archive:
     budgets, space = bench.budgets, bench.space
     evaluator, supernet = bench.evaluator(seed), bench.pretrained()
 
-    def violation(trial) -> list[float]:
-        return trial.user_attrs["violation"]
-
     samplers = {
         "NSGA-II": lambda: optuna.samplers.NSGAIISampler(
-            population_size=bench.s.real_population, seed=seed, constraints_func=violation
+            population_size=bench.s.real_population, seed=seed
         ),
-        "TPE": lambda: optuna.samplers.TPESampler(
-            seed=seed, constraints_func=violation, multivariate=True
-        ),
+        "TPE": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True),
     }
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=samplers[sampler]())
     names = [f"x{i}" for i in range(space.n_var)]
@@ -133,7 +128,8 @@ def optuna_search(bench: Bench, n: int, seed: int, sampler: str) -> Archive:
         ]
         x = space.repair(np.array([raw]))[0]
         g = budgets.violation(x[None])[0]
-        trial.set_user_attr("violation", [float(v) for v in g])
+        for i, v in enumerate(g):  # the budgets, read by both samplers (Optuna 5)
+            trial.set_constraint(f"budget{i}", float(v))
         key = tuple(int(v) for v in x)
         if (g <= 0).all() and key not in known:
             (known[key],) = evaluator(supernet, [space.decode(x)])
