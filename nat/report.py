@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from .engine.loop import NATSearch, SearchResult
 from .io.checkpoint import export_subnet
-from .io.deploy import sample_images
+from .io.deploy import INPUT_FORMAT, sample_images
 from .io.files import atomic_write, save_figure
 
 __all__ = ["write_outputs"]
@@ -241,7 +241,7 @@ def write_outputs(
                 "finetune_epochs": m.finetune_epochs,
                 "finetuned_val_accuracy": m.finetuned_val_accuracy,
                 "class_names": search.data.class_names,
-                "input": "RGB, resolution x resolution px, pixels scaled to -1..1",
+                "input": INPUT_FORMAT,
             },
             images,
         )

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import data_settings, load_from_settings
     from ..io.checkpoint import export_subnet, load_subnet
-    from ..io.deploy import sample_images
+    from ..io.deploy import INPUT_FORMAT, sample_images
     from ..io.files import atomic_write, markdown_table
     from ..profile import profile
     from ..pruning import params_of, transfer
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "max_params": args.max_params,
         **common,
         "data": settings,
-        "input": config.get("input", "RGB, resolution x resolution px, pixels scaled to -1..1"),
+        "input": INPUT_FORMAT,
     }
     info.pop("progress")
     if args.compare_unpruned:

@@ -61,7 +61,7 @@ def _read_arch(path: Path) -> Arch:
 def run(args: argparse.Namespace) -> int:
     from ..folder import device_of
     from ..io.checkpoint import export_subnet, load_supernet
-    from ..io.deploy import sample_images
+    from ..io.deploy import INPUT_FORMAT, sample_images
     from ..run import data_settings_of, load_data
     from ..spec import RunSpec
     from ..training.evaluate import SubnetEvaluator
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         "val_accuracy": val_acc,
         "test_accuracy": test_acc,
         "data": data_settings_of(spec),
-        "input": "RGB, resolution x resolution px, pixels scaled to -1..1",
+        "input": INPUT_FORMAT,
     }
     images = sample_images(data.val) if spec.finetune.onnx else None
     export_subnet(model.cpu(), arch, export, info, images)

@@ -23,7 +23,17 @@ from torch.utils.data import Dataset
 
 from .files import atomic_write
 
-__all__ = ["ONNX_TOLERANCE", "OnnxMismatchError", "export_onnx", "onnx_session", "sample_images"]
+__all__ = [
+    "INPUT_FORMAT",
+    "ONNX_TOLERANCE",
+    "OnnxMismatchError",
+    "export_onnx",
+    "onnx_session",
+    "sample_images",
+]
+
+# What every exported model takes, as written in its config.json.
+INPUT_FORMAT = "RGB, resolution x resolution px, pixels scaled to -1..1"
 
 # Largest |logit difference| accepted between onnxruntime and torch (float32 on a CPU: the two
 # differ by summation order only, 1e-6 or so on these nets).
