@@ -14,12 +14,25 @@ from torch import nn
 from .data import DataSplits, make_loader
 from .training.train import finetune, input_batch
 
-__all__ = ["IMPORTANCES", "PruningError", "params_of", "prune_to_budget", "transfer"]
+__all__ = [
+    "IMPORTANCES",
+    "PruningError",
+    "params_of",
+    "prune_to_budget",
+    "transfer",
+    "transfer_lr",
+]
 
 # Which filters go: the smallest L1 norm of their weights (magnitude), or the smallest
 # first-order Taylor estimate of the loss change, |weight × gradient|, over a few batches.
 IMPORTANCES = ("l1", "taylor")
 TAYLOR_BATCHES = 4
+# Peak learning rates of fine-tuning: inherited weights on their own task need little; a new
+# classifier on a new task needs more. Measured (CIFAR-10's 4.3M-param resnet to digits, 5
+# epochs, seed 0): lr 0.05 reached 85.5 % unpruned and 67.6 % pruned to 600k, lr 0.01 only
+# 33.9 % and 25.3 %.
+SAME_TASK_LR = 0.01
+NEW_TASK_LR = 0.05
 
 
 class PruningError(ValueError):
@@ -149,6 +162,13 @@ def prune_to_budget(
     return model.eval()
 
 
+def transfer_lr(model: nn.Module, data: DataSplits, new_classifier: bool) -> float:
+    """The default peak learning rate of :func:`transfer`: higher when the classifier is
+    new (a new task) than when the model keeps its own."""
+    new = new_classifier or model.classifier.out_features != data.num_classes
+    return NEW_TASK_LR if new else SAME_TASK_LR
+
+
 def transfer(
     model: nn.Module,
     data: DataSplits,
@@ -156,16 +176,18 @@ def transfer(
     max_params: float | None = None,
     importance: str = "taylor",
     epochs: int = 5,
-    lr: float = 0.01,
+    lr: float | None = None,
     seed: int = 0,
     new_classifier: bool = True,
     progress: bool = False,
 ) -> nn.Module:
     """A copy of ``model`` (trained on any task) moved to ``data``'s: a new classifier
     (seeded) unless ``new_classifier`` is False and the class count is the same (the same
-    task), then ``epochs`` of fine-tuning at ``resolution`` px, pruning to ``max_params``
-    during them (Cortesi's transfer). ``max_params=None`` fine-tunes it whole: the baseline
-    pruning is judged by."""
+    task), then ``epochs`` of fine-tuning at ``resolution`` px and peak ``lr`` (default
+    :func:`transfer_lr`), pruning to ``max_params`` during them (Cortesi's transfer).
+    ``max_params=None`` fine-tunes it whole: the baseline pruning is judged by."""
+    if lr is None:
+        lr = transfer_lr(model, data, new_classifier)
     model = copy.deepcopy(model).cpu()
     classifier = model.classifier
     if new_classifier or classifier.out_features != data.num_classes:

@@ -106,9 +106,16 @@ def test_quick_suite_writes_every_table(tmp_path):
     assert [t["method"] for t in transfer] == ["fine-tuned, unpruned", "pruned-taylor to 200,000"]
     assert transfer[1]["params"] <= 2e5 < transfer[0]["params"]
 
-    (multiexit,) = json.loads((out / "multiexit.json").read_text())["runs"]
+    multiexit_doc = json.loads((out / "multiexit.json").read_text())
+    (multiexit,) = multiexit_doc["runs"]
     assert len(multiexit["curve"]) == 4 and len(multiexit["exit_macs"]) >= 2
     assert len(multiexit["versus_front"]) >= 1
+    # The matched comparison: every front subnet trained as long as the multi-exit model.
+    trained = multiexit_doc["front_trained"]
+    assert sorted((t["params"], t["macs"]) for t in trained) == sorted(
+        (f["params"], f["macs"]) for f in multiexit["versus_front"]
+    )
+    assert all(len(t["test"]) == 1 and 0 <= t["test"][0] <= 1 for t in trained)
 
     # A second run of one benchmark reuses the cached pre-trained supernet and NAT run.
     again = _run("--quick", "--data", "digits", "--out", str(out), "heuristic")

@@ -73,18 +73,18 @@ def _export_and_compare(job: tuple) -> tuple[str, float, float]:
 
 
 @pytest.mark.slow
-def test_onnxruntime_reproduces_torch_for_ten_random_subnets(images, tmp_path):
+def test_onnxruntime_reproduces_torch_for_six_random_subnets_a_family(images, tmp_path):
     # Exporting is single-threaded Python (tracing, graph passes): two processes halve the
-    # wall time of these 30 exports.
+    # wall time of these 18 exports (the deploy benchmark exports full-depth subnets too).
     jobs = [
         (name, x, i, images.numpy(), tmp_path / f"{name}-{i}.onnx")
         for name in SPACES
-        for i, x in enumerate(_parity_space(name).sample(10, np.random.default_rng(0)))
+        for i, x in enumerate(_parity_space(name).sample(6, np.random.default_rng(0)))
     ]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=context) as pool:
         results = list(pool.map(_export_and_compare, jobs))
-    assert len(results) == 30
+    assert len(results) == 18
     for (name, *_), (arch, checked, worst) in zip(jobs, results, strict=True):
         assert checked <= ONNX_TOLERANCE and worst <= ONNX_TOLERANCE, (name, arch)
     assert {json.loads(arch)["family"] for arch, _, _ in results} == set(SPACES)

@@ -11,7 +11,14 @@ import supernets
 from nat.data import load_dataset
 from nat.io.deploy import export_onnx, sample_images
 from nat.profile import profile
-from nat.pruning import PruningError, params_of, prune_to_budget
+from nat.pruning import (
+    NEW_TASK_LR,
+    SAME_TASK_LR,
+    PruningError,
+    params_of,
+    prune_to_budget,
+    transfer_lr,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +67,15 @@ def test_what_cannot_be_pruned_is_named(digits):
         prune_to_budget(_largest("resnet"), digits, 12, 1e4, "l1", epochs=0)
 
 
+def test_the_default_lr_is_higher_for_a_new_task(digits):
+    model = _largest("mbv2")
+    assert model.classifier.out_features == digits.num_classes
+    assert transfer_lr(model, digits, new_classifier=False) == SAME_TASK_LR
+    assert transfer_lr(model, digits, new_classifier=True) == NEW_TASK_LR > SAME_TASK_LR
+    five = digits.restricted(range(5))  # its own classifier does not fit five classes
+    assert transfer_lr(model, five, new_classifier=False) == NEW_TASK_LR
+
+
 def test_nat_prune_moves_a_subnet_to_new_classes_prunes_it_and_it_reloads(tmp_path, capsys):
     from nat.cli import main
     from nat.io.checkpoint import export_subnet, load_subnet
@@ -80,6 +96,7 @@ def test_nat_prune_moves_a_subnet_to_new_classes_prunes_it_and_it_reloads(tmp_pa
     assert "fine-tuned, unpruned" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["pruned"] and config["class_names"] == list("56789")
+    assert config["lr"] == NEW_TASK_LR  # new classes, a new classifier: the higher default
     assert config["params"] <= budget < config["unpruned"]["params"] == params_of(source)
     assert {"prune.md", "model.onnx", "weights.pt"} <= {p.name for p in out.iterdir()}
 

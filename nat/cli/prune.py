@@ -50,7 +50,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "smallest L1 norm (l1)",
     )
     p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (default 5)")
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default 0.05 with a new classifier, for a new task; 0.01 "
+        "when the model keeps its own classes)",
+    )
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (default 0)")
     p.add_argument(
         "--compare-unpruned",
@@ -70,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.deploy import INPUT_FORMAT, sample_images
     from ..io.files import atomic_write, markdown_table
     from ..profile import profile
-    from ..pruning import params_of, transfer
+    from ..pruning import params_of, transfer, transfer_lr
     from ..training.evaluate import SubnetEvaluator
     from ..training.train import evaluate
 
@@ -94,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
     # The same classes in the same order: the same task, and the classifier is kept.
     same_task = config.get("class_names") == data.class_names
-    common = {"epochs": args.epochs, "lr": args.lr, "seed": args.seed}
+    lr = args.lr if args.lr is not None else transfer_lr(source, data, not same_task)
+    common = {"epochs": args.epochs, "lr": lr, "seed": args.seed}
     common = {**common, "new_classifier": not same_task, "progress": args.progress}
     pruned = transfer(source, data, resolution, args.max_params, args.importance, **common)
     params, macs = profile(pruned, resolution)
@@ -128,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     table = markdown_table(["model", "params", "MACs", "test accuracy"], rows)
     text = (
         f"# {folder} pruned to {args.max_params:,.0f} params on {args.data}\n\n"
-        f"{args.epochs} epoch(s) of fine-tuning at lr {args.lr}, seed {args.seed}; "
+        f"{args.epochs} epoch(s) of fine-tuning at lr {lr}, seed {args.seed}; "
         f"test split of {len(data.test)} images.\n\n{table}\n"
     )
     atomic_write(out / "prune.md", lambda f: f.write(text.encode()))

@@ -10,7 +10,7 @@ from nat.compare import compare
 from nat.data import load_dataset
 from nat.io.files import mean_std
 from nat.profile import profile
-from nat.pruning import transfer
+from nat.pruning import NEW_TASK_LR, transfer
 from nat.training.evaluate import SubnetEvaluator
 from nat.training.train import evaluate
 
@@ -53,7 +53,7 @@ def bench_pruning(bench: Bench) -> Result:
         ),
         Table(
             f"Transfer (Cortesi): the largest subnet trained on the suite's data, then "
-            f"{s.finetune_epochs} epoch(s) on digits (test accuracy %, seeds "
+            f"{s.transfer_epochs} epoch(s) on digits at lr {NEW_TASK_LR} (test accuracy %, seeds "
             f"{list(s.pruning_seeds)})",
             ["method", "params", "MACs", "digits test"],
             [
@@ -84,7 +84,7 @@ def _transfer(bench: Bench, budgets: list[float]) -> list[dict]:
         scores, params, macs = [], 0, 0
         for seed in s.pruning_seeds:
             model = transfer(source, target, arch.resolution, budget, importance or "l1",
-                             s.finetune_epochs, seed=seed)  # fmt: skip
+                             s.transfer_epochs, seed=seed)  # fmt: skip
             scores.append(evaluate(model, test, arch.resolution))
             params, macs = profile(model, arch.resolution)
         out.append({"method": label, "params": params, "macs": macs, "test": mean_std(scores)})
