@@ -38,6 +38,7 @@ RUN_OUTPUTS = (
     "report.md",
     "resume",
     "front",
+    "heuristic",
     "ray-train",
     "compare.json",
     "compare.md",

@@ -162,11 +162,16 @@ def prune_to_budget(
     return model.eval()
 
 
+def _gets_new_classifier(model: nn.Module, data: DataSplits, new_classifier: bool) -> bool:
+    """Whether :func:`transfer` replaces ``model``'s classifier: when asked, or when its class
+    count is not ``data``'s."""
+    return new_classifier or model.classifier.out_features != data.num_classes
+
+
 def transfer_lr(model: nn.Module, data: DataSplits, new_classifier: bool) -> float:
     """The default peak learning rate of :func:`transfer`: higher when the classifier is
     new (a new task) than when the model keeps its own."""
-    new = new_classifier or model.classifier.out_features != data.num_classes
-    return NEW_TASK_LR if new else SAME_TASK_LR
+    return NEW_TASK_LR if _gets_new_classifier(model, data, new_classifier) else SAME_TASK_LR
 
 
 def transfer(
@@ -188,11 +193,11 @@ def transfer(
     ``max_params=None`` fine-tunes it whole: the baseline pruning is judged by."""
     if lr is None:
         lr = transfer_lr(model, data, new_classifier)
+    new = _gets_new_classifier(model, data, new_classifier)
     model = copy.deepcopy(model).cpu()
-    classifier = model.classifier
-    if new_classifier or classifier.out_features != data.num_classes:
+    if new:
         torch.manual_seed(seed)
-        model.classifier = nn.Linear(classifier.in_features, data.num_classes)
+        model.classifier = nn.Linear(model.classifier.in_features, data.num_classes)
     if max_params is None:
         finetune(model, data, resolution, epochs, lr=lr, seed=seed, progress=progress)
         return model.eval()

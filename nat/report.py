@@ -14,7 +14,7 @@ from .io.checkpoint import export_subnet
 from .io.deploy import INPUT_FORMAT, sample_images
 from .io.files import atomic_write, save_figure
 
-__all__ = ["write_outputs"]
+__all__ = ["handed_back", "write_outputs"]
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -28,17 +28,28 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
 
+def handed_back(result: SearchResult) -> list[tuple[str, object]]:
+    """(folder, nat.handback.FrontModel) of every model the run hands back: the front's in
+    front order, in ``front/NN``, then the heuristic's when it is off the front, in
+    ``heuristic``."""
+    out = [(f"front/{rank:02d}", m) for rank, m in enumerate(result.models)]
+    return out + ([("heuristic", result.heuristic)] if result.heuristic is not None else [])
+
+
 def _front_rows(result: SearchResult) -> list[dict]:
     space = result.archive.space
     rows = []
-    for rank, (i, m) in enumerate(zip(result.front, result.models, strict=True)):
-        e = result.archive.entries[i]
+    for folder, m in handed_back(result):
+        e = result.archive.entries[m.index]
         arch = space.decode(e.x)
+        on_front = folder.startswith("front/")
         rows.append(
             {
-                "rank": rank,
+                "rank": int(folder[6:]) if on_front else "",
+                "on_front": on_front,
                 "accuracy": e.accuracy,
                 "finetuned_accuracy": m.finetuned_val_accuracy,
+                "val_accuracy": m.val_accuracy,  # the exported weights'
                 "inherited_test_accuracy": m.inherited_test_accuracy,
                 "test_accuracy": m.test_accuracy,
                 "finetune_epochs": m.finetune_epochs,
@@ -49,7 +60,7 @@ def _front_rows(result: SearchResult) -> list[dict]:
                 "depths": " ".join(map(str, arch.depths)),
                 "source": e.source,
                 "iteration": e.iteration,
-                "folder": f"front/{rank:02d}",
+                "folder": folder,
                 "x": " ".join(map(str, e.x)),
             }
         )
@@ -77,9 +88,10 @@ def _plot(path: Path, result: SearchResult) -> None:
             label="non-dominated",
         )
         # (archive entry, accuracy in 0..1) of the fine-tuned subnets and the heuristic's seeds
+        tuned = [(f, m) for f, m in handed_back(result) if m.finetune_epochs]
         marks = {
             "fine-tuned": (
-                [(entries[m.index], m.val_accuracy) for m in result.models if m.finetune_epochs],
+                [(entries[m.index], m.val_accuracy) for _, m in tuned],
                 "^",
                 50,
                 "tab:green",
@@ -152,7 +164,9 @@ def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> 
         "point 1.01)",
         "",
         "## Front (validation accuracy with inherited weights, BatchNorm recalibrated, and "
-        "after fine-tuning; test: the exported weights on the test split, which no choice saw)",
+        "after fine-tuning; test: the exported weights on the test split, which no choice saw; "
+        "the last row without a rank is the Feillet heuristic's subnet, fine-tuned the same "
+        "way, when it is off the front)",
         "",
         "| rank | inherited | fine-tuned | test (exported weights) | params | MACs | "
         + ("latency ms | " if latency else "")
@@ -166,6 +180,12 @@ def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> 
         + (f"{r['latency_ms']:.3f} | " if latency else "")
         + f"{r['resolution']} | {r['depths']} | {r['source']} | {r['folder']} |"
         for r in front_rows
+    ]
+    best = max(front_rows, key=lambda r: r["val_accuracy"])
+    lines += [
+        "",
+        f"Best on validation: `{best['folder']}` ({best['val_accuracy']:.2%} validation, "
+        f"{best['test_accuracy']:.2%} test, {best['params']:,} params).",
     ]
     if latency:
         table = archive.latency
@@ -214,7 +234,8 @@ def write_outputs(
     search: NATSearch, result: SearchResult, out_dir: str | Path, onnx: bool = True
 ) -> None:
     """Write the run's result files and export the handed-back front (``result.models``)
-    into ``front/NN/`` (config.json, weights.pt, and model.onnx unless ``--no-onnx``)."""
+    into ``front/NN/``, and the heuristic's into ``heuristic/`` when it is off the front
+    (config.json, weights.pt, and model.onnx unless ``--no-onnx``)."""
     out_dir = Path(out_dir)
     rows = _front_rows(result)
     _write_csv(out_dir / "pareto.csv", rows)
@@ -222,7 +243,7 @@ def write_outputs(
     _plot(out_dir / "pareto.png", result)
     space, supernet = result.archive.space, search.supernet
     images = sample_images(search.data.val) if onnx else None
-    for row, m in zip(rows, result.models, strict=True):
+    for row, (_, m) in zip(rows, handed_back(result), strict=True):
         entry = result.archive.entries[m.index]
         export_subnet(
             m.model,

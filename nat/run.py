@@ -164,7 +164,7 @@ def run(
             )
         search.teacher_multiple = spec.pretrain.teacher_multiple
         result = search.run()
-    result.models = hand_back(search, result, spec.finetune, progress)
+    result.models, result.heuristic = hand_back(search, result, spec.finetune, progress)
     if out is not None:
         write_outputs(search, result, out, onnx=spec.finetune.onnx)
         (out / PRETRAIN_FILE).unlink(missing_ok=True)  # the search has its own snapshots

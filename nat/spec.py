@@ -318,14 +318,15 @@ class BackendSpec:
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """What ``nat search`` hands back: the front's most accurate subnets, fine-tuned from
-    their inherited weights (optionally distilled from the supernet's teacher subnet)."""
+    """What ``nat search`` hands back: the front's most accurate subnets and the Feillet
+    heuristic's, fine-tuned from their inherited weights (optionally distilled from the
+    supernet's teacher subnet)."""
 
     epochs: int = field(
         default=3,
         metadata=_help(
-            "epochs of fine-tuning for the chosen front subnets; 0 exports them with "
-            "inherited weights"
+            "epochs of fine-tuning for the chosen front subnets and the heuristic's subnet; 0 "
+            "exports the front with inherited weights"
         ),
     )
     top: int = field(

@@ -335,7 +335,10 @@ class SearchSpace:
         offset = len(arch.stages) - self.n_stages
         if n_width == 1:
             match = np.flatnonzero((channels == target).all(axis=1))
-            return match[:1] if len(match) else np.zeros(1, dtype=np.int64)
+            # Widths above 1 can round to the same stage channels and differ only in the
+            # stem or head (MobileNetV2's head grows with them): the one that decodes to arch.
+            exact = [i for i in match if self.decode(trial[i]) == arch]
+            return np.array((exact or list(match) or [0])[:1], dtype=np.int64)
         out = np.zeros(n_width, dtype=np.int64)
         for s in range(n_width):
             match = np.flatnonzero(channels[:, offset + s] == target[offset + s])

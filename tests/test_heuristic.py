@@ -314,7 +314,7 @@ def test_advisil_choices_fit_and_ours_are_at_least_as_wide(name):
 
 
 @pytest.mark.parametrize("name", SPACES)
-@pytest.mark.parametrize("budget", [300e3, 700e3, 1.2e6])
+@pytest.mark.parametrize("budget", [300e3, 700e3, 1.2e6, 3e6])
 def test_widths_fitted_to_a_budget_let_the_seed_use_90_percent_of_it(name, budget):
     from nat.engine.heuristic import budget_width_mults
 

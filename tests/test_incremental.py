@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import small_space
 
+import search_spaces
 import supernets
 from nat.cli import main
 from nat.data import load_dataset
@@ -226,3 +227,17 @@ def test_a_runs_front_becomes_candidates_in_front_order(tmp_path):
     assert [c.weights.parent.name for c in inherited] == ["00", "01"]
     with pytest.raises(ValueError, match="no front"):
         from_run(tmp_path / "front", inherit=False)
+
+
+def test_rules_pick_which_scalings_are_judged(tmp_path, capsys):
+    from nat.incremental.judge import from_budgets
+
+    space = search_spaces.get("mbv2")
+    every, _ = from_budgets([3e6], space, 32, 10)
+    assert [c.method for c in every] == ["feillet 3,000k", "width-only 3,000k", "depth-only 3,000k"]
+    (one,), _ = from_budgets([3e6], space, 32, 10, ["depth-only"])
+    assert one == every[2]
+    with pytest.raises(ValueError, match="unknown rule"):
+        from_budgets([3e6], space, 32, 10, ["depth"])
+    assert main(["cil", "--budgets", "50k", "--rules", "depth", "--out", str(tmp_path)]) == 2
+    assert "unknown rule(s) ['depth']" in capsys.readouterr().err

@@ -1,3 +1,4 @@
+import csv
 import json
 
 import numpy as np
@@ -219,22 +220,33 @@ def test_the_front_is_handed_back_fine_tuned_and_its_exports_score_as_reported(r
 
     import supernets
     from nat.folder import open_run
+    from nat.report import handed_back
     from nat.run import load_data
     from nat.training.evaluate import SubnetEvaluator
     from nat.training.train import evaluate
 
     result, out = run
-    tuned = [m for m in result.models if m.finetune_epochs]
-    assert 1 <= len(tuned) <= 2
+    handed = handed_back(result)
+    tuned = [m for _, m in handed if m.finetune_epochs]
+    assert 1 <= len(tuned) <= 3  # the top 2 of the front, and the heuristic's
     assert all(m.val_accuracy > m.inherited_val_accuracy for m in tuned)  # it learned
+    # The heuristic's subnet at the full budget is fine-tuned too, on the front or off it.
+    entries = result.archive.entries
+    seed = max((e for e in entries if e.source == "heuristic"), key=lambda e: e.params)
+    (heuristic,) = [(f, m) for f, m in handed if entries[m.index] is seed]
+    assert heuristic[1].finetuned_val_accuracy is not None
+    assert (heuristic[0] == "heuristic") == (result.heuristic is not None)
     test = SubnetEvaluator.batches(load_data(open_run(out)).test)
-    for rank, m in enumerate(result.models):
-        folder = out / "front" / f"{rank:02d}"
-        config = json.loads((folder / "config.json").read_text())
+    rows = list(csv.DictReader(open(out / "pareto.csv")))
+    assert [r["folder"] for r in rows] == [f for f, _ in handed]
+    for folder, m in handed:
+        config = json.loads((out / folder / "config.json").read_text())
         model = supernets.build_static(m.arch, 10)
-        model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+        model.load_state_dict(torch.load(out / folder / "weights.pt", weights_only=True))
         assert evaluate(model, test, m.arch.resolution) == config["test_accuracy"]
-    assert "fine-tuned" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    best = max(handed, key=lambda fm: fm[1].val_accuracy)[0]
+    assert "fine-tuned" in report and f"Best on validation: `{best}`" in report
 
 
 def test_finetune_epochs_0_exports_the_inherited_weights(tmp_path):

@@ -18,6 +18,16 @@ def test_encode_decode_roundtrip(name, rng):
         assert Arch.from_json(json.dumps(arch.to_dict())) == arch
 
 
+def test_widths_above_1_that_share_stage_channels_encode_by_their_head():
+    # 1.99 and 2.0 round to the same stage channels; only MobileNetV2's head tells them apart.
+    space = search_spaces.get("mbv2", width_mults=(1.99, 2.0))
+    for x in space.sample(50, np.random.default_rng(0)):
+        assert np.array_equal(space.encode(space.decode(x)), x)
+    narrow, wide = space.smallest(), space.largest()
+    assert [s.channels for s in narrow.stages] == [s.channels for s in wide.stages]
+    assert narrow.head_channels != wide.head_channels
+
+
 @pytest.mark.parametrize("name", SPACES)
 def test_repair_makes_any_vector_valid(name, rng):
     space = search_spaces.get(name)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import search_spaces
 
-from .compare import _ints, _sizes
+from .compare import _ints, _names, _sizes
 from .options import _json_object
 
 
@@ -29,6 +29,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         default=[],
         metavar="SIZE,...",
         help="params budgets for the Feillet rule, width-only and depth-only, e.g. 100k,300k",
+    )
+    src.add_argument(
+        "--rules",
+        type=_names,
+        default=["feillet", "width-only", "depth-only"],
+        metavar="RULE,...",
+        help="which rules to run at --budgets: feillet, width-only, depth-only (default all)",
     )
     src.add_argument(
         "--config",
@@ -132,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         space = search_spaces.get(args.space, **args.space_options)
     except (TypeError, ValueError) as err:
         raise ValueError(f"--space-options for {args.space}: {err}") from None
-    ruled, missing = from_budgets(args.budgets, space, resolution, len(names))
+    ruled, missing = from_budgets(args.budgets, space, resolution, len(names), args.rules)
     for why in missing:
         print(f"skipped {why}")
     candidates += ruled

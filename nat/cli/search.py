@@ -74,20 +74,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_front(result, out: Path) -> None:
+    from ..report import handed_back
+
     archive = result.archive
     print(
         f"search done in {result.seconds:.0f} s: {len(archive)} subnets evaluated, "
         f"hypervolume {result.hypervolume:.4f}; front:"
     )
     print("  inherited  fine-tuned  test      params          MACs  source")
-    for m in result.models:
+    for folder, m in handed_back(result):
         e = archive.entries[m.index]
+        if folder == "heuristic":
+            print("  off the front, fine-tuned the same way:")
         tuned = "-" if m.finetuned_val_accuracy is None else f"{m.finetuned_val_accuracy:7.2%}"
         tuned += "" if m.finetune_epochs or m.finetuned_val_accuracy is None else "*"
         print(
             f"  {e.accuracy:9.2%}  {tuned:>10}  {m.test_accuracy:6.2%}  {e.params:>10,}  "
             f"{e.macs:>12,}  {e.source}"
         )
-    if any(m.finetuned_val_accuracy is not None and not m.finetune_epochs for m in result.models):
+    models = [m for _, m in handed_back(result)]
+    if any(m.finetuned_val_accuracy is not None and not m.finetune_epochs for m in models):
         print("  * fine-tuning did not beat the inherited weights on validation; not kept")
+    folder, best = max(handed_back(result), key=lambda fm: fm[1].val_accuracy)
+    print(f"best on validation: {folder} ({best.val_accuracy:.2%}, test {best.test_accuracy:.2%})")
     print(f"run folder: {out} (report.md, pareto.png, front/)")

@@ -402,11 +402,9 @@ def budget_width_mults(
     0.01 grid, times ``fractions`` (the seeds at 1/4, 1/2 and all of the budget then sit near
     their own budgets, the seed at the full budget within a few percent of it). ``space``
     gives everything but the widths."""
-    # Up to the space's own widest choice, at least 1: the space's reference network must
-    # be a member of the fine space (MobileNetV2's head grows with widths above 1).
-    top_choice = max(1.0, max(space.width_mults))
-    grid = [w for w in WIDTH_GRID if w <= top_choice + 1e-9]
-    fine = search_spaces.get(space.name, **{**space.options, "width_mults": grid})
+    # The whole grid, above 1 too: a budget larger than the reference network at one block a
+    # stage (about 1.2M params on mbv2) is spent on width, as the rule says, not left unused.
+    fine = search_spaces.get(space.name, **{**space.options, "width_mults": WIDTH_GRID})
     widest = []
     for metric, budget in (("params", max_params), ("macs", max_macs)):
         if budget is not None:

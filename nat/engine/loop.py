@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pymoo.indicators.hv import HV
@@ -59,6 +60,7 @@ class SearchResult:
     hypervolume: float
     seconds: float = 0.0
     models: list = field(default_factory=list)  # nat.handback.FrontModel, in front order
+    heuristic: Any = None  # nat.handback.FrontModel: the heuristic's, when not on the front
 
     @property
     def X(self) -> np.ndarray:

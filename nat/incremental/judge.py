@@ -40,15 +40,25 @@ class Candidate:
 
 
 def from_budgets(
-    budgets: list[float], space: SearchSpace, resolution: int, num_classes: int
+    budgets: list[float],
+    space: SearchSpace,
+    resolution: int,
+    num_classes: int,
+    rules: list[str] | None = None,
 ) -> tuple[list[Candidate], list[str]]:
-    """The Feillet rule and its ablations at each budget (params), on ``space``'s reference
-    network (with its stem) at ``resolution`` px; and why a rule is missing where it cannot fit
-    a budget (depth-only keeps the full width, often far above a small budget)."""
+    """The Feillet rule and its ablations (``rules``, names of ``RULES``; None: all) at each
+    budget (params), on ``space``'s reference network (with its stem) at ``resolution`` px; and
+    why a rule is missing where it cannot fit a budget (depth-only keeps the full width, often
+    far above a small budget)."""
+    unknown = sorted(set(rules or ()) - set(RULES))
+    if unknown:
+        raise ValueError(f"unknown rule(s) {unknown}: choose from {sorted(RULES)}")
     ref = reference_arch(space, resolution)
     out, missing = [], []
     for budget in budgets:
         for name, rule in RULES.items():
+            if rules is not None and name not in rules:
+                continue
             label = f"{name} {budget / 1e3:,.0f}k"
             try:
                 out.append(Candidate(label, rule(budget, ref, num_classes).arch))

@@ -98,8 +98,10 @@ def _scratch_row(method, model, data, resolution, epochs, test, val=None) -> dic
 
 
 def _searched(folder: Path) -> dict:
-    """The run's best front subnet within the budget, by (fine-tuned) validation accuracy."""
-    configs = [json.loads(p.read_text()) for p in sorted(folder.glob("front/*/config.json"))]
+    """The run's best handed-back subnet (the front's, or the heuristic's when it is off the
+    front), by (fine-tuned) validation accuracy; its folder as ``"folder"``."""
+    paths = [*sorted(folder.glob("front/*/config.json")), *folder.glob("heuristic/config.json")]
+    configs = [json.loads(p.read_text()) | {"folder": p.parent.name} for p in paths]
     return max(configs, key=lambda c: c["val_accuracy"])
 
 
@@ -131,7 +133,7 @@ def bench_quality(bench: Bench) -> Result:
         rows.append(
             {
                 "budget": label,
-                "method": "(a) nat search, fine-tuned",
+                "method": f"(a) nat search, fine-tuned ({best['folder']})",
                 "params": best["params"],
                 "macs": best["macs"],
                 "seconds": wall,
