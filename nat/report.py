@@ -75,6 +75,11 @@ def _plot(path: Path, result: SearchResult) -> None:
         panels.append(("latency", "predicted latency (ms, batch 1)", 1.0))
     fig = Figure(figsize=(5.5 * len(panels), 4.2))
     axes = fig.subplots(1, len(panels))
+    # (archive entry, accuracy in 0..1) of the fine-tuned subnets and the heuristic's seeds
+    tuned = [
+        (entries[m.index], m.val_accuracy) for _, m in handed_back(result) if m.finetune_epochs
+    ]
+    seeds = [(e, e.accuracy) for e in entries if e.source == "heuristic"]
     for ax, (metric, unit, scale) in zip(axes, panels, strict=True):
         x = [getattr(e, metric) / scale for e in entries]
         ax.scatter(x, [100 * e.accuracy for e in entries], s=14, c="0.7", label="evaluated")
@@ -87,21 +92,9 @@ def _plot(path: Path, result: SearchResult) -> None:
             ms=4,
             label="non-dominated",
         )
-        # (archive entry, accuracy in 0..1) of the fine-tuned subnets and the heuristic's seeds
-        tuned = [(f, m) for f, m in handed_back(result) if m.finetune_epochs]
         marks = {
-            "fine-tuned": (
-                [(entries[m.index], m.val_accuracy) for _, m in tuned],
-                "^",
-                50,
-                "tab:green",
-            ),
-            "Feillet heuristic": (
-                [(e, e.accuracy) for e in entries if e.source == "heuristic"],
-                "*",
-                120,
-                "tab:blue",
-            ),
+            "fine-tuned": (tuned, "^", 50, "tab:green"),
+            "Feillet heuristic": (seeds, "*", 120, "tab:blue"),
         }
         for label, (points, marker, size, color) in marks.items():
             if points:

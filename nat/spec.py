@@ -131,7 +131,9 @@ class SearchConfig:
     the complexity objectives besides the error. Latency, as a budget or an objective, is
     predicted from a table of measured units (:mod:`nat.latency`)."""
 
-    iterations: int = field(default=5, metadata=_help("NAT iterations"))
+    # With 3 pre-training epochs, two iterations keep a search at 300k on 10,000 CIFAR-10
+    # images within 30 minutes on 2 cores, hand-back included (docs/benchmarks.md §7).
+    iterations: int = field(default=2, metadata=_help("NAT iterations"))
     max_params: float | None = field(
         default=None, metadata=_help("parameter budget, e.g. 500k or 2.5M", size=True)
     )
@@ -381,7 +383,9 @@ class RunSpec:
     )
     data: DataSpec = field(default_factory=DataSpec)
     search: SearchConfig = field(default_factory=SearchConfig)
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5))
+    # Three epochs: the hand-back fine-tunes what they start, and 15 epochs of fine-tuning from
+    # them beat 15 from scratch by 1.2-1.9 points on CIFAR-10 at 300k (docs/benchmarks.md §7).
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     backend: BackendSpec = field(default_factory=BackendSpec)
     checkpoint: str | None = field(

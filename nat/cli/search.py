@@ -82,7 +82,8 @@ def print_front(result, out: Path) -> None:
         f"hypervolume {result.hypervolume:.4f}; front:"
     )
     print("  inherited  fine-tuned  test      params          MACs  source")
-    for folder, m in handed_back(result):
+    handed = handed_back(result)
+    for folder, m in handed:
         e = archive.entries[m.index]
         if folder == "heuristic":
             print("  off the front, fine-tuned the same way:")
@@ -92,9 +93,8 @@ def print_front(result, out: Path) -> None:
             f"  {e.accuracy:9.2%}  {tuned:>10}  {m.test_accuracy:6.2%}  {e.params:>10,}  "
             f"{e.macs:>12,}  {e.source}"
         )
-    models = [m for _, m in handed_back(result)]
-    if any(m.finetuned_val_accuracy is not None and not m.finetune_epochs for m in models):
+    if any(m.finetuned_val_accuracy is not None and not m.finetune_epochs for _, m in handed):
         print("  * fine-tuning did not beat the inherited weights on validation; not kept")
-    folder, best = max(handed_back(result), key=lambda fm: fm[1].val_accuracy)
+    folder, best = max(handed, key=lambda fm: fm[1].val_accuracy)
     print(f"best on validation: {folder} ({best.val_accuracy:.2%}, test {best.test_accuracy:.2%})")
     print(f"run folder: {out} (report.md, pareto.png, front/)")
