@@ -16,7 +16,9 @@ from typing import Any
 
 import search_spaces
 
+from .fields import OptionError, _at_least, _help
 from .io.files import jsonable
+from .recipes import FinetuneSpec, TrainConfig
 
 __all__ = [
     "BackendSpec",
@@ -32,96 +34,6 @@ SPEC_FORMAT = "nat-run/1"
 METRICS = ("params", "macs", "latency")
 LATENCY_RUNTIMES = ("onnxruntime", "torch")
 SURROGATES = ("adaptive", "rbf", "gp", "mlp", "trees")
-
-
-class OptionError(ValueError):
-    """A setting is out of range or inconsistent. ``option`` is the setting's field name, or
-    its path in the spec; :class:`RunSpec` rewrites the message to name the user's flag."""
-
-    def __init__(self, option: str | tuple[str, ...], message: str) -> None:
-        super().__init__(f"{option}: {message}")
-        self.option, self.message = option, message
-
-    def named(self, name: str) -> OptionError:
-        """The same error, its message starting with ``name`` (a flag) instead."""
-        self.args = (f"{name}: {self.message}",)
-        return self
-
-
-def _help(text: str, **extra: Any) -> dict:
-    return {"help": text, **extra}
-
-
-def _at_least(obj: Any, minimum: float, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value < minimum:
-            raise OptionError(name, f"must be at least {minimum:g}, got {value}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Supernet training (sandwich rule, in-place distillation). ``lr`` is the peak learning
-    rate of SGD with Nesterov momentum: linear warm-up, then cosine decay to 0."""
-
-    epochs: int = field(default=10, metadata=_help("training epochs"))
-    # Twice the steps of batch 64 for the same time on a CPU: +6 points median on digits.
-    batch_size: int = field(default=32, metadata=_help("images per batch"))
-    lr: float = field(default=0.1, metadata=_help("peak learning rate"))
-    momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
-    weight_decay: float = field(default=4e-5, metadata=_help("weight decay (not on BatchNorm)"))
-    warmup_epochs: float = field(default=0.5, metadata=_help("epochs of linear lr warm-up"))
-    random_subnets: int = field(
-        default=2, metadata=_help("random subnets per step besides the largest and smallest")
-    )
-    distill_temperature: float = field(
-        default=1.0, metadata=_help("softmax temperature of in-place distillation")
-    )
-    # OFA's pure distillation (1.0) starves short schedules (docs/benchmarks.md).
-    distill_weight: float = field(
-        default=0.5,
-        metadata=_help(
-            "weight of distillation from the teacher subnet in the other subnets' loss, the "
-            "rest on the labels; 1 is OFA's pure distillation"
-        ),
-    )
-    label_smoothing: float = field(default=0.1, metadata=_help("label smoothing of the CE"))
-    zero_init_residual: bool = field(
-        default=True,
-        metadata=_help(
-            "start every residual block as the identity (BigNAS: last BatchNorm of the branch "
-            "at zero) when the supernet is built"
-        ),
-    )
-    teacher_multiple: float = field(
-        default=2.0,
-        metadata=_help(
-            "with a budget, the teacher is the largest subnet within this multiple of it "
-            "(0: the space's largest)"
-        ),
-    )
-    sample_multiple: float = field(
-        default=1.0,
-        metadata=_help(
-            "with a budget, random subnets are drawn among those within this multiple of it, "
-            "uniformly in size (0: uniformly over the whole space)"
-        ),
-    )
-    seed: int = field(default=0, metadata=_help("seed of sampling and augmentation"))
-
-    def __post_init__(self) -> None:
-        _at_least(self, 0, "epochs", "random_subnets", "warmup_epochs", "weight_decay")
-        for name in ("teacher_multiple", "sample_multiple"):
-            value = getattr(self, name)
-            if not (value == 0 or value >= 1):
-                raise OptionError(name, f"must be 0 (off) or at least 1, got {value}")
-        _at_least(self, 1, "batch_size")
-        for name in ("lr", "distill_temperature"):
-            if not getattr(self, name) > 0:
-                raise OptionError(name, f"must be positive, got {getattr(self, name)}")
-        for name in ("distill_weight", "label_smoothing", "momentum"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise OptionError(name, f"must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -316,55 +228,6 @@ class BackendSpec:
     @property
     def in_process(self) -> bool:
         return self.workers is None and self.address is None
-
-
-@dataclass(frozen=True)
-class FinetuneSpec:
-    """What ``nat search`` hands back: the front's most accurate subnets and the Feillet
-    heuristic's, fine-tuned from their inherited weights (optionally distilled from the
-    supernet's teacher subnet)."""
-
-    # On CIFAR-10 at 300k (docs/benchmarks.md, section 7) the heuristic's subnet reached
-    # 65.5 % validation accuracy after 10 epochs from inherited weights and 69.2 % after 15,
-    # above 15 epochs from scratch (67.7 %) in 57 % of its time. One front subnet beside the
-    # heuristic's keeps the fine-tuning to 30 epochs in all.
-    epochs: int = field(
-        default=15,
-        metadata=_help(
-            "epochs of fine-tuning for the chosen front subnets and the heuristic's subnet; 0 "
-            "exports the front with inherited weights"
-        ),
-    )
-    top: int = field(
-        default=1, metadata=_help("front subnets to fine-tune, the most accurate first")
-    )
-    # The peer's from-scratch recipe (lr 0.1, weight decay 5e-4), labels only: on CIFAR-10 at
-    # 300k after 4 pre-training epochs it took the chosen subnet from 44.8 % to 63.0 % in 8
-    # epochs, where lr 0.01, weight decay 4e-5 and half distillation from the teacher (49 %)
-    # reached 48.3 % (docs/benchmarks.md, section 7).
-    lr: float = field(default=0.1, metadata=_help("peak learning rate of fine-tuning"))
-    weight_decay: float = field(default=5e-4, metadata=_help("weight decay of fine-tuning"))
-    distill_weight: float = field(
-        default=0.0,
-        metadata=_help(
-            "weight of distillation from the supernet's teacher subnet, the rest on the "
-            "labels (0: labels only, as a teacher from a short pre-training is weak)"
-        ),
-    )
-    onnx: bool = field(
-        default=True,
-        metadata=_help("also export each front subnet as model.onnx, checked with onnxruntime"),
-    )
-
-    def __post_init__(self) -> None:
-        _at_least(self, 0, "epochs")
-        _at_least(self, 1, "top")
-        if not self.lr > 0:
-            raise OptionError("lr", f"must be positive, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise OptionError("weight_decay", f"must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.distill_weight <= 1:
-            raise OptionError("distill_weight", f"must be in [0, 1], got {self.distill_weight}")
 
 
 @dataclass(frozen=True)
