@@ -17,7 +17,11 @@ from .spec import FinetuneSpec
 from .training.evaluate import SubnetEvaluator
 from .training.train import evaluate, finetune
 
-__all__ = ["FrontModel", "finetune_if_better", "hand_back"]
+__all__ = ["FrontModel", "finetune_if_better", "finetunes_heuristic", "hand_back"]
+
+# With ``heuristic="auto"``, the heuristic's subnet is fine-tuned when the chosen front
+# subnets all have fewer parameters than this fraction of its own.
+HEURISTIC_REACHED = 0.9
 
 
 @dataclass
@@ -41,15 +45,17 @@ def hand_back(
     search: NATSearch, result: SearchResult, spec: FinetuneSpec, progress: bool = False
 ) -> tuple[list[FrontModel], FrontModel | None]:
     """The front's subnets, in front order, and the Feillet heuristic's subnet at the full
-    budget when it is not on the front (None otherwise, or without fine-tuning).
+    budget when it is fine-tuned and not on the front (None otherwise).
 
     Each is extracted with BatchNorm recalibrated on the batches in-process evaluation uses (so
     any backend gives the same models). The ``spec.top`` most accurate front subnets and the
     heuristic's are then fine-tuned for ``spec.epochs``, and the fine-tuned weights kept only
     if they score higher on validation than the inherited ones (validation chooses, as it chose
-    the front; the test split only scores). The heuristic's subnet is fine-tuned because
-    inherited accuracy undervalues the larger subnets of a briefly trained supernet (on
-    CIFAR-10 the front sat at half the budget), and it is the baseline a search must beat."""
+    the front; the test split only scores). The heuristic's subnet is fine-tuned as
+    ``spec.heuristic`` says; by default when the chosen front subnets stop short of its size,
+    since inherited accuracy can undervalue the larger subnets of a briefly trained supernet
+    (on CIFAR-10 a front once sat at half the budget), and it is the baseline a search must
+    beat."""
     cfg, data, space = search.config, search.data, result.archive.space
     entries = result.archive.entries
     evaluator = SubnetEvaluator(data, cfg.bn_batches, cfg.batch_size, cfg.seed)
@@ -58,8 +64,12 @@ def hand_back(
     chosen = set(by_accuracy[: spec.top]) if spec.epochs else set()
     seeds = [i for i, e in enumerate(entries) if e.source == "heuristic"]
     heuristic = max(seeds, key=lambda i: entries[i].params) if seeds and spec.epochs else None
-    if heuristic is not None:
+    if heuristic is not None and finetunes_heuristic(
+        spec.heuristic, [entries[i].params for i in chosen], entries[heuristic].params
+    ):
         chosen.add(heuristic)
+    else:
+        heuristic = None
     teacher = None
     if chosen and spec.distill_weight > 0:
         teacher_arch = search.teacher()
@@ -96,6 +106,15 @@ def hand_back(
     models = [handed(i) for i in result.front]
     off_front = heuristic is not None and heuristic not in result.front
     return models, handed(heuristic) if off_front else None
+
+
+def finetunes_heuristic(mode: str, chosen_params: list[int], heuristic_params: int) -> bool:
+    """Whether the hand-back fine-tunes the heuristic's subnet (``heuristic_params``
+    parameters) beside front subnets of ``chosen_params``: ``mode`` "always", "never", or
+    "auto": when they all have under ``HEURISTIC_REACHED`` times its parameters."""
+    if mode != "auto":
+        return mode == "always"
+    return max(chosen_params, default=0) < HEURISTIC_REACHED * heuristic_params
 
 
 def finetune_if_better(

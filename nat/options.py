@@ -66,6 +66,7 @@ _RENAMED = {
     ("pretrain", "batch_size"): "pretrain_batch_size",
     ("finetune", "epochs"): "finetune_epochs",
     ("finetune", "top"): "finetune_top",
+    ("finetune", "heuristic"): "finetune_heuristic",
     ("finetune", "lr"): "finetune_lr",
     ("finetune", "weight_decay"): "finetune_weight_decay",
     ("finetune", "distill_weight"): "finetune_distill_weight",

@@ -115,6 +115,7 @@ def prepare_supernet(
             spec.pretrain,
             sampler=budgets.sampler(multiple) if multiple and budgets.constrained else None,
             teacher=budgets.teacher(spec.pretrain.teacher_multiple),
+            anchor=budgets.anchor(spec.pretrain.anchor_multiple),
             checkpoint=checkpoint,
             checkpoint_metadata={"data": data_settings_of(spec)},
             device=device_of(spec),
@@ -163,6 +164,7 @@ def run(
                 supernet, data, spec.search, out, runner, progress, metadata, adapter
             )
         search.teacher_multiple = spec.pretrain.teacher_multiple
+        search.anchor_multiple = spec.pretrain.anchor_multiple
         result = search.run()
     result.models, result.heuristic = hand_back(search, result, spec.finetune, progress)
     if out is not None:

@@ -1,4 +1,5 @@
-"""Budget-aware supernet training: the teacher and the sampled subnets fit the budget."""
+"""Budget-aware supernet training: the teacher, the anchor and the sampled subnets fit the
+budget."""
 
 import numpy as np
 import pytest
@@ -23,6 +24,33 @@ def test_teacher_is_the_largest_that_fits_a_multiple_of_the_budget(name):
     params = space.complexity(teacher, 10)[0]
     assert budget < params <= 2 * budget  # uses the multiple, and keeps to it
     assert Budgets(space, 10, budget).teacher(0) == space.largest()  # 0: no budget awareness
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_anchor_is_the_largest_within_the_budget_or_the_smallest(name):
+    space = search_spaces.get(name)
+    largest, smallest = (space.complexity(a, 10)[0] for a in (space.largest(), space.smallest()))
+    budget = (smallest + largest) / 4
+    budgets = Budgets(space, 10, budget)
+    anchor = budgets.anchor(1.0)
+    params = space.complexity(anchor, 10)[0]
+    assert smallest < params <= budget
+    # a largest: growing any one choice leaves the budget
+    x = space.encode(anchor)
+    for gene in np.flatnonzero(x < space.upper):
+        grown = x.copy()
+        grown[gene] += 1
+        grown = space.repair(grown[None])
+        assert (grown[0] == x).all() or space.complexity(grown, 10)[0][0] > budget
+    assert budgets.anchor(0) == space.smallest()  # 0: BigNAS's sandwich
+    assert Budgets(space, 10, None).anchor(1.0) == space.smallest()
+
+
+def test_anchor_multiple_below_one_is_refused():
+    from nat.spec import OptionError
+
+    with pytest.raises(OptionError, match="anchor_multiple"):
+        TrainConfig(anchor_multiple=0.5)
 
 
 def test_teacher_fits_a_macs_budget_too():
@@ -72,8 +100,10 @@ def test_training_distils_from_the_given_teacher(monkeypatch):
     active = []
     original = net.set_active
     monkeypatch.setattr(net, "set_active", lambda a: (active.append(a), original(a)))
+    anchor = Budgets(space, 10, space.complexity(space.largest(), 10)[0] / 3).anchor(1.0)
     config = TrainConfig(epochs=1, batch_size=64, random_subnets=1)
-    train_supernet(net, data, config, progress=False, teacher=teacher)
-    steps = len(active) // 3  # teacher, smallest, one random subnet per step (+ one at the end)
+    train_supernet(net, data, config, progress=False, teacher=teacher, anchor=anchor)
+    steps = len(active) // 3  # teacher, anchor, one random subnet per step (+ one at the end)
     assert steps >= 2 and [active[3 * i] for i in range(steps)] == [teacher] * steps
-    assert space.largest() not in active
+    assert [active[3 * i + 1] for i in range(steps)] == [anchor] * steps
+    assert space.largest() not in active and space.smallest() not in active

@@ -25,6 +25,7 @@ TINY = dict(
     bn_batches=2,
     finetune_epochs=2,
     finetune_top=2,
+    finetune_heuristic="always",  # the test below checks its fine-tuning, whatever the front
     finetune_distill_weight=0.5,  # the teacher path; the default trains on labels only
     finetune_lr=0.01,  # 12 steps on 400 images: the default 0.1 is for real schedules
     progress=False,
@@ -157,6 +158,28 @@ def test_cli_search_reports_the_front(tmp_path, capsys):
     assert (tmp_path / "run" / "pareto.png").stat().st_size > 1000
     assert main(argv[:-2] + ["--max-params", "1k", "--out", str(tmp_path / "bad")]) == 2
     assert "below the smallest" in capsys.readouterr().err
+
+
+def test_the_heuristic_is_fine_tuned_when_the_front_stops_short_of_it():
+    from nat.handback import finetunes_heuristic
+
+    assert finetunes_heuristic("auto", [118_000, 150_000], 296_000)  # the front stopped short
+    assert not finetunes_heuristic("auto", [118_000, 293_000], 296_000)  # it reached the budget
+    assert finetunes_heuristic("auto", [], 296_000)
+    assert finetunes_heuristic("always", [296_000], 296_000)
+    assert not finetunes_heuristic("never", [], 296_000)
+
+
+def test_candidates_spread_over_the_front_by_size_not_by_rank():
+    from nat.engine.loop import _spread
+
+    # a predicted front crowded near its smallest size, as NSGA-II's population often is
+    sizes = [1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.5, 2.0, 2.5, 3.0]
+    F = np.array([[1 - 0.1 * s, s] for s in sizes])
+    picks = _spread(F, 4)
+    assert [sizes[i] for i in picks] == [1.0, 1.5, 2.5, 3.0]
+    assert len(set(_spread(F, 8))) == 8  # k distinct points even where targets collide
+    assert sorted(_spread(F[:3], 4)) == [0, 1, 2]  # fewer points than asked: all of them
 
 
 def test_parse_size():

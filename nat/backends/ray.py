@@ -260,6 +260,7 @@ def _adapt_loop(config: dict) -> None:
         TrainConfig(**config["train"]),
         sampler=categorical_sampler(space, np.array(config["top"])),
         teacher=space.decode(np.array(config["teacher"])),
+        anchor=None if config["anchor"] is None else space.decode(np.array(config["anchor"])),
         device=torch.device("cpu"),
         progress=False,
         before_step=average_gradients,
@@ -292,7 +293,12 @@ class RayTrainAdapter:
         self.calls = 0
 
     def __call__(
-        self, supernet: Supernet, top: np.ndarray, train: dict, teacher: np.ndarray
+        self,
+        supernet: Supernet,
+        top: np.ndarray,
+        train: dict,
+        teacher: np.ndarray,
+        anchor: np.ndarray | None = None,
     ) -> None:
         import torch
         from ray.train import RunConfig, ScalingConfig
@@ -308,6 +314,7 @@ class RayTrainAdapter:
             "state": {k: v.detach().cpu() for k, v in supernet.state_dict().items()},
             "top": top.tolist(),
             "teacher": np.asarray(teacher).tolist(),
+            "anchor": None if anchor is None else np.asarray(anchor).tolist(),
             "train": train,
             "threads": self.threads,
         }

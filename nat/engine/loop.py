@@ -107,11 +107,18 @@ def _sample_feasible(
 
 
 def _spread(F: np.ndarray, k: int) -> np.ndarray:
-    """k indices spread evenly along the first complexity objective of a front."""
+    """k indices spread evenly in value along the first complexity objective of a front: the
+    point nearest each of k evenly spaced sizes, each point taken once. Evenly in rank would
+    follow where the optimiser's population crowds (on CIFAR-10 at 300k, all 8 candidates
+    of an iteration fell within 1 % of the smallest subnet's size)."""
     order = np.argsort(F[:, 1], kind="stable")
     if len(order) <= k:
         return order
-    return order[np.unique(np.round(np.linspace(0, len(order) - 1, k)).astype(int))]
+    size = F[order, 1]
+    free = np.ones(len(order), bool)
+    for target in np.linspace(size[0], size[-1], k):
+        free[np.flatnonzero(free)[np.argmin(np.abs(size[free] - target))]] = False
+    return order[~free]
 
 
 def hypervolume(archive: Archive, budgets: Budgets, metrics: tuple[str, ...]) -> float:
@@ -164,6 +171,7 @@ class NATSearch:
         # The pre-training recipe's (run() sets it from the spec): adaptation and hand-back
         # distil from the same teacher as pre-training did.
         self.teacher_multiple = TrainConfig().teacher_multiple
+        self.anchor_multiple = TrainConfig().anchor_multiple
 
     def teacher(self) -> Arch:
         """The subnet the others are distilled from: the largest within
@@ -234,8 +242,10 @@ class NATSearch:
             warmup_epochs=0,
             seed=self.config.seed * 1000 + iteration,
         )
+        teacher, anchor = self.teacher(), self.budgets.anchor(self.anchor_multiple)
         if self.adapter is not None:  # e.g. data-parallel on a Ray cluster
-            self.adapter(self.supernet, top, asdict(config), self.space.encode(self.teacher()))
+            encode = self.space.encode
+            self.adapter(self.supernet, top, asdict(config), encode(teacher), encode(anchor))
         else:
             train_supernet(
                 self.supernet,
@@ -243,7 +253,8 @@ class NATSearch:
                 config,
                 sampler=categorical_sampler(self.space, top),
                 progress=self.progress,
-                teacher=self.teacher(),
+                teacher=teacher,
+                anchor=anchor,
             )
         self.supernet.eval()
         self.archive.set_accuracy(self._evaluate(self.archive.X))

@@ -85,8 +85,9 @@ class Budgets:
         """The distillation teacher for training toward these budgets: the space's largest
         subnet if it fits ``multiple`` × every budget, else the largest shrunk one choice at a
         time until it fits, each step taking the choice that loses the least log-size
-        (params and MACs) per unit of excess removed. A teacher ten times over the budget
-        costs ten times the compute and teaches subnets what they cannot hold (issue 10)."""
+        (params and MACs) per unit of excess removed, then grown back wherever it still
+        fits. A teacher ten times over the budget costs ten times the compute and teaches
+        subnets what they cannot hold (issue 10)."""
         space = self.space
         x = space.encode(space.largest())
         if multiple <= 0 or not self.constrained:
@@ -110,7 +111,27 @@ class Budgets:
                 raise ValueError(f"no subnet fits {multiple} x the budgets")
             cost = np.where(useful, lost / np.where(useful, removed, 1), np.inf)
             x = candidates[int(np.argmin(cost))]
+        # Shrinking can overshoot (one step of a late stage's width frees more than the
+        # excess): grow back, most log-size first, every choice that still fits.
+        while len(steps := np.flatnonzero(x < space.upper)):
+            candidates = np.repeat(x[None], len(steps), axis=0)
+            candidates[np.arange(len(steps)), steps] += 1
+            candidates = space.repair(candidates)
+            gained = np.where(
+                excess(candidates) <= 0, log_size(candidates) - log_size(x[None])[0], 0.0
+            )
+            if not (gained > 0).any():
+                break
+            x = candidates[int(np.argmax(gained))]
         return space.decode(x)
+
+    def anchor(self, multiple: float) -> Arch:
+        """The subnet the sandwich rule trains on every step beside the teacher: the largest
+        within ``multiple`` × every budget, where a search returns its subnets; the space's
+        smallest (BigNAS) without budgets or with ``multiple`` 0."""
+        if multiple <= 0 or not self.constrained:
+            return self.space.smallest()
+        return self.teacher(multiple)
 
     def sampler(self, multiple: float = 1.0) -> Callable[[np.random.Generator], Arch]:
         """Draws subnets within ``multiple`` × every budget, uniformly in size rather than in

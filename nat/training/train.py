@@ -119,20 +119,21 @@ def train_supernet(
     before_step: Callable[[Supernet], None] | None = None,
     resume: bool = False,
     teacher: Arch | None = None,
+    anchor: Arch | None = None,
 ) -> list[dict]:
     """Train with the sandwich rule: each step back-propagates the ``teacher`` subnet
-    (default: the space's largest) on the labels, then the smallest and
-    ``config.random_subnets`` sampled subnets on a mix of the teacher's softened predictions
-    (in-place distillation) and the labels, weighted by ``config.distill_weight``; one
-    optimiser step per batch.
+    (default: the space's largest) on the labels, then the ``anchor`` (default: the space's
+    smallest) and ``config.random_subnets`` sampled subnets on a mix of the teacher's
+    softened predictions (in-place distillation) and the labels, weighted by
+    ``config.distill_weight``; one optimiser step per batch.
 
     ``sampler`` draws the random subnets (default: uniform over the space);
-    :meth:`nat.engine.problem.Budgets.teacher` and ``.sampler`` fit both to a budget. After every
-    epoch the checkpoint (if given) is rewritten atomically, with the optimiser's, the
-    schedule's and the random generators' states: with ``resume``, training continues from
-    the checkpoint's last epoch and ends with the weights an uninterrupted run would have.
-    ``before_step`` sees the gradients before each optimiser step (data-parallel training
-    averages them there).
+    :meth:`nat.engine.problem.Budgets.teacher`, ``.anchor`` and ``.sampler`` fit all three to
+    a budget. After every epoch the checkpoint (if given) is rewritten atomically, with the
+    optimiser's, the schedule's and the random generators' states: with ``resume``, training
+    continues from the checkpoint's last epoch and ends with the weights an uninterrupted run
+    would have. ``before_step`` sees the gradients before each optimiser step (data-parallel
+    training averages them there).
     Returns one record per epoch (loss, seconds, learning rate).
     """
     device = device or default_device()
@@ -145,7 +146,7 @@ def train_supernet(
         def sampler(g: np.random.Generator) -> Arch:
             return space.decode(space.sample(1, g)[0])
 
-    teacher, smallest = teacher or space.largest(), space.smallest()
+    teacher, anchor = teacher or space.largest(), anchor or space.smallest()
     loader = make_loader(
         data.train,
         config.batch_size,
@@ -195,7 +196,7 @@ def train_supernet(
             loss.backward()
             soft_targets = F.softmax(logits.detach() / temperature, dim=1)
             step_loss = loss.item()
-            for arch in [smallest] + [sampler(rng) for _ in range(config.random_subnets)]:
+            for arch in [anchor] + [sampler(rng) for _ in range(config.random_subnets)]:
                 supernet.set_active(arch)
                 student = supernet(input_batch(images, arch.resolution))
                 kd = (

@@ -94,6 +94,7 @@ class Settings:
                 "teacher_multiple": 0,
                 "sample_multiple": 0,
             },
+            "anchor = the space's smallest (BigNAS)": {"anchor_multiple": 0},
             "batch 64, lr 0.05 (the old recipe)": {"pretrain_batch_size": 64, "pretrain_lr": 0.05},
         }
     )
