@@ -39,6 +39,7 @@ def _other_value(option):
         "data": "some/folder",
         "objectives": "params,macs",
         "surrogate": "rbf",
+        "finetune_heuristic": "never",
         "device": "cpu",
         "address": "auto",
         "workers": "1",
