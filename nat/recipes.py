@@ -68,6 +68,14 @@ class TrainConfig:
             "uniformly in size (0: uniformly over the whole space)"
         ),
     )
+    progressive_shrinking: bool = field(
+        default=False,
+        metadata=_help(
+            "OFA's progressive shrinking in one schedule: the teacher alone for the first "
+            "quarter of the steps, then kernel, then depth, then width and expand ratio "
+            "(hidden channels sorted by importance first) elastic, a quarter each"
+        ),
+    )
     seed: int = field(default=0, metadata=_help("seed of sampling and augmentation"))
 
     def __post_init__(self) -> None:

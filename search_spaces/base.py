@@ -360,6 +360,39 @@ class SearchSpace:
             X[:, self._expand] = np.where(inactive, 0, X[:, self._expand])
         return X[0] if arr.ndim == 1 else X
 
+    # The groups of variables, by the names progressive shrinking opens them with.
+    GROUPS = ("resolution", "width", "depth", "kernel", "expand")
+
+    def restrict(self, x: np.ndarray, base: np.ndarray, elastic: Sequence[str]) -> np.ndarray:
+        """``x`` with only the groups of variables named in ``elastic`` (of :attr:`GROUPS`)
+        kept; the others are ``base``'s. A block that ``x`` has but ``base`` lacks takes the
+        largest kernel or expand ratio where those are not elastic, and one that ``base`` has
+        but ``x`` lacks keeps ``base``'s. OFA's progressive shrinking samples this way."""
+        unknown = set(elastic) - set(self.GROUPS)
+        if unknown:
+            raise ValueError(
+                f"unknown variable groups {sorted(unknown)}: choose from {self.GROUPS}"
+            )
+        x, out = self.check(x)[0], self.check(base)[0].copy()
+        groups = {"resolution": slice(0, 1), "width": self._width, "depth": self._depth}
+        slot_groups = {"kernel": self._kernel}
+        if self.expand_ratios is not None:
+            slot_groups["expand"] = self._expand
+
+        def in_depth(v: np.ndarray) -> np.ndarray:
+            depth = self._depth_table[np.arange(self.n_stages), v[self._depth]]
+            return self._slot_index < depth[self._slot_stage]
+
+        in_x, in_base = in_depth(x), in_depth(out)
+        for name, group in slot_groups.items():
+            fill = x[group] if name in elastic else self.upper[group]
+            out[group] = np.where(in_base, out[group], fill)
+            if name in elastic:
+                out[group] = np.where(in_x, x[group], out[group])
+        for name in set(elastic) & set(groups):
+            out[groups[name]] = x[groups[name]]
+        return self.repair(out)
+
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` valid encodings (n, n_var), each variable uniform over its choices."""
         if not isinstance(rng, np.random.Generator):

@@ -201,6 +201,18 @@ class Supernet(nn.Module):
                 if bn is not None:
                     bn.weight.zero_()
 
+    def sort_channels(self) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+        """OFA's channel sorting before width shrinks, in every block with hidden channels of
+        its own (MBConv's expansion; the other families' widths are their stages' and are left
+        as they are). Returns what moved: (tensor, dim, order), for the optimiser's state."""
+        return [
+            moved
+            for stage in self.stages
+            for block in stage
+            if hasattr(block, "sort_hidden_channels")
+            for moved in block.sort_hidden_channels()
+        ]
+
     def set_active(self, arch: Arch) -> None:
         """Make ``arch`` the subnet that ``forward`` computes (checked against the space)."""
         self.space.encode(arch)

@@ -60,6 +60,31 @@ class DynamicMBConv(nn.Module):
         their shape (and so their shortcut) in every subnet."""
         return None if self.first else self.project.bn
 
+    @torch.no_grad()
+    def sort_hidden_channels(self) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+        """OFA's channel sorting: reorder the hidden channels by importance, the L1 norm of
+        the projection's weights that read each, so a smaller expand ratio keeps the most
+        important. The block computes the same function with all of them. Returns (tensor,
+        dim, order) for every parameter and buffer reordered, for an optimiser to follow."""
+        if self.expand is None:  # the hidden channels are the block's input
+            return []
+        weight = self.project.conv.weight
+        order = weight.abs().sum(dim=(0, 2, 3)).argsort(descending=True)
+        moved = [(weight, 1, order)]
+        for conv_bn in (self.expand, self.depthwise):
+            bn = conv_bn.bn
+            for tensor in (
+                conv_bn.conv.weight,
+                bn.weight,
+                bn.bias,
+                bn.running_mean,
+                bn.running_var,
+            ):
+                moved.append((tensor, 0, order))
+        for tensor, dim, index in moved:
+            tensor.copy_(tensor.index_select(dim, index))
+        return moved
+
     def forward(self, x: torch.Tensor, c_out: int, block: Block) -> torch.Tensor:
         c_in = x.shape[1]
         h = x

@@ -197,3 +197,30 @@ def test_a_space_round_trips_through_its_dict(name):
 def test_bad_choices_are_refused(bad):
     with pytest.raises(ValueError, match="kernel_sizes"):
         search_spaces.get("mbv2", kernel_sizes=bad)
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_restrict_keeps_only_the_elastic_groups(name, rng):
+    """Progressive shrinking's draws: ``x`` in the elastic groups, ``base`` in the rest."""
+    space = search_spaces.get(name)
+    base = space.encode(space.largest())
+    for x in space.sample(20, rng):
+        kernel_only = space.decode(space.restrict(x, base, ("kernel",)))
+        largest, sampled = space.largest(), space.decode(x)
+        assert [s.depth for s in kernel_only.stages] == [s.depth for s in largest.stages]
+        assert [s.channels for s in kernel_only.stages] == [s.channels for s in largest.stages]
+        assert kernel_only.resolution == largest.resolution
+        offset = len(largest.stages) - space.n_stages  # MBConv's fixed first stage
+        for got, drawn in zip(kernel_only.stages[offset:], sampled.stages[offset:], strict=True):
+            for j, block in enumerate(got.blocks):
+                # x's kernel where x has the block, else the largest; expand stays the largest.
+                kernel = drawn.blocks[j].kernel_size if j < drawn.depth else max(space.kernel_sizes)
+                assert block.kernel_size == kernel
+                assert block.expand_ratio == max(space.expand_ratios or (1,))
+        depth_too = space.decode(space.restrict(x, base, ("kernel", "depth")))
+        assert [s.depth for s in depth_too.stages] == [s.depth for s in sampled.stages]
+        assert [s.channels for s in depth_too.stages] == [s.channels for s in largest.stages]
+        assert np.array_equal(space.restrict(x, base, space.GROUPS), x)
+        assert np.array_equal(space.restrict(x, base, ()), base)
+    with pytest.raises(ValueError, match=r"unknown variable groups \['kernels'\]"):
+        space.restrict(base, base, ("kernels",))

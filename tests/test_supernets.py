@@ -167,3 +167,31 @@ def test_zero_init_residual_makes_extra_blocks_the_identity(name):
     assert (logits(shallow) - logits(deeper)).abs().max() > 1e-3  # the plain init differs
     net.zero_init_residual()
     torch.testing.assert_close(logits(shallow), logits(deeper), rtol=0, atol=0)
+
+
+def test_sorting_hidden_channels_keeps_the_function_and_puts_the_important_first():
+    """OFA's channel sorting: the largest subnet computes the same after it, and every
+    block's hidden channels are then in falling importance (L1 norm of the projection)."""
+    space = search_spaces.get("mbv2", resolutions=(16,), width_mults=(0.5,))
+    torch.manual_seed(0)
+    net = supernets.build_supernet(space, 10).train()  # batch statistics: activations O(1)
+    x = torch.randn(4, 3, 16, 16)
+    narrow = space.encode(space.largest())
+    narrow[space._expand] = 0  # the smallest expand ratio: only the first hidden channels
+    narrow = space.decode(narrow)
+
+    @torch.no_grad()
+    def logits(arch):
+        net.set_active(arch)
+        return net(x)
+
+    full, cut = logits(space.largest()), logits(narrow)
+    moved = net.sort_channels()
+    assert moved  # MBConv blocks with an expansion were sorted
+    torch.testing.assert_close(logits(space.largest()), full)
+    assert not torch.allclose(logits(narrow), cut)  # the narrow subnet now keeps other channels
+    for stage in net.stages:
+        for block in stage:
+            if block.expand is not None:
+                importance = block.project.conv.weight.abs().sum(dim=(0, 2, 3))
+                assert torch.all(importance[:-1] >= importance[1:])

@@ -118,9 +118,20 @@ def test_students_learn_from_labels_as_much_as_distill_weight_says(digits):
         TrainConfig(distill_weight=1.5)
 
 
-def test_killed_training_resumes_to_the_uninterrupted_weights(digits, tmp_path):
-    space = small_space("shufflenetv2", resolutions=(12,), depths=[(1, 2)] * 3)
-    config = TrainConfig(epochs=2, batch_size=256, random_subnets=1, warmup_epochs=0.5)
+@pytest.mark.parametrize(
+    ("name", "shrinking"),
+    # mbv2 with progressive shrinking: its channels are sorted at step 8, after the kill.
+    [("shufflenetv2", False), ("mbv2", True)],
+)
+def test_killed_training_resumes_to_the_uninterrupted_weights(name, shrinking, digits, tmp_path):
+    space = small_space(name, resolutions=(12,), depths=[(1, 2)] * search_spaces.get(name).n_stages)
+    config = TrainConfig(
+        epochs=2,
+        batch_size=256,
+        random_subnets=1,
+        warmup_epochs=0.5,
+        progressive_shrinking=shrinking,
+    )
 
     def trained(net, checkpoint, **kwargs):
         train_supernet(net, digits, config, checkpoint=checkpoint, progress=False, **kwargs)
@@ -179,3 +190,39 @@ def test_fine_tuning_is_kept_only_when_it_beats_the_current_weights_on_validatio
     assert not kept and worse < tuned
     assert all(torch.equal(v, weights()[k]) for k, v in trained.items())  # restored exactly
     assert evaluate(model, val, 12) == tuned
+
+
+def test_progressive_shrinking_opens_kernel_then_depth_then_width(digits, monkeypatch):
+    """OFA's phases in one schedule of 10 steps: the teacher alone (steps 0-1), then subnets
+    elastic in kernel (2-4), in depth too (5-7), in width and expand ratio too (8-9)."""
+    space = small_space("mbv2", resolutions=(12,))
+    net = supernets.build_supernet(space, 10)
+    active, ends = [], []
+    set_active = type(net).set_active
+
+    def recording(self, arch):
+        active.append(arch)
+        set_active(self, arch)
+
+    monkeypatch.setattr(type(net), "set_active", recording)
+    config = TrainConfig(epochs=2, batch_size=256, random_subnets=2, progressive_shrinking=True)
+    train_supernet(
+        net, digits, config, progress=False, before_step=lambda _: ends.append(len(active))
+    )
+    teacher = space.largest()
+    assert len(ends) == 10
+    students = [
+        [a for a in active[start:end] if a != teacher]
+        for start, end in zip([0, *ends[:-1]], ends, strict=True)
+    ]
+
+    def shape(arch, depth=True):
+        return [(s.channels, s.depth if depth else 0) for s in arch.stages]
+
+    assert students[0] == students[1] == []
+    assert all(shape(a) == shape(teacher) for step in students[2:5] for a in step)
+    assert any(step for step in students[2:5])
+    for step in students[5:8]:
+        assert all(shape(a, depth=False) == shape(teacher, depth=False) for a in step)
+    assert any(shape(a) != shape(teacher) for step in students[5:8] for a in step)
+    assert any(shape(a, depth=False) != shape(teacher, depth=False) for a in students[8])

@@ -107,6 +107,31 @@ def warmup_cosine(
     return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
+# OFA's progressive shrinking compressed into one schedule: (share of the steps done, the
+# groups of variables elastic from then on). Resolution is elastic throughout, as in OFA.
+SHRINKING_PHASES = (
+    (0.0, ("resolution",)),
+    (0.25, ("resolution", "kernel")),
+    (0.5, ("resolution", "kernel", "depth")),
+    (0.75, ("resolution", "kernel", "depth", "width", "expand")),
+)
+
+
+def shrinking_phase(step: int, total_steps: int) -> tuple[int, tuple[str, ...]]:
+    """(first step of the phase, elastic groups) of progressive shrinking at ``step``."""
+    starts = [round(share * total_steps) for share, _ in SHRINKING_PHASES]
+    phase = max(i for i, start in enumerate(starts) if start <= step)
+    return starts[phase], SHRINKING_PHASES[phase][1]
+
+
+def _follow(optimizer: torch.optim.Optimizer, moved: list) -> None:
+    """Reorder the optimiser's per-parameter state (momentum) as its parameters were."""
+    for tensor, dim, order in moved:
+        for value in optimizer.state.get(tensor, {}).values():
+            if torch.is_tensor(value) and value.shape == tensor.shape:
+                value.copy_(value.index_select(dim, order))
+
+
 def train_supernet(
     supernet: Supernet,
     data: DataSplits,
@@ -127,6 +152,10 @@ def train_supernet(
     softened predictions (in-place distillation) and the labels, weighted by
     ``config.distill_weight``; one optimiser step per batch.
 
+    With ``config.progressive_shrinking`` the anchor and the random subnets are first
+    restricted to the teacher's shape in the groups not yet elastic (:data:`SHRINKING_PHASES`;
+    subnets equal to the teacher are skipped), and MBConv's hidden channels are sorted by
+    importance when width turns elastic.
     ``sampler`` draws the random subnets (default: uniform over the space);
     :meth:`nat.engine.problem.Budgets.teacher`, ``.anchor`` and ``.sampler`` fit all three to
     a budget. After every epoch the checkpoint (if given) is rewritten atomically, with the
@@ -147,6 +176,7 @@ def train_supernet(
             return space.decode(space.sample(1, g)[0])
 
     teacher, anchor = teacher or space.largest(), anchor or space.smallest()
+    teacher_x = space.encode(teacher)
     loader = make_loader(
         data.train,
         config.batch_size,
@@ -186,17 +216,29 @@ def train_supernet(
         bar = tqdm(
             loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
         )
-        for images, labels in bar:
+        for batch, (images, labels) in enumerate(bar):
+            step = epoch * len(loader) + batch
             images, labels = images.to(device), labels.to(device)
             lr = schedule.get_last_lr()[0]
             optimizer.zero_grad(set_to_none=True)
+            if config.progressive_shrinking:
+                phase_start, elastic = shrinking_phase(step, total_steps)
+                if step == phase_start and "width" in elastic:  # before any gradient
+                    _follow(optimizer, supernet.sort_channels())
             supernet.set_active(teacher)
             logits = supernet(input_batch(images, teacher.resolution))
             loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             loss.backward()
             soft_targets = F.softmax(logits.detach() / temperature, dim=1)
             step_loss = loss.item()
-            for arch in [anchor] + [sampler(rng) for _ in range(config.random_subnets)]:
+            students = [anchor] + [sampler(rng) for _ in range(config.random_subnets)]
+            if config.progressive_shrinking:
+                students = [
+                    space.decode(space.restrict(space.encode(a), teacher_x, elastic))
+                    for a in students
+                ]
+                students = [a for a in students if a != teacher]
+            for arch in students:
                 supernet.set_active(arch)
                 student = supernet(input_batch(images, arch.resolution))
                 kd = (
