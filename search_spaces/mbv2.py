@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .arch import STEM_STRIDES, ArchArrays, make_divisible
-from .base import SearchSpace, conv, head, out_size, register
+from .base import SearchSpace, register
+from .counting import conv, head, out_size
 
 __all__ = ["MBv2Space"]
 

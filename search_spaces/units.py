@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .arch import STEM_STRIDES, ArchArrays
-from .base import out_size
+from .counting import out_size
 
 __all__ = ["BLOCK", "FIRST_BLOCK", "HEAD", "STEM", "UNIT_FIELDS", "units_of_arrays"]
 
