@@ -385,8 +385,7 @@ class SearchSpace:
 
         in_x, in_base = in_depth(x), in_depth(out)
         for name, group in slot_groups.items():
-            fill = x[group] if name in elastic else self.upper[group]
-            out[group] = np.where(in_base, out[group], fill)
+            out[group] = np.where(in_base, out[group], self.upper[group])
             if name in elastic:
                 out[group] = np.where(in_x, x[group], out[group])
         for name in set(elastic) & set(groups):
