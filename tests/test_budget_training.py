@@ -101,9 +101,16 @@ def test_training_distils_from_the_given_teacher(monkeypatch):
     original = net.set_active
     monkeypatch.setattr(net, "set_active", lambda a: (active.append(a), original(a)))
     anchor = Budgets(space, 10, space.complexity(space.largest(), 10)[0] / 3).anchor(1.0)
-    config = TrainConfig(epochs=1, batch_size=64, random_subnets=1)
+    config = TrainConfig(epochs=1, batch_size=64, random_subnets=1, smallest_anchor=False)
     train_supernet(net, data, config, progress=False, teacher=teacher, anchor=anchor)
     steps = len(active) // 3  # teacher, anchor, one random subnet per step (+ one at the end)
     assert steps >= 2 and [active[3 * i] for i in range(steps)] == [teacher] * steps
     assert [active[3 * i + 1] for i in range(steps)] == [anchor] * steps
     assert space.largest() not in active and space.smallest() not in active
+    # smallest_anchor: the smallest takes the random subnet's place, every step
+    active.clear()
+    config = TrainConfig(epochs=1, batch_size=64, random_subnets=1, smallest_anchor=True)
+    train_supernet(net, data, config, progress=False, teacher=teacher, anchor=anchor)
+    assert len(active) == 3 * steps + 1
+    trained = [active[3 * i : 3 * i + 3] for i in range(steps)]
+    assert trained == [[teacher, anchor, space.smallest()]] * steps

@@ -172,6 +172,7 @@ class NATSearch:
         # distil from the same teacher as pre-training did.
         self.teacher_multiple = TrainConfig().teacher_multiple
         self.anchor_multiple = TrainConfig().anchor_multiple
+        self.smallest_anchor = TrainConfig().smallest_anchor
 
     def teacher(self) -> Arch:
         """The subnet the others are distilled from: the largest within
@@ -240,6 +241,7 @@ class NATSearch:
             batch_size=self.config.batch_size,
             lr=self.config.lr,
             warmup_epochs=0,
+            smallest_anchor=self.smallest_anchor,
             seed=self.config.seed * 1000 + iteration,
         )
         teacher, anchor = self.teacher(), self.budgets.anchor(self.anchor_multiple)

@@ -148,7 +148,8 @@ def train_supernet(
 ) -> list[dict]:
     """Train with the sandwich rule: each step back-propagates the ``teacher`` subnet
     (default: the space's largest) on the labels, then the ``anchor`` (default: the space's
-    smallest) and ``config.random_subnets`` sampled subnets on a mix of the teacher's
+    smallest; with ``config.smallest_anchor`` the smallest too, in place of one random subnet)
+    and ``config.random_subnets`` sampled subnets on a mix of the teacher's
     softened predictions (in-place distillation) and the labels, weighted by
     ``config.distill_weight``; one optimiser step per batch.
 
@@ -176,6 +177,10 @@ def train_supernet(
             return space.decode(space.sample(1, g)[0])
 
     teacher, anchor = teacher or space.largest(), anchor or space.smallest()
+    anchors = [anchor]
+    if config.smallest_anchor and anchor != space.smallest():
+        anchors.append(space.smallest())
+    draws = max(0, config.random_subnets - (len(anchors) - 1))  # the smallest takes one's place
     teacher_x = space.encode(teacher)
     loader = make_loader(
         data.train,
@@ -231,7 +236,7 @@ def train_supernet(
             loss.backward()
             soft_targets = F.softmax(logits.detach() / temperature, dim=1)
             step_loss = loss.item()
-            students = [anchor] + [sampler(rng) for _ in range(config.random_subnets)]
+            students = anchors + [sampler(rng) for _ in range(draws)]
             if config.progressive_shrinking:
                 students = [
                     space.decode(space.restrict(space.encode(a), teacher_x, elastic))

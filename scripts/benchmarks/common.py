@@ -95,6 +95,7 @@ class Settings:
                 "sample_multiple": 0,
             },
             "anchor = the space's smallest (BigNAS)": {"anchor_multiple": 0},
+            "the smallest beside the budget's anchor": {"smallest_anchor": True},
             "progressive shrinking (OFA)": {"progressive_shrinking": True},
             "batch 64, lr 0.05 (the old recipe)": {"pretrain_batch_size": 64, "pretrain_lr": 0.05},
         }
