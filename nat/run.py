@@ -163,9 +163,7 @@ def run(
             search = NATSearch(
                 supernet, data, spec.search, out, runner, progress, metadata, adapter
             )
-        search.teacher_multiple = spec.pretrain.teacher_multiple
-        search.anchor_multiple = spec.pretrain.anchor_multiple
-        search.smallest_anchor = spec.pretrain.smallest_anchor
+        search.pretrain = spec.pretrain
         result = search.run()
     result.models, result.heuristic = hand_back(search, result, spec.finetune, progress)
     if out is not None:

@@ -168,16 +168,14 @@ class NATSearch:
         self.history: list[dict] = []
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
-        # The pre-training recipe's (run() sets it from the spec): adaptation and hand-back
-        # distil from the same teacher as pre-training did.
-        self.teacher_multiple = TrainConfig().teacher_multiple
-        self.anchor_multiple = TrainConfig().anchor_multiple
-        self.smallest_anchor = TrainConfig().smallest_anchor
+        # The pre-training recipe (run() sets the spec's): adaptation and hand-back distil
+        # from the same teacher, and adaptation trains the same anchors, as pre-training did.
+        self.pretrain = TrainConfig()
 
     def teacher(self) -> Arch:
         """The subnet the others are distilled from: the largest within
-        ``teacher_multiple`` × the budgets."""
-        return self.budgets.teacher(self.teacher_multiple)
+        the pre-training recipe's ``teacher_multiple`` × the budgets."""
+        return self.budgets.teacher(self.pretrain.teacher_multiple)
 
     # -- steps ---------------------------------------------------------------------------
     def _evaluate(self, X: np.ndarray) -> np.ndarray:
@@ -241,10 +239,10 @@ class NATSearch:
             batch_size=self.config.batch_size,
             lr=self.config.lr,
             warmup_epochs=0,
-            smallest_anchor=self.smallest_anchor,
+            smallest_anchor=self.pretrain.smallest_anchor,
             seed=self.config.seed * 1000 + iteration,
         )
-        teacher, anchor = self.teacher(), self.budgets.anchor(self.anchor_multiple)
+        teacher, anchor = self.teacher(), self.budgets.anchor(self.pretrain.anchor_multiple)
         if self.adapter is not None:  # e.g. data-parallel on a Ray cluster
             encode = self.space.encode
             self.adapter(self.supernet, top, asdict(config), encode(teacher), encode(anchor))
