@@ -47,8 +47,8 @@ class TrainConfig:
     teacher_multiple: float = field(
         default=2.0,
         metadata=_help(
-            "with a budget, the teacher is the largest subnet within this multiple of it "
-            "(0: the space's largest)"
+            "with a budget, the teacher is the space's largest subnet shrunk until it fits "
+            "this multiple of it (0: the space's largest)"
         ),
     )
     # On the quality split at 300k (3 epochs) the smallest as anchor left inherited accuracy

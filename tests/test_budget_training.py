@@ -114,3 +114,14 @@ def test_training_distils_from_the_given_teacher(monkeypatch):
     assert len(active) == 3 * steps + 1
     trained = [active[3 * i : 3 * i + 3] for i in range(steps)]
     assert trained == [[teacher, anchor, space.smallest()]] * steps
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_growing_back_only_adds_to_the_shrunk_teacher_and_keeps_to_the_multiple(name):
+    space = search_spaces.get(name)
+    largest, smallest = (space.complexity(a, 10)[0] for a in (space.largest(), space.smallest()))
+    budgets = Budgets(space, 10, (smallest + largest) / 4)
+    shrunk = space.encode(budgets.teacher(2.0))
+    grown = space.encode(budgets.teacher(2.0, grow_back=True))
+    assert (grown >= shrunk).all()
+    assert space.complexity(space.decode(grown), 10)[0] <= 2 * budgets.limits["params"]

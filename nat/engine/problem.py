@@ -81,13 +81,17 @@ class Budgets:
         """Which rows of ``X`` fit ``multiple`` × every budget."""
         return np.all(self.violation(X) <= multiple - 1, axis=1)
 
-    def teacher(self, multiple: float) -> Arch:
+    def teacher(self, multiple: float, grow_back: bool = False) -> Arch:
         """The distillation teacher for training toward these budgets: the space's largest
         subnet if it fits ``multiple`` × every budget, else the largest shrunk one choice at a
         time until it fits, each step taking the choice that loses the least log-size
-        (params and MACs) per unit of excess removed, then grown back wherever it still
-        fits. A teacher ten times over the budget costs ten times the compute and teaches
-        subnets what they cannot hold (issue 10)."""
+        (params and MACs) per unit of excess removed; with ``grow_back``, then grown back
+        wherever it still fits. A teacher ten times over the budget costs ten times the
+        compute and teaches subnets what they cannot hold (issue 10). The teacher is not
+        grown back (the anchor is): at 1M on CIFAR-10 growing back gave the last stages
+        kernel 7, cost 13 % more pre-training time and left inherited accuracy less tied to
+        size (Spearman 0.40 against 0.63), for the same handed-back model (docs/benchmarks.md
+        §7)."""
         space = self.space
         x = space.encode(space.largest())
         if multiple <= 0 or not self.constrained:
@@ -113,7 +117,7 @@ class Budgets:
             x = candidates[int(np.argmin(cost))]
         # Shrinking can overshoot (one step of a late stage's width frees more than the
         # excess): grow back, most log-size first, every choice that still fits.
-        while len(steps := np.flatnonzero(x < space.upper)):
+        while grow_back and len(steps := np.flatnonzero(x < space.upper)):
             candidates = np.repeat(x[None], len(steps), axis=0)
             candidates[np.arange(len(steps)), steps] += 1
             candidates = space.repair(candidates)
@@ -131,7 +135,7 @@ class Budgets:
         smallest (BigNAS) without budgets or with ``multiple`` 0."""
         if multiple <= 0 or not self.constrained:
             return self.space.smallest()
-        return self.teacher(multiple)
+        return self.teacher(multiple, grow_back=True)
 
     def sampler(self, multiple: float = 1.0) -> Callable[[np.random.Generator], Arch]:
         """Draws subnets within ``multiple`` × every budget, uniformly in size rather than in
