@@ -74,7 +74,7 @@ class DynamicMBConv(nn.Module):
         for conv_bn in (self.expand, self.depthwise):
             bn = conv_bn.bn
             for tensor in (
-                conv_bn.conv.weight,
+                *conv_bn.conv.kernel_parameters(),
                 bn.weight,
                 bn.bias,
                 bn.running_mean,

@@ -3,15 +3,17 @@
 A dynamic layer holds the largest weight and computes with a slice of it: the first
 ``c_out`` filters, the first ``c_in`` input channels, and for a smaller kernel the centre crop
 passed through a learned transform (OFA's elastic kernel: one matrix per kernel size, shared
-by all channels, initialised to identity). ``active_weight`` is the one place that slicing is
-written; both the forward pass and extraction into a static layer call it, so an extracted
-model computes exactly what the supernet computed.
+by all channels, initialised to identity). The largest kernel is stored as its centre and
+rings, so that a smaller kernel touches only the parameters inside it. ``active_weight`` is
+the one place that slicing is written; both the forward pass and extraction into a static
+layer call it, so an extracted model computes exactly what the supernet computed.
 
 Dynamic layers take their active sizes as arguments: no state is stored on them.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -53,7 +55,16 @@ class ConvBN(nn.Module):
 
 
 class DynamicConv2d(nn.Module):
-    """Convolution whose output channels, input channels and kernel size are chosen per call."""
+    """Convolution whose output channels, input channels and kernel size are chosen per call.
+
+    The largest kernel is stored as the smallest kernel's centre (``weight``) and one ring of
+    four strips per larger size (``rings``; ``top`` and ``bottom`` span the ring's whole width,
+    ``left`` and ``right`` the rows between). Together they are OFA's one largest weight, but
+    a subnet with a smaller kernel reads and gets gradients for only the parameters inside it:
+    a 3x3 convolution of a {3, 5} layer no longer back-propagates zeros into, and steps the
+    optimiser over, a 5x5 tensor (the ResNet supernet trained at 0.61 of torchvision's speed
+    when it did). State dicts holding the whole largest weight, as saved before, still load.
+    """
 
     def __init__(
         self,
@@ -67,8 +78,11 @@ class DynamicConv2d(nn.Module):
         self.kernel_sizes = tuple(sorted(set(kernel_sizes)))
         self.stride, self.depthwise = stride, depthwise
         k = self.kernel_sizes[-1]
-        self.weight = nn.Parameter(torch.empty(max_out, 1 if depthwise else max_in, k, k))
-        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        full = torch.empty(max_out, 1 if depthwise else max_in, k, k)
+        nn.init.kaiming_normal_(full, mode="fan_out")
+        core, rings = self._split(full)
+        self.weight = nn.Parameter(core)
+        self.rings = nn.ParameterDict({name: nn.Parameter(t) for name, t in rings.items()})
         # transform[str(k)] maps the centre crop of the next larger kernel to size k.
         self.transform = nn.ParameterDict(
             {str(s): nn.Parameter(torch.eye(s * s)) for s in self.kernel_sizes[:-1]}
@@ -78,9 +92,34 @@ class DynamicConv2d(nn.Module):
         # in-place update (optimiser step, load_state_dict) bumps; writes through ``.data``
         # bypass versions, so use ``torch.no_grad()`` and the parameter itself instead.
         self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._register_load_state_dict_pre_hook(self._split_whole_weight)
+
+    def _split(self, full: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The smallest kernel's centre and the rings of a whole largest weight."""
+        rings = {}
+        for inner, size in reversed(list(itertools.pairwise(self.kernel_sizes))):
+            d = (size - inner) // 2
+            rings[f"{size}_top"] = full[..., :d, :].clone()
+            rings[f"{size}_bottom"] = full[..., size - d :, :].clone()
+            rings[f"{size}_left"] = full[..., d : size - d, :d].clone()
+            rings[f"{size}_right"] = full[..., d : size - d, size - d :].clone()
+            full = full[..., d : size - d, d : size - d]
+        return full.clone(), rings
+
+    def _split_whole_weight(self, state_dict, prefix, *args) -> None:
+        weight = state_dict.get(prefix + "weight")
+        largest = self.kernel_sizes[-1]
+        if weight is not None and len(self.kernel_sizes) > 1 and weight.shape[-1] == largest:
+            core, rings = self._split(weight)
+            state_dict[prefix + "weight"] = core
+            state_dict.update({f"{prefix}rings.{name}": t for name, t in rings.items()})
+
+    def kernel_parameters(self) -> list[nn.Parameter]:
+        """Every parameter holding filters (output channels on dim 0, input on dim 1)."""
+        return [self.weight, *self.rings.values()]
 
     def _versions(self) -> tuple:
-        return (self.weight._version, *(t._version for t in self.transform.values()))
+        return tuple(p._version for p in (*self.kernel_parameters(), *self.transform.values()))
 
     def active_weight(self, c_in: int, c_out: int, kernel_size: int) -> torch.Tensor:
         """Weight of shape (c_out, c_in or 1, kernel_size, kernel_size)."""
@@ -93,10 +132,26 @@ class DynamicConv2d(nn.Module):
         return self._cache[1]
 
     def _compute_weight(self, c_in: int, c_out: int, kernel_size: int) -> torch.Tensor:
-        if kernel_size not in self.kernel_sizes:
-            raise ValueError(f"kernel size {kernel_size} is not one of {self.kernel_sizes}")
-        weight = self.weight[:c_out] if self.depthwise else self.weight[:c_out, :c_in]
-        for size in reversed(self.kernel_sizes[:-1]):
+        sizes = self.kernel_sizes
+        if kernel_size not in sizes:
+            raise ValueError(f"kernel size {kernel_size} is not one of {sizes}")
+
+        def active(t: torch.Tensor) -> torch.Tensor:
+            return t[:c_out] if self.depthwise else t[:c_out, :c_in]
+
+        # The raw region a smaller kernel starts from is the centre of the largest weight
+        # one size down: the ring of the largest size is not read.
+        raw = sizes[-1] if kernel_size == sizes[-1] else sizes[-2]
+        weight = active(self.weight)
+        for size in sizes[1:]:
+            if size > raw:
+                break
+            ring = {side: active(self.rings[f"{size}_{side}"]) for side in _SIDES}
+            middle = torch.cat((ring["left"], weight, ring["right"]), dim=-1)
+            weight = torch.cat((ring["top"], middle, ring["bottom"]), dim=-2)
+        if kernel_size == sizes[-1]:
+            return weight
+        for size in reversed(sizes[:-1]):
             if size < kernel_size:
                 break
             start = (weight.shape[-1] - size) // 2
@@ -112,6 +167,9 @@ class DynamicConv2d(nn.Module):
         return F.conv2d(
             x, weight, None, self.stride, kernel_size // 2, 1, c_in if self.depthwise else 1
         )
+
+
+_SIDES = ("top", "bottom", "left", "right")
 
 
 class DynamicBatchNorm2d(nn.BatchNorm2d):

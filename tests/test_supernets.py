@@ -60,19 +60,96 @@ def test_extracted_model_computes_what_the_supernet_computed(supernet):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_kernel_transforms_change_the_smaller_kernels(supernet):
-    """A 3x3 subnet's extracted weight is the transformed centre crop, not the raw crop."""
-    conv = next(
-        m
-        for m in supernet.modules()
-        if isinstance(m, ops.DynamicConv2d) and len(m.kernel_sizes) > 1
-    )
-    k_max, k_min = conv.kernel_sizes[-1], conv.kernel_sizes[0]
-    start = (k_max - k_min) // 2
-    raw_crop = conv.weight[:, :, start : start + k_min, start : start + k_min]
-    assert not torch.allclose(
-        conv.active_weight(conv.weight.shape[1], conv.weight.shape[0], k_min), raw_crop
-    )
+def _ofa_weight(whole: torch.Tensor, conv: ops.DynamicConv2d, kernel_size: int) -> torch.Tensor:
+    """OFA's elastic kernel from one whole largest weight: centre crops, each through the
+    transform of its size, from the largest down to ``kernel_size``."""
+    weight = whole
+    for size in reversed(conv.kernel_sizes[:-1]):
+        if size < kernel_size:
+            break
+        start = (weight.shape[-1] - size) // 2
+        crop = weight[:, :, start : start + size, start : start + size]
+        weight = (crop.reshape(-1, size * size) @ conv.transform[str(size)]).reshape(crop.shape)
+    return weight
+
+
+def _elastic_convs(net: nn.Module) -> list[ops.DynamicConv2d]:
+    return [
+        m for m in net.modules() if isinstance(m, ops.DynamicConv2d) and len(m.kernel_sizes) > 1
+    ]
+
+
+@torch.no_grad()
+def test_kernel_rings_compute_ofas_elastic_kernel(supernet):
+    """The centre-and-rings storage computes what one whole largest weight does under OFA's
+    rule, for every kernel size; a smaller kernel is the transformed crop, not the raw one."""
+    for conv in _elastic_convs(supernet)[:6]:
+        c_out, c_in = conv.weight.shape[:2]
+        k_max, k_min = conv.kernel_sizes[-1], conv.kernel_sizes[0]
+        whole = conv.active_weight(c_in, c_out, k_max)
+        assert whole.shape[-1] == k_max
+        start = (k_max - k_min) // 2
+        torch.testing.assert_close(
+            whole[:, :, start : start + k_min, start : start + k_min], conv.weight
+        )
+        for k in conv.kernel_sizes:
+            torch.testing.assert_close(
+                conv.active_weight(c_in, c_out, k), _ofa_weight(whole, conv, k)
+            )
+        raw_crop = whole[:, :, start : start + k_min, start : start + k_min]
+        assert not torch.allclose(conv.active_weight(c_in, c_out, k_min), raw_crop)
+
+
+@pytest.mark.parametrize("name", ["mbv2", "resnet"])
+def test_state_dicts_with_the_whole_largest_weight_still_load(name):
+    """Checkpoints saved before the rings held each multi-kernel layer's whole largest
+    weight under ``weight``: loading one gives the same subnets."""
+    space = search_spaces.get(name, resolutions=(16,))
+    torch.manual_seed(0)
+    net = supernets.build_supernet(space, 10)
+    _scramble(net, 1)
+    old = net.state_dict()
+    for conv_name, conv in net.named_modules():
+        if isinstance(conv, ops.DynamicConv2d) and len(conv.kernel_sizes) > 1:
+            c_out, c_in = conv.weight.shape[:2]
+            with torch.no_grad():
+                old[f"{conv_name}.weight"] = conv.active_weight(c_in, c_out, conv.kernel_sizes[-1])
+            for ring in conv.rings:
+                del old[f"{conv_name}.rings.{ring}"]
+    torch.manual_seed(1)
+    loaded = supernets.build_supernet(space, 10)
+    loaded.load_state_dict(old)
+    x = torch.randn(2, 3, 16, 16)
+    for arch in (
+        space.smallest(),
+        space.largest(),
+        space.decode(space.sample(1, np.random.default_rng(0))[0]),
+    ):
+        for model in (net, loaded):
+            model.set_active(arch)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.eval()(x), net.eval()(x))
+
+
+def test_a_small_kernel_leaves_the_outer_rings_without_gradient():
+    """What makes a 3x3 subnet of a {3, 5} ResNet train at torchvision's speed: its backward
+    reaches the centre and the transform only, so the optimiser skips the 5x5 ring."""
+    space = search_spaces.get("resnet", resolutions=(16,), width_mults=(0.25,))
+    net = supernets.build_supernet(space, 10)
+    arch = space.smallest()
+    assert all(b.kernel_size == 3 for st in arch.stages for b in st.blocks)
+    net.set_active(arch)
+    net(torch.randn(2, 3, 16, 16)).sum().backward()
+    convs = _elastic_convs(net)
+    used = [c for c in convs if c.weight.grad is not None]
+    assert used
+    for conv in used:
+        assert all(ring.grad is None for ring in conv.rings.values())
+        assert conv.transform["3"].grad is not None
+    net.zero_grad(set_to_none=True)
+    net.set_active(space.largest())
+    net(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert any(ring.grad is not None for c in convs for ring in c.rings.values())
 
 
 @pytest.mark.parametrize("name", SPACES)

@@ -161,6 +161,27 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(name, shrinking, d
     assert torch.equal(resumed, reference)
 
 
+def test_a_checkpoint_whose_optimiser_state_does_not_fit_trains_from_the_start(digits, tmp_path):
+    """A pre-training checkpoint saved before the kernel rings holds optimiser state for
+    fewer parameters: resuming from it warns and trains afresh instead of failing."""
+    space = small_space("resnet", resolutions=(12,), depths=[(1, 2)] * 4)
+    config = TrainConfig(epochs=1, batch_size=256, random_subnets=1)
+
+    def trained(path, **kwargs):
+        torch.manual_seed(0)
+        net = supernets.build_supernet(space, 10)
+        train_supernet(net, digits, config, checkpoint=path, progress=False, **kwargs)
+        return torch.cat([t.detach().flatten().float() for t in net.state_dict().values()])
+
+    reference = trained(tmp_path / "a.pt")
+    payload = torch.load(tmp_path / "a.pt", weights_only=True)
+    payload["training_state"]["optimizer"]["param_groups"][0]["params"].pop()
+    torch.save(payload, tmp_path / "a.pt")
+    with pytest.warns(UserWarning, match="starts from the beginning"):
+        again = trained(tmp_path / "a.pt", resume=True)
+    assert torch.equal(again, reference)
+
+
 def test_fine_tuning_is_kept_only_when_it_beats_the_current_weights_on_validation(digits):
     from nat.handback import finetune_if_better
     from nat.spec import FinetuneSpec

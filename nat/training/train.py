@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -209,8 +210,17 @@ def train_supernet(
     history: list[dict] = []
     resumed = load_training_state(checkpoint, asdict(config)) if resume and checkpoint else None
     if resumed is not None:
+        try:
+            optimizer.load_state_dict(resumed["optimizer"])
+        except ValueError:  # saved when multi-kernel layers held one whole weight: start over
+            warnings.warn(
+                f"{checkpoint} was saved by an older version of the engine whose optimiser "
+                "state does not fit this one; pre-training starts from the beginning",
+                stacklevel=2,
+            )
+            resumed = None
+    if resumed is not None:
         supernet.load_state_dict(resumed["supernet"])
-        optimizer.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["schedule"])
         rng.bit_generator.state = resumed["rng"]
         torch.set_rng_state(resumed["torch_rng"])
