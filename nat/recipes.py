@@ -9,8 +9,6 @@ from .fields import OptionError, _at_least, _help
 
 __all__ = ["FinetuneSpec", "TrainConfig"]
 
-ATTENTIVE = ("off", "best", "worst")
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -90,32 +88,10 @@ class TrainConfig:
             "(hidden channels sorted by importance first) elastic, a quarter each"
         ),
     )
-    attentive: str = field(
-        default="off",
-        metadata=_help(
-            "AttentiveNAS's sampling: each random subnet is the best or the worst of "
-            "--attentive-candidates drawn at one size, by its distillation loss on a quarter "
-            "of the batch (off: one draw)",
-            choices=ATTENTIVE,
-        ),
-    )
-    attentive_candidates: int = field(
-        default=3, metadata=_help("subnets drawn at one size when --attentive is best or worst")
-    )
-    regularise_teacher_only: bool = field(
-        default=False,
-        metadata=_help(
-            "label smoothing in the teacher's loss only, the other subnets' cross-entropy on "
-            "hard labels (BigNAS regularises only its largest child)"
-        ),
-    )
     seed: int = field(default=0, metadata=_help("seed of sampling and augmentation"))
 
     def __post_init__(self) -> None:
         _at_least(self, 0, "epochs", "random_subnets", "warmup_epochs", "weight_decay")
-        _at_least(self, 1, "attentive_candidates")
-        if self.attentive not in ATTENTIVE:
-            raise OptionError("attentive", f"must be one of {ATTENTIVE}, got {self.attentive!r}")
         for name in ("teacher_multiple", "anchor_multiple", "sample_multiple"):
             value = getattr(self, name)
             if not (value == 0 or value >= 1):

@@ -109,17 +109,11 @@ def prepare_supernet(
     if spec.pretrain.epochs > 0:
         budgets = _budgets(spec, data.num_classes)
         multiple = spec.pretrain.sample_multiple
-        by_size = bool(multiple) and budgets.constrained
         train_supernet(
             supernet,
             data,
             spec.pretrain,
-            sampler=budgets.sampler(multiple) if by_size else None,
-            candidates=(
-                budgets.group_sampler(multiple, spec.pretrain.attentive_candidates)
-                if by_size
-                else None
-            ),
+            sampler=budgets.sampler(multiple) if multiple and budgets.constrained else None,
             teacher=budgets.teacher(spec.pretrain.teacher_multiple),
             anchor=budgets.anchor(spec.pretrain.anchor_multiple),
             checkpoint=checkpoint,

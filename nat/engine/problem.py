@@ -144,29 +144,20 @@ class Budgets:
         random subnets that fit. Uniform draws in the encoding pile up mid-range and leave the
         subnets near the budget, the ones a search returns, undertrained. Size is the largest
         ratio to a budget; without budgets, the draw is uniform in the encoding."""
-        draw = self.group_sampler(multiple, 1)
-        return lambda rng: draw(rng)[0]
-
-    def group_sampler(
-        self, multiple: float = 1.0, count: int = 1
-    ) -> Callable[[np.random.Generator], list[Arch]]:
-        """Like :meth:`sampler`, ``count`` subnets at one target size each draw (the closest
-        ones; AttentiveNAS ranks such a group); without budgets, ``count`` uniform draws."""
         space = self.space
         if not self.constrained or multiple <= 0:
-            return lambda rng: [space.decode(x) for x in space.sample(count, rng)]
+            return lambda rng: space.decode(space.sample(1, rng)[0])
         low = float(np.max(self.violation(space.encode(space.smallest())[None]))) + 1
 
-        def sample(rng: np.random.Generator) -> list[Arch]:
+        def sample(rng: np.random.Generator) -> Arch:
             target = rng.uniform(low, multiple)
             for _ in range(25):
                 X = space.sample(256, rng)
                 size = np.max(self.violation(X), axis=1) + 1
                 fits = np.flatnonzero(size <= multiple)
                 if len(fits):
-                    closest = fits[np.argsort(np.abs(size[fits] - target), kind="stable")]
-                    return [space.decode(x) for x in X[closest[:count]]]
-            return [space.smallest()]
+                    return space.decode(X[fits[np.argmin(np.abs(size[fits] - target))]])
+            return space.smallest()
 
         return sample
 

@@ -133,35 +133,6 @@ def _follow(optimizer: torch.optim.Optimizer, moved: list) -> None:
                 value.copy_(value.index_select(dim, order))
 
 
-def _distill_loss(logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float):
-    """In-place distillation: KL divergence from the teacher's softened predictions."""
-    log_probs = F.log_softmax(logits / temperature, dim=1)
-    return F.kl_div(log_probs, soft_targets, reduction="batchmean") * temperature**2
-
-
-@torch.no_grad()
-def _attentive_pick(
-    supernet: Supernet,
-    group: list[Arch],
-    images: torch.Tensor,
-    soft_targets: torch.Tensor,
-    temperature: float,
-    which: str,
-) -> Arch:
-    """AttentiveNAS: the subnet of ``group`` with the lowest (``which="best"``) or highest
-    (``"worst"``) distillation loss on the first quarter of the batch (at least 8 images),
-    a cheap stand-in for its accuracy at that size."""
-    if len(group) == 1:
-        return group[0]
-    n = max(8, len(images) // 4)
-    losses = []
-    for arch in group:
-        supernet.set_active(arch)
-        logits = supernet(input_batch(images[:n], arch.resolution))
-        losses.append(float(_distill_loss(logits, soft_targets[:n], temperature)))
-    return group[int(np.argmin(losses) if which == "best" else np.argmax(losses))]
-
-
 def train_supernet(
     supernet: Supernet,
     data: DataSplits,
@@ -175,7 +146,6 @@ def train_supernet(
     resume: bool = False,
     teacher: Arch | None = None,
     anchor: Arch | None = None,
-    candidates: Callable[[np.random.Generator], list[Arch]] | None = None,
 ) -> list[dict]:
     """Train with the sandwich rule: each step back-propagates the ``teacher`` subnet
     (default: the space's largest) on the labels, then the ``anchor`` (default: the space's
@@ -188,10 +158,6 @@ def train_supernet(
     restricted to the teacher's shape in the groups not yet elastic (:data:`SHRINKING_PHASES`;
     subnets equal to the teacher are skipped), and MBConv's hidden channels are sorted by
     importance when width turns elastic.
-    With ``config.attentive`` (AttentiveNAS) each random subnet is the best or the worst of
-    a group from ``candidates`` (default: independent draws of ``sampler``), by its
-    distillation loss on a quarter of the batch; with ``config.regularise_teacher_only``
-    label smoothing is in the teacher's loss only (BigNAS).
     ``sampler`` draws the random subnets (default: uniform over the space);
     :meth:`nat.engine.problem.Budgets.teacher`, ``.anchor`` and ``.sampler`` fit all three to
     a budget. After every epoch the checkpoint (if given) is rewritten atomically, with the
@@ -217,13 +183,6 @@ def train_supernet(
         anchors.append(space.smallest())
     draws = max(0, config.random_subnets - (len(anchors) - 1))  # the smallest takes one's place
     teacher_x = space.encode(teacher)
-    if candidates is None:
-
-        def candidates(g: np.random.Generator) -> list[Arch]:
-            return [sampler(g) for _ in range(config.attentive_candidates)]
-
-    group = candidates
-    student_smoothing = 0.0 if config.regularise_teacher_only else config.label_smoothing
     loader = make_loader(
         data.train,
         config.batch_size,
@@ -287,15 +246,7 @@ def train_supernet(
             loss.backward()
             soft_targets = F.softmax(logits.detach() / temperature, dim=1)
             step_loss = loss.item()
-            if config.attentive == "off":
-                students = anchors + [sampler(rng) for _ in range(draws)]
-            else:
-                students = anchors + [
-                    _attentive_pick(
-                        supernet, group(rng), images, soft_targets, temperature, config.attentive
-                    )
-                    for _ in range(draws)
-                ]
+            students = anchors + [sampler(rng) for _ in range(draws)]
             if config.progressive_shrinking:
                 students = [
                     space.decode(space.restrict(space.encode(a), teacher_x, elastic))
@@ -305,9 +256,16 @@ def train_supernet(
             for arch in students:
                 supernet.set_active(arch)
                 student = supernet(input_batch(images, arch.resolution))
-                kd = _distill_loss(student, soft_targets, temperature)
+                kd = (
+                    F.kl_div(
+                        F.log_softmax(student / temperature, dim=1),
+                        soft_targets,
+                        reduction="batchmean",
+                    )
+                    * temperature**2
+                )
                 if config.distill_weight < 1:
-                    ce = F.cross_entropy(student, labels, label_smoothing=student_smoothing)
+                    ce = F.cross_entropy(student, labels, label_smoothing=config.label_smoothing)
                     kd = config.distill_weight * kd + (1 - config.distill_weight) * ce
                 kd.backward()
                 step_loss += kd.item()
