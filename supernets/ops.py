@@ -92,7 +92,7 @@ class DynamicConv2d(nn.Module):
         # in-place update (optimiser step, load_state_dict) bumps; writes through ``.data``
         # bypass versions, so use ``torch.no_grad()`` and the parameter itself instead.
         self._cache: tuple[tuple, torch.Tensor] | None = None
-        self._register_load_state_dict_pre_hook(self._split_whole_weight)
+        self.register_load_state_dict_pre_hook(DynamicConv2d._split_whole_weight)
 
     def _split(self, full: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The smallest kernel's centre and the rings of a whole largest weight."""
@@ -106,7 +106,8 @@ class DynamicConv2d(nn.Module):
             full = full[..., d : size - d, d : size - d]
         return full.clone(), rings
 
-    def _split_whole_weight(self, state_dict, prefix, *args) -> None:
+    def _split_whole_weight(self, state_dict: dict, prefix: str, *args) -> None:
+        # A load hook (called with the module first): cut a whole largest weight into rings.
         weight = state_dict.get(prefix + "weight")
         largest = self.kernel_sizes[-1]
         if weight is not None and len(self.kernel_sizes) > 1 and weight.shape[-1] == largest:
