@@ -44,6 +44,8 @@ def test_anchor_is_the_largest_within_the_budget_or_the_smallest(name):
         assert (grown[0] == x).all() or space.complexity(grown, 10)[0][0] > budget
     assert budgets.anchor(0) == space.smallest()  # 0: BigNAS's sandwich
     assert Budgets(space, 10, None).anchor(1.0) == space.smallest()
+    assert budgets.largest() == anchor
+    assert Budgets(space, 10, None).largest() == space.largest()  # the design's "largest"
 
 
 def test_anchor_multiple_below_one_is_refused():

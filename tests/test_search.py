@@ -111,7 +111,7 @@ def test_the_largest_subnet_within_the_budgets_seeds_the_archive(run, latency_bu
     largest = [e for e in result.archive.entries if e.source == "largest"]
     assert len(largest) == 1
     x = np.asarray(largest[0].x)
-    assert (x == space.encode(budgets.anchor(1.0))).all() and budgets.feasible(x[None])[0]
+    assert (x == space.encode(budgets.largest())).all() and budgets.feasible(x[None])[0]
     assert x.tolist() != space.encode(space.largest()).tolist()  # the space's largest is over
     grown = np.repeat(x[None], len(x), axis=0) + np.eye(len(x), dtype=x.dtype)
     grown = space.repair(grown[(x < space.upper)])

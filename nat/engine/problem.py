@@ -129,13 +129,18 @@ class Budgets:
             x = candidates[int(np.argmax(gained))]
         return space.decode(x)
 
+    def largest(self, multiple: float = 1.0) -> Arch:
+        """The largest subnet within ``multiple`` × every budget: the space's largest when
+        it fits or without budgets."""
+        return self.teacher(multiple, grow_back=True)
+
     def anchor(self, multiple: float) -> Arch:
         """The subnet the sandwich rule trains on every step beside the teacher: the largest
         within ``multiple`` × every budget, where a search returns its subnets; the space's
         smallest (BigNAS) without budgets or with ``multiple`` 0."""
         if multiple <= 0 or not self.constrained:
             return self.space.smallest()
-        return self.teacher(multiple, grow_back=True)
+        return self.largest(multiple)
 
     def sampler(self, multiple: float = 1.0) -> Callable[[np.random.Generator], Arch]:
         """Draws subnets within ``multiple`` × every budget, uniformly in size rather than in
