@@ -1,155 +1,219 @@
-"""What a search hands back: the front's subnets as models, the most accurate of them and the
-Feillet heuristic's subnet fine-tuned from their inherited weights (on the labels, optionally
-distilled from the supernet's teacher subnet), each scored on validation and on the test split
-that no step of the search has seen."""
+"""What a search hands back: a front of trained models spread over the budget.
+
+By default three: the front's best subnet at about 1/4 and 1/2 of the budget, and the model
+at the full budget chosen by a race (:mod:`nat.race`) among the front's most accurate
+subnets and the Feillet heuristic's. Each starts from its inherited weights and trains with
+the final recipe (:class:`nat.recipes.FinetuneSpec`), for ``epochs`` epochs or, under a time
+limit, for the seconds the planner gives it: every model the same number of epochs by its
+measured epoch time. Validation chooses (the race, and whether trained weights beat the
+inherited ones); the test split only scores."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import numpy as np
+import torch
 from torch import nn
 
 from search_spaces import Arch
 
-from .data import DataSplits
 from .engine.loop import NATSearch, SearchResult
-from .spec import FinetuneSpec
+from .planner import plan_final
+from .race import race
+from .recipes import FinetuneSpec
 from .training.evaluate import SubnetEvaluator
-from .training.train import evaluate, finetune
+from .training.train import evaluate
+from .training.trainer import Trainer, measure_step_seconds
 
-__all__ = ["FrontModel", "finetune_if_better", "finetunes_heuristic", "hand_back"]
+__all__ = ["FIRST_RUNG", "FrontModel", "choose_targets", "hand_back"]
 
-# With ``heuristic="auto"``, the heuristic's subnet is fine-tuned when the chosen front
-# subnets all have fewer parameters than this fraction of its own.
-HEURISTIC_REACHED = 0.9
+# The race's first rung, as a fraction of a candidate's schedule: with 4 candidates halved
+# twice, the survivor is known at 1/8 of its schedule and the losers cost 1/4 of one.
+FIRST_RUNG = 1 / 16
 
 
 @dataclass
 class FrontModel:
-    """One subnet as handed back (a front subnet, or the heuristic's). Accuracies are fractions
-    in 0..1; ``val_accuracy`` and ``test_accuracy`` are the exported weights', fine-tuned or
-    inherited."""
+    """One handed-back model. Accuracies are fractions in 0..1; ``val_accuracy`` and
+    ``test_accuracy`` are the exported weights' (trained, or inherited when training did not
+    beat them on validation)."""
 
     index: int  # into the archive
     arch: Arch
     model: nn.Module
+    target: float  # the size it stands for, in the budget's metric
     inherited_val_accuracy: float
     inherited_test_accuracy: float
     val_accuracy: float
     test_accuracy: float
-    finetune_epochs: int  # in the exported weights: 0 when not fine-tuned, or not kept
-    finetuned_val_accuracy: float | None = None  # after fine-tuning, kept or not
+    epochs: float = 0.0  # of training in the exported weights: 0 when inherited
+    seconds: float = 0.0  # of training, kept or not
+    trained_val_accuracy: float | None = None  # after training, kept or not
+    race: list[dict] = field(default_factory=list)  # the race it won, rung by rung
+
+    @property
+    def trained(self) -> bool:
+        return self.epochs > 0
+
+
+def choose_targets(
+    sizes: np.ndarray, accuracy: np.ndarray, front: list[int], budget: float, count: int
+) -> list[tuple[float, int]]:
+    """(target size, archive index) for the ``count - 1`` smaller models of a handed-back
+    front: targets ``budget / 2^(count-1)``, ..., ``budget / 2``, each taking the most
+    accurate ``front`` subnet within it (the smallest when none is), each subnet once."""
+    chosen: list[tuple[float, int]] = []
+    by_size = sorted(front, key=lambda i: sizes[i])
+    for j in range(count - 1, 0, -1):
+        target = budget / 2**j
+        within = [i for i in by_size if sizes[i] <= target and i not in {c for _, c in chosen}]
+        pool = within or [i for i in by_size if i not in {c for _, c in chosen}][:1]
+        if pool:
+            chosen.append((target, max(pool, key=lambda i: (accuracy[i], sizes[i]))))
+    return chosen
+
+
+def _candidates(search: NATSearch, result: SearchResult, taken: set[int], n: int) -> list[int]:
+    """The race's entrants: the heuristic's subnet at the full budget, then the front's most
+    accurate subnets not handed back at a smaller size."""
+    entries = result.archive.entries
+    seeds = [i for i, e in enumerate(entries) if e.source == "heuristic"]
+    out = [max(seeds, key=lambda i: entries[i].params)] if seeds else []
+    for i in sorted(result.front, key=lambda i: -entries[i].accuracy):
+        if len(out) >= n:
+            break
+        if i not in taken and i not in out:
+            out.append(i)
+    return out[:n] or sorted(result.front, key=lambda i: -entries[i].accuracy)[:1]
 
 
 def hand_back(
-    search: NATSearch, result: SearchResult, spec: FinetuneSpec, progress: bool = False
-) -> tuple[list[FrontModel], FrontModel | None]:
-    """The front's subnets, in front order, and the Feillet heuristic's subnet at the full
-    budget when it is fine-tuned and not on the front (None otherwise).
-
-    Each is extracted with BatchNorm recalibrated on the batches in-process evaluation uses (so
-    any backend gives the same models). The ``spec.top`` most accurate front subnets and the
-    heuristic's are then fine-tuned for ``spec.epochs``, and the fine-tuned weights kept only
-    if they score higher on validation than the inherited ones (validation chooses, as it chose
-    the front; the test split only scores). The heuristic's subnet is fine-tuned as
-    ``spec.heuristic`` says; by default when the chosen front subnets stop short of its size,
-    since inherited accuracy can undervalue the larger subnets of a briefly trained supernet
-    (on CIFAR-10 a front once sat at half the budget), and it is the baseline a search must
-    beat."""
-    cfg, data, space = search.config, search.data, result.archive.space
-    entries = result.archive.entries
-    evaluator = SubnetEvaluator(data, cfg.bn_batches, cfg.batch_size, cfg.seed)
-    test_batches = evaluator.batches(data.test)
-    by_accuracy = sorted(result.front, key=lambda i: -entries[i].accuracy)
-    chosen = set(by_accuracy[: spec.top]) if spec.epochs else set()
-    seeds = [i for i, e in enumerate(entries) if e.source == "heuristic"]
-    heuristic = max(seeds, key=lambda i: entries[i].params) if seeds and spec.epochs else None
-    if heuristic is not None and finetunes_heuristic(
-        spec.heuristic, [entries[i].params for i in chosen], entries[heuristic].params
-    ):
-        chosen.add(heuristic)
-    else:
-        heuristic = None
-    teacher = None
-    if chosen and spec.distill_weight > 0:
-        teacher_arch = search.teacher()
-        teacher = (
-            evaluator.evaluate_one(search.supernet, teacher_arch)[1],
-            teacher_arch.resolution,
-        )
-
-    def handed(i: int) -> FrontModel:
-        arch = space.decode(entries[i].x)
-        val, model = evaluator.evaluate_one(search.supernet, arch)
-        test = evaluate(model, test_batches, arch.resolution)
-        out = FrontModel(i, arch, model, val, test, val, test, 0)
-        if i in chosen:
-            tuned, kept = finetune_if_better(
-                model,
-                arch.resolution,
-                data,
-                evaluator.val_batches,
-                val,
-                spec,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-                teacher=teacher,
-                progress=progress,
-            )
-            out.finetuned_val_accuracy = tuned
-            if kept:
-                out.val_accuracy = tuned
-                out.test_accuracy = evaluate(model, test_batches, arch.resolution)
-                out.finetune_epochs = spec.epochs
-        return out
-
-    models = [handed(i) for i in result.front]
-    off_front = heuristic is not None and heuristic not in result.front
-    return models, handed(heuristic) if off_front else None
-
-
-def finetunes_heuristic(mode: str, chosen_params: list[int], heuristic_params: int) -> bool:
-    """Whether the hand-back fine-tunes the heuristic's subnet (``heuristic_params``
-    parameters) beside front subnets of ``chosen_params``: ``mode`` "always", "never", or
-    "auto": when they all have under ``HEURISTIC_REACHED`` times its parameters."""
-    if mode != "auto":
-        return mode == "always"
-    return max(chosen_params, default=0) < HEURISTIC_REACHED * heuristic_params
-
-
-def finetune_if_better(
-    model: nn.Module,
-    resolution: int,
-    data: DataSplits,
-    val_batches: list,
-    val_accuracy: float,
+    search: NATSearch,
+    result: SearchResult,
     spec: FinetuneSpec,
     *,
-    batch_size: int,
-    seed: int,
-    teacher: tuple[nn.Module, int] | None = None,
+    seconds: float | None = None,
+    deadline: float | None = None,
+    device: torch.device | None = None,
     progress: bool = False,
-) -> tuple[float, bool]:
-    """Fine-tune ``model`` (at ``resolution`` px) with ``spec``'s recipe, and keep the new
-    weights only if they beat ``val_accuracy``, the current weights' score on ``val_batches``;
-    otherwise restore the current weights. Returns (fine-tuned validation accuracy in 0..1,
-    whether it was kept)."""
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    finetune(
-        model,
-        data,
-        resolution,
-        spec.epochs,
-        lr=spec.lr,
-        weight_decay=spec.weight_decay,
-        batch_size=batch_size,
-        seed=seed,
-        progress=progress,
-        teacher=teacher,
-        distill_weight=spec.distill_weight,
-    )
-    model.cpu()
-    tuned = evaluate(model, val_batches, resolution)
-    if tuned <= val_accuracy:
-        model.load_state_dict(before)
-    return tuned, tuned > val_accuracy
+    log: Callable[[str], None] | None = None,
+) -> list[FrontModel]:
+    """The handed-back models, smallest target first, the raced one last.
+
+    ``seconds``: the time for all training (race included), planned across the models by
+    their measured epoch times; None trains each for ``spec.epochs`` epochs. ``deadline``
+    (``time.perf_counter()`` seconds) guards the whole run: no training past it."""
+    began = time.perf_counter()
+    cfg, data, archive = search.config, search.data, result.archive
+    entries = archive.entries
+    metric = next(iter(search.budgets.constrained), cfg.metrics[0])
+    values = search.budgets.values(archive.X)[metric]
+    budget = search.budgets.limits[metric] or float(values.max())
+    evaluator = SubnetEvaluator(data, cfg.bn_batches, cfg.batch_size, cfg.seed, device=device)
+    test_batches = evaluator.batches(data.test)
+    smaller = choose_targets(values, archive.accuracy, result.front, budget, spec.front_size)
+    taken = {i for _, i in smaller}
+    entrants = _candidates(search, result, taken, spec.race_size)
+    say = log or (lambda text: None)
+
+    def inherited(i: int, target: float) -> FrontModel:
+        arch = archive.space.decode(entries[i].x)
+        val, model = evaluator.evaluate_one(search.supernet, arch)
+        test = evaluate(model, test_batches, arch.resolution)
+        return FrontModel(i, arch, model, target, val, test, val, test)
+
+    if spec.epochs == 0 and seconds is None:  # inherited weights only: the most accurate entrant
+        best = max(entrants, key=lambda i: entries[i].accuracy)
+        return [inherited(i, t) for t, i in smaller] + [inherited(best, budget)]
+    teacher = None
+    if spec.distill_weight > 0:
+        arch = search.teacher()
+        teacher = (evaluator.evaluate_one(search.supernet, arch)[1], arch.resolution)
+    scored = time.perf_counter()
+    front = [inherited(i, t) for t, i in smaller]
+    racers = [inherited(i, budget) for i in entrants]
+    # One model's scoring (extraction, validation and test): the race scores its entrants
+    # on validation after each rung, and every trained model is scored again at the end.
+    scoring = (time.perf_counter() - scored) / (len(front) + len(racers))
+
+    def trainer(m: FrontModel, length: dict, name: str) -> Trainer:
+        return Trainer(
+            copy.deepcopy(m.model),  # the inherited weights stay, should training not beat them
+            data,
+            m.arch.resolution,
+            spec,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            device=device,
+            teacher=teacher,
+            name=name,
+            progress=progress,
+            **length,
+        )
+
+    lengths: list[dict]
+    if seconds is None:
+        lengths = [{"epochs": spec.epochs}] * (len(front) + 1)
+    else:
+
+        def epoch_seconds(m: FrontModel) -> float:
+            step = measure_step_seconds(m.model, data, m.arch.resolution, cfg.batch_size, device)
+            return step * (len(data.train) // cfg.batch_size or 1)
+
+        front_epochs = [epoch_seconds(m) for m in front]
+        rescoring = (len(racers) * 1.5 + len(front) + 1) * scoring
+        left = seconds - (time.perf_counter() - began) - rescoring
+        if deadline is not None:
+            left = min(left, deadline - time.perf_counter() - rescoring)
+        plan = plan_final(max(1.0, left), front_epochs, len(racers), FIRST_RUNG)
+        say(
+            f"final training: {plan.top:.0f} s for the model at the full budget (its race's "
+            f"losers about {plan.race:.0f} s more), then {plan.epochs:.1f} epochs for each "
+            "smaller one (" + ", ".join(f"{s:.0f} s" for s in plan.front) + ")"
+        )
+        lengths = [{"seconds": s} for s in plan.front] + [{"seconds": plan.top}]
+
+    def finish(m: FrontModel, run: Trainer) -> FrontModel:
+        model = run.finish()
+        m.seconds = run.seconds
+        m.trained_val_accuracy = evaluate(model, evaluator.val_batches, m.arch.resolution)
+        if m.trained_val_accuracy > m.inherited_val_accuracy:
+            m.model, m.val_accuracy, m.epochs = model, m.trained_val_accuracy, run.epochs
+            m.test_accuracy = evaluate(model, test_batches, m.arch.resolution)
+        return m
+
+    # The model at the full budget first: it is the one most users deploy, so a machine
+    # slower than measured shortens the smaller ones' schedules, not its.
+    runs = [
+        trainer(m, lengths[-1], f"{entries[m.index].source} {entries[m.index].params:,}")
+        for m in racers
+    ]
+
+    def score(run: Trainer) -> float:
+        return evaluate(run.evaluation_model(), evaluator.val_batches, run.resolution)
+
+    winner, rungs = race(runs, score, FIRST_RUNG, deadline=deadline, log=say)
+    for rung in rungs:
+        for c in rung["candidates"]:
+            c["entry"] = entrants[c["index"]]
+    runs[winner].train(deadline=deadline)
+    top = finish(racers[winner], runs[winner])
+    top.race = rungs
+    out = []
+    planned_left = sum(length.get("seconds", 0.0) for length in lengths[:-1])
+    for k, (m, length) in enumerate(zip(front, lengths[:-1], strict=True)):
+        if "seconds" in length and deadline is not None and planned_left > 0:
+            # What is left before the deadline, less the scoring still to come, shared as
+            # planned.
+            share = length["seconds"] / planned_left
+            planned_left -= length["seconds"]
+            room = (deadline - time.perf_counter() - (len(front) - k) * scoring) * share
+            length = {"seconds": max(1.0, min(length["seconds"] * 1.25, room))}
+        run = trainer(m, length, f"{entries[m.index].params:,} at 1/{budget / m.target:.0f}")
+        run.train(deadline=deadline)
+        out.append(finish(m, run))
+    return out + [top]

@@ -41,6 +41,7 @@ class Option:
     choices: tuple | None = None
     size: bool = False  # accepts 500k / 2.5M
     time: bool = False  # accepts 5ms / 800us, read as milliseconds
+    duration: bool = False  # accepts 30m / 2h / 1h30m / 90s, read as seconds
 
     @property
     def flag(self) -> str:
@@ -65,8 +66,7 @@ _RENAMED = {
     ("pretrain", "lr"): "pretrain_lr",
     ("pretrain", "batch_size"): "pretrain_batch_size",
     ("finetune", "epochs"): "finetune_epochs",
-    ("finetune", "top"): "finetune_top",
-    ("finetune", "heuristic"): "finetune_heuristic",
+    ("finetune", "label_smoothing"): "finetune_label_smoothing",
     ("finetune", "lr"): "finetune_lr",
     ("finetune", "weight_decay"): "finetune_weight_decay",
     ("finetune", "distill_weight"): "finetune_distill_weight",
@@ -103,6 +103,7 @@ def _options() -> dict[str, Option]:
                 f.metadata.get("choices"),
                 f.metadata.get("size", False),
                 f.metadata.get("time", False),
+                f.metadata.get("duration", False),
             )
             if path == ("space_options",):  # the common space options get flags of their own
                 for key, help_text in (

@@ -1,5 +1,7 @@
-"""What a search run leaves in its folder: pareto.csv, pareto.png, history.csv, the front's
-subnets and report.md (archive.json and supernet.pt are written during the run)."""
+"""What a search run leaves in its folder: the handed-back models (``front/NN``), pareto.csv,
+pareto.png, history.csv and report.md (archive.json and supernet.pt are written during the
+run). The front is drawn from trained accuracy; the archive's inherited accuracies are a
+faint second layer, and a front subnet left untrained is marked so wherever it appears."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from .engine.loop import NATSearch, SearchResult
 from .io.checkpoint import export_subnet
 from .io.deploy import INPUT_FORMAT, sample_images
 from .io.files import atomic_write, save_figure
+from .report_text import report_text
 
-__all__ = ["handed_back", "write_outputs"]
+__all__ = ["handed_back", "pareto_rows", "write_outputs"]
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -29,30 +32,33 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def handed_back(result: SearchResult) -> list[tuple[str, object]]:
-    """(folder, nat.handback.FrontModel) of every model the run hands back: the front's in
-    front order, in ``front/NN``, then the heuristic's when it is off the front, in
-    ``heuristic``."""
-    out = [(f"front/{rank:02d}", m) for rank, m in enumerate(result.models)]
-    return out + ([("heuristic", result.heuristic)] if result.heuristic is not None else [])
+    """(folder, nat.handback.FrontModel) of every model the run hands back, smallest target
+    first, the model at the full budget last: ``front/00``, ``front/01``, ..."""
+    return [(f"front/{rank:02d}", m) for rank, m in enumerate(result.models)]
 
 
-def _front_rows(result: SearchResult) -> list[dict]:
-    space = result.archive.space
+def pareto_rows(result: SearchResult) -> list[dict]:
+    """One row per handed-back model (trained), then per subnet of the archive's front that
+    was not handed back (untrained: inherited weights, no folder), by size."""
+    space, entries = result.archive.space, result.archive.entries
+    handed = handed_back(result)
+    rest = sorted(set(result.front) - {m.index for _, m in handed}, key=lambda i: entries[i].params)
     rows = []
-    for folder, m in handed_back(result):
-        e = result.archive.entries[m.index]
-        arch = space.decode(e.x)
-        on_front = folder.startswith("front/")
+    for i, folder, m in [*((m.index, f, m) for f, m in handed), *((i, "", None) for i in rest)]:
+        e, arch = entries[i], space.decode(entries[i].x)
         rows.append(
             {
-                "rank": int(folder[6:]) if on_front else "",
-                "on_front": on_front,
-                "accuracy": e.accuracy,
-                "finetuned_accuracy": m.finetuned_val_accuracy,
-                "val_accuracy": m.val_accuracy,  # the exported weights'
-                "inherited_test_accuracy": m.inherited_test_accuracy,
-                "test_accuracy": m.test_accuracy,
-                "finetune_epochs": m.finetune_epochs,
+                "folder": folder,
+                "trained": bool(m is not None and m.trained),
+                "target": m.target if m is not None else "",
+                "on_front": i in result.front,
+                "inherited_accuracy": e.accuracy,  # validation, with the final supernet
+                "trained_val_accuracy": m.trained_val_accuracy if m is not None else "",
+                "val_accuracy": m.val_accuracy if m is not None else e.accuracy,
+                "test_accuracy": m.test_accuracy if m is not None else "",
+                "inherited_test_accuracy": m.inherited_test_accuracy if m is not None else "",
+                "epochs": round(m.epochs, 2) if m is not None else 0,
+                "train_seconds": round(m.seconds, 1) if m is not None else 0,
                 "params": e.params,
                 "macs": e.macs,
                 "latency_ms": e.latency,
@@ -60,14 +66,13 @@ def _front_rows(result: SearchResult) -> list[dict]:
                 "depths": " ".join(map(str, arch.depths)),
                 "source": e.source,
                 "iteration": e.iteration,
-                "folder": folder,
                 "x": " ".join(map(str, e.x)),
             }
         )
     return rows
 
 
-def _plot(path: Path, result: SearchResult) -> None:
+def _plot(path: Path, result: SearchResult, rows: list[dict]) -> None:
     archive = result.archive
     entries = archive.entries
     panels = [("macs", "MACs (M)", 1e6), ("params", "parameters (M)", 1e6)]
@@ -75,38 +80,52 @@ def _plot(path: Path, result: SearchResult) -> None:
         panels.append(("latency", "predicted latency (ms, batch 1)", 1.0))
     fig = Figure(figsize=(5.5 * len(panels), 4.2))
     axes = fig.subplots(1, len(panels))
-    # (archive entry, accuracy in 0..1) of the fine-tuned subnets and the heuristic's seeds
-    tuned = [
-        (entries[m.index], m.val_accuracy) for _, m in handed_back(result) if m.finetune_epochs
-    ]
-    seeds = [(e, e.accuracy) for e in entries if e.source == "heuristic"]
+    trained = sorted((r for r in rows if r["trained"]), key=lambda r: r["params"])
+    untrained = [r for r in rows if not r["trained"]]
+    index_of = {" ".join(map(str, e.x)): e for e in entries}
     for ax, (metric, unit, scale) in zip(axes, panels, strict=True):
-        x = [getattr(e, metric) / scale for e in entries]
-        ax.scatter(x, [100 * e.accuracy for e in entries], s=14, c="0.7", label="evaluated")
+
+        def at(row: dict, metric: str = metric, scale: float = scale) -> float:
+            return getattr(index_of[row["x"]], metric) / scale
+
+        ax.scatter(
+            [getattr(e, metric) / scale for e in entries],
+            [100 * e.accuracy for e in entries],
+            s=12,
+            c="0.8",
+            label="evaluated (inherited weights)",
+        )
         front = sorted(result.front, key=lambda i: getattr(entries[i], metric))
         ax.plot(
             [getattr(entries[i], metric) / scale for i in front],
             [100 * entries[i].accuracy for i in front],
             "o-",
             c="tab:red",
-            ms=4,
-            label="non-dominated",
+            alpha=0.3,
+            ms=3,
+            label="front, inherited weights",
         )
-        marks = {
-            "fine-tuned": (tuned, "^", 50, "tab:green"),
-            "Feillet heuristic": (seeds, "*", 120, "tab:blue"),
-        }
-        for label, (points, marker, size, color) in marks.items():
-            if points:
-                ax.scatter(
-                    [getattr(e, metric) / scale for e, _ in points],
-                    [100 * acc for _, acc in points],
-                    marker=marker,
-                    s=size,
-                    c=color,
-                    label=label,
-                    zorder=3,
-                )
+        if untrained:
+            ax.scatter(
+                [at(r) for r in untrained],
+                [100 * r["inherited_accuracy"] for r in untrained],
+                marker="o",
+                s=30,
+                facecolors="none",
+                edgecolors="tab:red",
+                alpha=0.6,
+                label="front, untrained (not handed back)",
+            )
+        if trained:
+            ax.plot(
+                [at(r) for r in trained],
+                [100 * r["val_accuracy"] for r in trained],
+                "^-",
+                c="tab:green",
+                ms=8,
+                zorder=3,
+                label="handed back, trained",
+            )
         ax.set_xlabel(unit)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(alpha=0.3)
@@ -115,149 +134,58 @@ def _plot(path: Path, result: SearchResult) -> None:
     save_figure(fig, path)
 
 
-def _finetuned_cell(accuracy: float | None, epochs: int) -> str:
-    """Fine-tuned validation accuracy for the report: "-" when not fine-tuned, and a mark
-    when fine-tuning did not beat the inherited weights, which are then exported."""
-    if accuracy is None:
-        return "-"
-    return f"{accuracy:.2%} ({epochs} ep)" if epochs else f"{accuracy:.2%} (not kept)"
-
-
-def _report(result: SearchResult, search: NATSearch, front_rows: list[dict]) -> str:
-    cfg, archive = search.config, result.archive
-    names = search.data.class_names
-    budgets = (
-        ", ".join(
-            f"{m} ≤ {v:.3g} ms" if m == "latency" else f"{m} ≤ {v:,.0f}"
-            for m, v in search.budgets.limits.items()
-            if v
-        )
-        or "none"
-    )
-    latency = archive.latency is not None
-    lines = [
-        f"# Search report: {archive.space.name}",
-        "",
-        f"- Space: `{archive.space!r}`",
-        f"- Budgets: {budgets}; objectives: error, {', '.join(cfg.metrics)}",
-        f"- Classes: {len(names)} ({', '.join(names[:12])}{', ...' if len(names) > 12 else ''})",
-        *(
-            [
-                "- Width choices fitted to the budget: "
-                f"{search.metadata['width_mults_from_budget']} (the Feillet width of the budget "
-                "times 0.5, 0.71 and 1; `--width-mults` overrides)"
-            ]
-            if "width_mults_from_budget" in search.metadata
-            else []
-        ),
-        f"- Iterations: {cfg.iterations}; real evaluations: {len(archive)} "
-        f"(archive), candidates per iteration: {cfg.candidates}; adaptation epochs per "
-        f"iteration: {cfg.adapt_epochs}; surrogate: {cfg.surrogate}; seed {cfg.seed}",
-        f"- Final hypervolume: {result.hypervolume:.4f} (normalised objectives, reference "
-        "point 1.01)",
-        "",
-        "## Front (validation accuracy with inherited weights, BatchNorm recalibrated, and "
-        "after fine-tuning; test: the exported weights on the test split, which no choice saw; "
-        "the last row without a rank is the Feillet heuristic's subnet, fine-tuned the same "
-        "way, when it is off the front)",
-        "",
-        "| rank | inherited | fine-tuned | test (exported weights) | params | MACs | "
-        + ("latency ms | " if latency else "")
-        + "resolution | depths | source | folder |",
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if latency else ""),
-    ]
-    lines += [
-        f"| {r['rank']} | {r['accuracy']:.2%} | "
-        + (_finetuned_cell(r["finetuned_accuracy"], r["finetune_epochs"]))
-        + f" | {r['test_accuracy']:.2%} | {r['params']:,} | {r['macs']:,} | "
-        + (f"{r['latency_ms']:.3f} | " if latency else "")
-        + f"{r['resolution']} | {r['depths']} | {r['source']} | {r['folder']} |"
-        for r in front_rows
-    ]
-    best = max(front_rows, key=lambda r: r["val_accuracy"])
-    lines += [
-        "",
-        f"Best on validation: `{best['folder']}` ({best['val_accuracy']:.2%} validation, "
-        f"{best['test_accuracy']:.2%} test, {best['params']:,} params).",
-    ]
-    if latency:
-        table = archive.latency
-        lines += [
-            "",
-            f"Latency: predicted from {len(table.rows)} units measured with "
-            f"{table.machine['runtime']}, {table.machine['threads']} thread(s), batch 1, on "
-            f"{table.machine['cpu']}.",
-        ]
-    heur = [e for e in archive.entries if e.source == "heuristic"]
-    if heur:
-        lines += [
-            "",
-            "## Heuristic vs searched (best evaluated subnet within the heuristic's parameters)",
-            "",
-            "| heuristic params | heuristic accuracy | best searched accuracy | its params |",
-            "|---|---|---|---|",
-        ]
-        for h in heur:
-            within = [
-                e for e in archive.entries if e.params <= h.params and e.source != "heuristic"
-            ]
-            best = max(within, key=lambda e: e.accuracy, default=None)
-            lines.append(
-                f"| {h.params:,} | {h.accuracy:.2%} | "
-                + (f"{best.accuracy:.2%} | {best.params:,} |" if best else "- | - |")
-            )
-    lines += [
-        "",
-        "## Iterations",
-        "",
-        "| iteration | HV | best accuracy | archive | surrogate | tau (new) | seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in result.history:
-        tau = r.get("new_kendall_tau")
-        lines.append(
-            f"| {r['iteration']} | {r['hv']:.4f} | {r['best_accuracy']:.2%} | "
-            f"{r['archive_size']} | {r.get('surrogate', '-')} | "
-            f"{'-' if tau is None else f'{tau:.2f}'} | {r.get('seconds', 0):.1f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def write_outputs(
-    search: NATSearch, result: SearchResult, out_dir: str | Path, onnx: bool = True
+    search: NATSearch,
+    result: SearchResult,
+    out_dir: str | Path,
+    onnx: bool = True,
+    exports_only: bool | None = None,
 ) -> None:
-    """Write the run's result files and export the handed-back front (``result.models``)
-    into ``front/NN/``, and the heuristic's into ``heuristic/`` when it is off the front
-    (config.json, weights.pt, and model.onnx unless ``--no-onnx``)."""
+    """Write the handed-back models into ``front/NN/`` (config.json, weights.pt, and
+    model.onnx unless ``onnx`` is False), then the run's result files. ``exports_only``:
+    True writes the models only, False the result files only (a run times its exports
+    before it reports them); None writes both."""
     out_dir = Path(out_dir)
-    rows = _front_rows(result)
+    if exports_only is not False:
+        _export(search, result, out_dir, onnx)
+    if exports_only is True:
+        return
+    rows = pareto_rows(result)
     _write_csv(out_dir / "pareto.csv", rows)
     _write_csv(out_dir / "history.csv", result.history)
-    _plot(out_dir / "pareto.png", result)
+    _plot(out_dir / "pareto.png", result, rows)
+    text = report_text(result, search, rows)
+    atomic_write(out_dir / "report.md", lambda f: f.write(text.encode()))
+
+
+def _export(search: NATSearch, result: SearchResult, out_dir: Path, onnx: bool) -> None:
     space, supernet = result.archive.space, search.supernet
     images = sample_images(search.data.val) if onnx else None
-    for row, (_, m) in zip(rows, handed_back(result), strict=True):
+    for folder, m in handed_back(result):
         entry = result.archive.entries[m.index]
         export_subnet(
             m.model,
             m.arch,
-            out_dir / row["folder"],
+            out_dir / folder,
             {
                 "space": space.to_dict(),
                 "num_classes": supernet.num_classes,
                 "params": entry.params,
                 "macs": entry.macs,
                 **({"predicted_latency_ms": entry.latency} if entry.latency is not None else {}),
+                "target": m.target,
+                "source": entry.source,
+                "trained": m.trained,
                 "val_accuracy": m.val_accuracy,
                 "test_accuracy": m.test_accuracy,
                 "inherited_val_accuracy": m.inherited_val_accuracy,
                 "inherited_test_accuracy": m.inherited_test_accuracy,
-                "finetune_epochs": m.finetune_epochs,
-                "finetuned_val_accuracy": m.finetuned_val_accuracy,
+                "train_epochs": m.epochs,
+                "train_seconds": m.seconds,
+                "trained_val_accuracy": m.trained_val_accuracy,
+                **({"race": m.race} if m.race else {}),
                 "class_names": search.data.class_names,
                 "input": INPUT_FORMAT,
             },
             images,
         )
-    text = _report(result, search, rows)
-    atomic_write(out_dir / "report.md", lambda f: f.write(text.encode()))

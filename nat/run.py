@@ -8,9 +8,10 @@ the data loaded and the budgets checked against it; only then is anything writte
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from supernets import Supernet, build_supernet
 
 from .data import DataSplits, data_settings, load_from_settings
 from .engine.heuristic import budget_width_mults
-from .engine.loop import NATSearch, SearchResult
+from .engine.loop import NATSearch, SearchBudget, SearchResult
 from .engine.problem import Budgets
 from .folder import (
     PRETRAIN_FILE,
@@ -37,13 +38,18 @@ from .io.checkpoint import load_supernet, save_supernet
 from .io.files import write_json
 from .latency import latency_table_of
 from .options import spec_error_names
+from .planner import Plan, RunClock, StepTimes, plan_run
 from .spec import OptionError, RunSpec
-from .training.train import train_supernet
+from .training.evaluate import SubnetEvaluator
+from .training.train import measure_pretrain_epoch, train_supernet
 
 __all__ = [
     "data_settings_of",
+    "initial_supernet",
     "load_data",
+    "measure",
     "prepare_supernet",
+    "pretrain_supernet",
     "resume",
     "run",
 ]
@@ -75,6 +81,78 @@ def load_data(spec: RunSpec) -> DataSplits:
     return load_from_settings(data_settings_of(spec))
 
 
+def initial_supernet(
+    spec: RunSpec, data: DataSplits, always_train: bool = False
+) -> tuple[Supernet, bool]:
+    """(the supernet to search, whether it needs pre-training): loaded from
+    ``spec.checkpoint`` (its classifier rebuilt when the task has another number of classes:
+    transfer, which trains), else built fresh. ``always_train``: train a loaded checkpoint
+    even when its classes match."""
+    space = spec.build_space()
+    trains = spec.pretrain.epochs > 0 or spec.plan.time_limit is not None
+    if spec.checkpoint is not None:
+        supernet, _ = load_supernet(spec.checkpoint, space=spec.space)
+        if spec.space_options and space != supernet.space:
+            raise OptionError(
+                "checkpoint",
+                f"{spec.checkpoint} was trained on another {spec.space} space "
+                f"({supernet.space!r}); drop the space options or retrain",
+            ).named("--checkpoint")
+        if supernet.num_classes == data.num_classes and not always_train:
+            return supernet, False
+        if supernet.num_classes != data.num_classes:
+            supernet.reset_classifier(data.num_classes)
+        return supernet, trains
+    torch.manual_seed(spec.seed)  # the initial weights
+    supernet = build_supernet(space, data.num_classes)
+    if spec.pretrain.zero_init_residual:
+        supernet.zero_init_residual()
+    return supernet, trains
+
+
+def _pretraining(spec: RunSpec, num_classes: int) -> dict:
+    """The keywords of :func:`train_supernet` that fit pre-training to the budgets."""
+    budgets = _budgets(spec, num_classes)
+    multiple = spec.pretrain.sample_multiple
+    return {
+        "sampler": budgets.sampler(multiple) if multiple and budgets.constrained else None,
+        "teacher": budgets.teacher(spec.pretrain.teacher_multiple),
+        "anchor": budgets.anchor(spec.pretrain.anchor_multiple),
+        "device": device_of(spec),
+    }
+
+
+def pretrain_supernet(
+    spec: RunSpec,
+    data: DataSplits,
+    supernet: Supernet,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    seconds: float | None = None,
+) -> Supernet:
+    """Pre-train ``supernet`` with ``spec.pretrain`` for its epochs, or for ``seconds``
+    (a run's time budget). ``checkpoint``: where training is saved after every epoch, and
+    continued from with ``resume``."""
+    config = spec.pretrain
+    if seconds is not None and seconds <= 0:
+        return supernet.cpu()
+    if seconds is None and config.epochs == 0:
+        return supernet.cpu()
+    train_supernet(
+        supernet,
+        data,
+        config,
+        checkpoint=checkpoint,
+        checkpoint_metadata={"data": data_settings_of(spec)},
+        progress=progress,
+        resume=resume,
+        seconds=seconds,
+        **_pretraining(spec, data.num_classes),
+    )
+    return supernet.cpu()
+
+
 def prepare_supernet(
     spec: RunSpec,
     data: DataSplits,
@@ -88,51 +166,45 @@ def prepare_supernet(
     classes (transfer: the classifier is rebuilt, the rest kept). ``checkpoint``: where
     training is saved after every epoch, and continued from with ``resume``.
     ``always_train``: train a loaded checkpoint even when its classes match."""
-    space = spec.build_space()
-    if spec.checkpoint is not None:
-        supernet, _ = load_supernet(spec.checkpoint, space=spec.space)
-        if spec.space_options and space != supernet.space:
-            raise OptionError(
-                "checkpoint",
-                f"{spec.checkpoint} was trained on another {spec.space} space "
-                f"({supernet.space!r}); drop the space options or retrain",
-            ).named("--checkpoint")
-        if supernet.num_classes == data.num_classes and not always_train:
-            return supernet
-        if supernet.num_classes != data.num_classes:
-            supernet.reset_classifier(data.num_classes)
-    else:
-        torch.manual_seed(spec.seed)  # the initial weights
-        supernet = build_supernet(space, data.num_classes)
-        if spec.pretrain.zero_init_residual:
-            supernet.zero_init_residual()
-    if spec.pretrain.epochs > 0:
-        budgets = _budgets(spec, data.num_classes)
-        multiple = spec.pretrain.sample_multiple
-        train_supernet(
-            supernet,
-            data,
-            spec.pretrain,
-            sampler=budgets.sampler(multiple) if multiple and budgets.constrained else None,
-            teacher=budgets.teacher(spec.pretrain.teacher_multiple),
-            anchor=budgets.anchor(spec.pretrain.anchor_multiple),
-            checkpoint=checkpoint,
-            checkpoint_metadata={"data": data_settings_of(spec)},
-            device=device_of(spec),
-            progress=progress,
-            resume=resume,
-        )
-    return supernet.cpu()
+    supernet, trains = initial_supernet(spec, data, always_train)
+    if not trains:
+        return supernet
+    return pretrain_supernet(spec, data, supernet, checkpoint, resume, progress)
+
+
+def measure(spec: RunSpec, data: DataSplits, supernet: Supernet) -> StepTimes:
+    """The step times a plan needs, measured on this machine now: one pre-training epoch
+    (from timed sandwich steps) and one evaluation of the subnet pre-training anchors at the
+    budget (the costliest the search evaluates often)."""
+    training = _pretraining(spec, data.num_classes)
+    epoch = measure_pretrain_epoch(supernet, data, spec.pretrain, **training)
+    evaluator = SubnetEvaluator(
+        data, spec.search.bn_batches, spec.batch_size, spec.seed, device=training["device"]
+    )
+    start = time.perf_counter()
+    evaluator.evaluate_one(supernet, training["anchor"])
+    return StepTimes(pretrain_epoch=epoch, evaluation=time.perf_counter() - start)
 
 
 def run(
     spec: RunSpec, *, resume: bool = False, overwrite: bool = False, progress: bool = True
 ) -> SearchResult:
     """Validate, then run the search ``spec`` describes (or continue it, with ``resume``).
-    See the module docstring for the order of work."""
+    See the module docstring for the order of work; with ``spec.plan.time_limit``, the
+    stages are sized by :mod:`nat.planner` to end within it."""
+    clock = RunClock(spec.plan.time_limit)
+    try:
+        return _run(spec, clock, resume, overwrite, progress)
+    finally:
+        clock.close()
+
+
+def _run(
+    spec: RunSpec, clock: RunClock, resume: bool, overwrite: bool, progress: bool
+) -> SearchResult:
     from .report import write_outputs  # matplotlib only when files are written
 
-    start = time.perf_counter()
+    clock.begin("data")
     spec = preflight(spec, resume, overwrite)
     out = Path(spec.out) if spec.out is not None else None
     data = load_data(spec)
@@ -146,31 +218,167 @@ def run(
     # Before any training: a bad budget, or the latency table it needs, shows at once.
     budgets = spec_error_names(lambda: _budgets(spec, data.num_classes, progress))
     state = out / "resume" / "state.json" if out is not None else None
+    resuming_search = state is not None and resume and state.is_file()
+    say = _say(clock, progress)
+    if progress:
+        clock.show()
+    plan = supernet = None
+    if not resuming_search:  # measured and planned before anything is written
+        supernet, trains = initial_supernet(spec, data)
+        if spec.plan.time_limit is not None:
+            clock.begin("measure")
+            plan = _plan(spec, data, supernet, trains, clock, say)
     if out is not None:
         if overwrite and not resume:
             remove_outputs(out)
         write_json(out / RUN_FILE, spec.to_dict())
     with _backends(spec, budgets.space, data.num_classes, out, progress) as (runner, adapter):
-        if state is not None and resume and state.is_file():
-            search = NATSearch.resume(out, data, spec.search, runner, progress, metadata)
+        if resuming_search:
+            search = NATSearch.resume(
+                out, data, spec.search, runner, progress, metadata, device_of(spec)
+            )
             search.adapter = adapter
-        else:
-            pretrain = out / PRETRAIN_FILE if out is not None else None
-            supernet = prepare_supernet(spec, data, pretrain, resume, progress)
+            if spec.plan.time_limit is not None:
+                clock.begin("measure")
+                plan = _plan(spec, data, search.supernet, False, clock, say)
+        if not resuming_search:
+            clock.begin("pretrain")
+            if trains:
+                pretrain = out / PRETRAIN_FILE if out is not None else None
+                seconds = plan.pretrain if plan is not None else None
+                if seconds is not None and resume and pretrain is not None:
+                    seconds = _planned_seconds(pretrain) or seconds
+                supernet = pretrain_supernet(
+                    spec, data, supernet, pretrain, resume, progress, seconds
+                )
             if out is not None:
                 save_supernet(out / "supernet.pt", supernet, pretrained=True)
             torch.manual_seed(spec.seed)
             search = NATSearch(
-                supernet, data, spec.search, out, runner, progress, metadata, adapter
+                supernet,
+                data,
+                spec.search,
+                out,
+                runner,
+                progress,
+                metadata,
+                adapter,
+                device_of(spec),
             )
         search.pretrain = spec.pretrain
+        clock.begin("search")
+        if plan is not None:
+            say(
+                f"search: {plan.doe_size} random subnets, up to {plan.iterations} "
+                f"iteration(s), adaptation {plan.adapt_seconds:.0f} s each"
+            )
+            search.budget = SearchBudget(
+                plan.doe_size,
+                plan.iterations,
+                plan.adapt_seconds,
+                time.perf_counter() + max(0.0, clock.left() - plan.final - plan.reserve),
+                plan.times.evaluation,
+            )
         result = search.run()
-    result.models, result.heuristic = hand_back(search, result, spec.finetune, progress)
+    clock.begin("final")
+    seconds = deadline = None
+    if plan is not None:
+        deadline = clock.deadline - plan.reserve
+        seconds = max(1.0, deadline - time.perf_counter())
+        say(f"final training: {seconds:.0f} s for {spec.finetune.front_size} models")
+    result.models = hand_back(
+        search,
+        result,
+        spec.finetune,
+        seconds=seconds,
+        deadline=deadline,
+        device=device_of(spec),
+        progress=progress,
+        log=say,
+    )
+    clock.begin("export")
     if out is not None:
-        write_outputs(search, result, out, onnx=spec.finetune.onnx)
+        write_outputs(search, result, out, onnx=spec.finetune.onnx, exports_only=True)
+    clock.end()
+    result.timing = _timing(clock, plan)
+    if out is not None:
+        write_outputs(search, result, out, onnx=spec.finetune.onnx, exports_only=False)
+        write_json(out / RUN_FILE, {**spec.to_dict(), "timing": result.timing})
         (out / PRETRAIN_FILE).unlink(missing_ok=True)  # the search has its own snapshots
-    result.seconds = time.perf_counter() - start
+    result.seconds = clock.elapsed()
     return result
+
+
+def _plan(
+    spec: RunSpec,
+    data: DataSplits,
+    supernet: Supernet,
+    trains: bool,
+    clock: RunClock,
+    say: Callable[[str], None],
+) -> Plan:
+    """Measure, then plan the stages within the time limit; say what the plan is."""
+    times = measure(spec, data, supernet)
+    search = spec.search
+    fixed = 2 + len(search.heuristic_budgets or (1, 2, 3))  # smallest, largest, heuristic
+    try:
+        plan = plan_run(
+            spec.plan.time_limit,
+            clock.elapsed(),
+            times,
+            pretrain_share=spec.plan.pretrain_share,
+            search_share=spec.plan.search_share,
+            models=spec.finetune.front_size,
+            onnx=spec.finetune.onnx,
+            pretrain=trains,
+            fixed_evaluations=fixed,
+            doe_size=search.doe_size,
+            candidates=search.candidates,
+            adapt=search.adapt_epochs > 0,
+        )
+    except ValueError as err:
+        raise OptionError("time_limit", str(err)).named("--time-limit") from None
+    say(
+        f"plan for {spec.plan.time_limit:.0f} s: pre-training {plan.pretrain:.0f} s (about "
+        f"{plan.pretrain_epochs:.1f} epochs at {times.pretrain_epoch:.0f} s), search "
+        f"{plan.search:.0f} s (an evaluation takes {times.evaluation:.1f} s), final training "
+        f"{plan.final:.0f} s, exports {plan.reserve:.0f} s"
+    )
+    return plan
+
+
+def _planned_seconds(checkpoint: Path) -> float | None:
+    """The seconds a killed time-limited pre-training was planned for: its resume continues
+    that schedule to its end (None: no such checkpoint)."""
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        return json.loads(payload["metadata"])["train_config"].get("seconds")
+    except Exception:  # missing or damaged: pre-training starts over on the new plan
+        return None
+
+
+def _say(clock: RunClock, progress: bool) -> Callable[[str], None]:
+    def say(text: str) -> None:
+        if progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"[{clock.status()}] {text}")
+
+    return say
+
+
+def _timing(clock: RunClock, plan: Plan | None) -> dict:
+    """The record of a run's time: the limit, the plan and each stage's actual seconds,
+    which add up to the wall time (the rest, a few milliseconds, is 'other')."""
+    stages = {k: round(v, 2) for k, v in clock.stages.items()}
+    wall = clock.elapsed()
+    stages["other"] = round(max(0.0, wall - sum(clock.stages.values())), 2)
+    return {
+        "limit": clock.limit,
+        "wall": round(wall, 2),
+        "actual": stages,
+        "plan": plan.to_dict() if plan is not None else None,
+    }
 
 
 def _budget_widths(spec: RunSpec, num_classes: int) -> tuple[float, ...]:

@@ -18,13 +18,14 @@ import search_spaces
 
 from .fields import OptionError, _at_least, _help
 from .io.files import jsonable
-from .recipes import FinetuneSpec, TrainConfig
+from .recipes import FinetuneSpec, PlanSpec, TrainConfig
 
 __all__ = [
     "BackendSpec",
     "DataSpec",
     "FinetuneSpec",
     "OptionError",
+    "PlanSpec",
     "RunSpec",
     "SearchConfig",
     "TrainConfig",
@@ -34,6 +35,8 @@ SPEC_FORMAT = "nat-run/1"
 METRICS = ("params", "macs", "latency")
 LATENCY_RUNTIMES = ("onnxruntime", "torch")
 SURROGATES = ("adaptive", "rbf", "gp", "mlp", "trees")
+# Fine-tuning settings of older run.json files that the race and the trained front replaced.
+_RETIRED = ("top", "heuristic")
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,7 @@ class RunSpec:
     # on test, within 30 minutes in all (docs/benchmarks.md §7).
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    plan: PlanSpec = field(default_factory=PlanSpec)
     backend: BackendSpec = field(default_factory=BackendSpec)
     checkpoint: str | None = field(
         default=None, metadata=_help("start from this trained supernet (default: train one)")
@@ -288,6 +292,10 @@ class RunSpec:
         doc = dict(doc)
         if doc.pop("format", SPEC_FORMAT) != SPEC_FORMAT:
             raise OptionError("spec", f"{where} is not a {SPEC_FORMAT} document")
+        doc.pop("timing", None)  # a finished run's record of its stages, not a setting
+        finetune = doc.get("finetune")
+        if isinstance(finetune, dict):  # settings of older versions, now the race's to decide
+            doc["finetune"] = {k: v for k, v in finetune.items() if k not in _RETIRED}
         from .options import build, spec_error_names
 
         return spec_error_names(lambda: build(cls, doc, where))

@@ -18,6 +18,7 @@ NAMES = (
     "speed",
     "growth",
     "quality",
+    "recipe",
     "cil",
     "deploy",
     "latency",
@@ -75,12 +76,16 @@ def test_quick_suite_writes_every_table(tmp_path):
     assert [r["archive"] for r in growth["by_archive"]] == [8, 16]
     quality = json.loads((out / "quality.json").read_text())
     methods = [r["method"].split(" ")[0] for r in quality["rows"]]
-    assert methods.count("(a)") == 1 and methods.count("(b)") == methods.count("(c)") == 2
-    assert methods.count("(d)") == 2
-    # The search's own row is its best front subnet, judged on the untouched test split.
+    # three handed-back models of one time-limited search, each against its architecture
+    # from scratch (d); the peer in 15 epochs (b), for as long as the search (c, c')
+    assert methods.count("(a)") == methods.count("(d)") == 3
+    assert methods.count("(b)") == methods.count("(c)") == methods.count("(c')") == 1
+    # Every row is judged on the untouched test split; the search stays within its budget.
     assert all(0 <= r["test"] <= 1 and r["params"] <= 3e5 for r in quality["rows"])
-    assert len(quality["fidelity"]["scratch"]) == 3
-    assert [a["recipe"] for a in quality["ablations"]] == ["defaults", "no zero-init gamma"]
+    assert all(len(c["(a)"]) == 1 for c in quality["curves"].values())
+    assert (out / "quality_minutes_300k.png").stat().st_size > 0
+    recipe = json.loads((out / "recipe.json").read_text())["rows"]
+    assert [r["recipe"] for r in recipe] == ["flip and crop (the defaults)", "+ EMA"]
 
     cil = json.loads((out / "cil.json").read_text())["digits"]
     methods = [r["method"].split(" #")[0] for r in cil["rows"]]

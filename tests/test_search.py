@@ -24,8 +24,8 @@ TINY = dict(
     adapt_epochs=1,
     bn_batches=2,
     finetune_epochs=2,
-    finetune_top=2,
-    finetune_heuristic="always",  # the test below checks its fine-tuning, whatever the front
+    front_size=2,
+    race_size=2,
     finetune_distill_weight=0.5,  # the teacher path; the default trains on labels only
     finetune_lr=0.01,  # 12 steps on 400 images: the default 0.1 is for real schedules
     progress=False,
@@ -72,8 +72,8 @@ def test_search_writes_every_output(run):
         "supernet.pt",
     ):
         assert (out / name).is_file(), name
-    assert len(result.front) >= 1
-    for rank in range(len(result.front)):
+    assert len(result.front) >= 1 and len(result.models) == 2
+    for rank in range(len(result.models)):
         folder = out / "front" / f"{rank:02d}"
         assert (folder / "config.json").is_file() and (folder / "weights.pt").is_file()
     doc = json.loads((out / "archive.json").read_text())
@@ -172,20 +172,24 @@ def test_cli_search_reports_the_front(tmp_path, capsys):
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "front:" in out and "MACs" in out
+    assert "handed back:" in out and "MACs" in out
     assert (tmp_path / "run" / "pareto.png").stat().st_size > 1000
     assert main(argv[:-2] + ["--max-params", "1k", "--out", str(tmp_path / "bad")]) == 2
     assert "below the smallest" in capsys.readouterr().err
 
 
-def test_the_heuristic_is_fine_tuned_when_the_front_stops_short_of_it():
-    from nat.handback import finetunes_heuristic
+def test_the_handed_back_front_takes_the_best_subnet_within_each_target():
+    from nat.handback import choose_targets
 
-    assert finetunes_heuristic("auto", [118_000, 150_000], 296_000)  # the front stopped short
-    assert not finetunes_heuristic("auto", [118_000, 293_000], 296_000)  # it reached the budget
-    assert finetunes_heuristic("auto", [], 296_000)
-    assert finetunes_heuristic("always", [296_000], 296_000)
-    assert not finetunes_heuristic("never", [], 296_000)
+    sizes = np.array([50.0, 90.0, 120.0, 240.0, 260.0, 400.0])
+    accuracy = np.array([0.50, 0.60, 0.65, 0.70, 0.72, 0.80])
+    front = [0, 1, 2, 3, 4, 5]
+    # targets 100 and 200 of a 400 budget, the most accurate within each
+    assert choose_targets(sizes, accuracy, front, 400.0, 3) == [(100.0, 1), (200.0, 2)]
+    assert choose_targets(sizes, accuracy, front, 400.0, 2) == [(200.0, 2)]
+    assert choose_targets(sizes, accuracy, front, 400.0, 1) == []
+    # nothing within the smallest target: the front's smallest, and each subnet once
+    assert choose_targets(sizes, accuracy, [3, 4, 5], 400.0, 3) == [(100.0, 3), (200.0, 4)]
 
 
 def test_candidates_spread_over_the_front_by_size_not_by_rank():
@@ -256,7 +260,7 @@ def test_compare_trains_the_heuristic_from_scratch_on_request(run):
         compare(out, [budget], methods=("best",))
 
 
-def test_the_front_is_handed_back_fine_tuned_and_its_exports_score_as_reported(run):
+def test_the_front_is_handed_back_trained_and_its_exports_score_as_reported(run):
     import torch
 
     import supernets
@@ -268,18 +272,25 @@ def test_the_front_is_handed_back_fine_tuned_and_its_exports_score_as_reported(r
 
     result, out = run
     handed = handed_back(result)
-    tuned = [m for _, m in handed if m.finetune_epochs]
-    assert 1 <= len(tuned) <= 3  # the top 2 of the front, and the heuristic's
-    assert all(m.val_accuracy > m.inherited_val_accuracy for m in tuned)  # it learned
-    # The heuristic's subnet at the full budget is fine-tuned too, on the front or off it.
+    assert len(handed) == 2 and all(m.trained_val_accuracy is not None for _, m in handed)
+    for _, m in handed:  # trained weights are exported only where they beat the inherited
+        if m.trained:
+            assert m.val_accuracy == m.trained_val_accuracy > m.inherited_val_accuracy
+        else:
+            assert m.val_accuracy == m.inherited_val_accuracy >= m.trained_val_accuracy
+    assert any(m.trained for _, m in handed)  # it learned
+    # The model at the full budget was raced for, the heuristic's subnet among the entrants.
     entries = result.archive.entries
-    seed = max((e for e in entries if e.source == "heuristic"), key=lambda e: e.params)
-    (heuristic,) = [(f, m) for f, m in handed if entries[m.index] is seed]
-    assert heuristic[1].finetuned_val_accuracy is not None
-    assert (heuristic[0] == "heuristic") == (result.heuristic is not None)
+    top = handed[-1][1]
+    entrants = [c["entry"] for c in top.race[0]["candidates"]]
+    assert entries[entrants[0]].source == "heuristic" and top.index in entrants
     test = SubnetEvaluator.batches(load_data(open_run(out)).test)
     rows = list(csv.DictReader(open(out / "pareto.csv")))
-    assert [r["folder"] for r in rows] == [f for f, _ in handed]
+    assert [r["folder"] for r in rows if r["folder"]] == [f for f, _ in handed]
+    # the rest of the front is listed, marked untrained, with no folder
+    untrained = [r for r in rows if not r["folder"]]
+    assert all(r["trained"] == "False" and r["on_front"] == "True" for r in untrained)
+    assert len(rows) == len(handed) + len(set(result.front) - {m.index for _, m in handed})
     for folder, m in handed:
         config = json.loads((out / folder / "config.json").read_text())
         model = supernets.build_static(m.arch, 10)
@@ -287,7 +298,7 @@ def test_the_front_is_handed_back_fine_tuned_and_its_exports_score_as_reported(r
         assert evaluate(model, test, m.arch.resolution) == config["test_accuracy"]
     report = (out / "report.md").read_text()
     best = max(handed, key=lambda fm: fm[1].val_accuracy)[0]
-    assert "fine-tuned" in report and f"Best on validation: `{best}`" in report
+    assert "The race" in report and f"Best on validation: `{best}`" in report
 
 
 def test_finetune_epochs_0_exports_the_inherited_weights(tmp_path):
@@ -302,7 +313,7 @@ def test_finetune_epochs_0_exports_the_inherited_weights(tmp_path):
 
     options = {**TINY, "finetune_epochs": 0, "onnx": True}
     again = nat.search(max_params=_budget(), seed=0, out=tmp_path, **options)
-    assert all(m.finetune_epochs == 0 for m in again.models)
+    assert all(m.epochs == 0 and m.seconds == 0 for m in again.models)
     supernet, _ = load_supernet(tmp_path / "supernet.pt")
     data = load_data(open_run(tmp_path))
     evaluator = SubnetEvaluator(data, 2, 64, 0)

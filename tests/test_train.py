@@ -182,37 +182,6 @@ def test_a_checkpoint_whose_optimiser_state_does_not_fit_trains_from_the_start(d
     assert torch.equal(again, reference)
 
 
-def test_fine_tuning_is_kept_only_when_it_beats_the_current_weights_on_validation(digits):
-    from nat.handback import finetune_if_better
-    from nat.spec import FinetuneSpec
-    from nat.training.evaluate import SubnetEvaluator
-    from nat.training.train import evaluate
-
-    arch = small_space("mbv2", resolutions=(12,)).smallest()
-    torch.manual_seed(0)
-    model = supernets.build_static(arch, 10)
-    val = SubnetEvaluator.batches(digits.val)
-
-    def weights():
-        return {k: v.clone() for k, v in model.state_dict().items()}
-
-    untrained, start = weights(), evaluate(model, val, 12)
-    sane = FinetuneSpec(epochs=2, lr=0.05)
-    tuned, kept = finetune_if_better(model, 12, digits, val, start, sane, batch_size=32, seed=0)
-    assert kept and tuned > start + 0.3  # it learned, and the new weights stay
-    assert tuned == evaluate(model, val, 12)
-    assert not all(torch.equal(v, weights()[k]) for k, v in untrained.items())
-
-    trained = weights()
-    diverging = FinetuneSpec(epochs=1, lr=1e4)  # wrecks the weights
-    worse, kept = finetune_if_better(
-        model, 12, digits, val, tuned, diverging, batch_size=32, seed=0
-    )
-    assert not kept and worse < tuned
-    assert all(torch.equal(v, weights()[k]) for k, v in trained.items())  # restored exactly
-    assert evaluate(model, val, 12) == tuned
-
-
 def test_progressive_shrinking_opens_kernel_then_depth_then_width(digits, monkeypatch):
     """OFA's phases in one schedule of 10 steps: the teacher alone (steps 0-1), then subnets
     elastic in kernel (2-4), in depth too (5-7), in width and expand ratio too (8-9)."""

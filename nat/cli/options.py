@@ -12,7 +12,14 @@ from typing import Any
 from ..options import OPTIONS, Option
 from ..spec import RunSpec
 
-__all__ = ["GROUPS", "add_spec_options", "parse_size", "parse_time", "spec_from_args"]
+__all__ = [
+    "GROUPS",
+    "add_spec_options",
+    "parse_duration",
+    "parse_size",
+    "parse_time",
+    "spec_from_args",
+]
 
 _BUDGETS = ("max_params", "max_macs", "max_latency", "objectives")
 # Which flags each help section shows, by the settings' paths in the spec.
@@ -24,7 +31,8 @@ GROUPS = {
         o.path[0] == "search" and o.name not in _BUDGETS and not o.name.startswith("latency_")
     ),
     "supernet training": lambda o: o.path[0] == "pretrain" or o.name == "checkpoint",
-    "fine-tuning of the front": lambda o: o.path[0] == "finetune",
+    "the handed-back models (race and final training)": lambda o: o.path[0] == "finetune",
+    "time budget": lambda o: o.path[0] == "plan",
     "parallel evaluation (Ray)": lambda o: o.path[0] == "backend",
     "run": lambda o: o.name in ("device", "seed", "batch_size", "out"),
 }
@@ -61,12 +69,33 @@ def parse_time(text: str) -> float:
     return float(match.group(1)) * _TIME_UNITS[match.group(2) or ""]
 
 
-def _number(kind: type, size: bool, time: bool = False) -> typing.Callable[[str], Any]:
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """A duration in seconds: '30m' -> 1800, '2h' -> 7200, '1h30m' -> 5400, '90s' or '90'
+    -> 90, '0.5h' -> 1800."""
+    parts = re.findall(r"([0-9]*\.?[0-9]+)\s*(h|min|m|s)?", text.strip().lower())
+    joined = "".join(f"{n}{u}" for n, u in parts)
+    if not parts or joined != re.sub(r"\s+", "", text.strip().lower()):
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 30m, 2h, 1h30m or 900s, got {text!r}"
+        )
+    if len(parts) > 1 and any(not u for _, u in parts):
+        raise argparse.ArgumentTypeError(f"give every part of {text!r} a unit (h, m or s)")
+    return sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in parts)
+
+
+def _number(
+    kind: type, size: bool, time: bool = False, duration: bool = False
+) -> typing.Callable[[str], Any]:
     def parse(text: str) -> Any:
         if size:
             return parse_size(text)
         if time:
             return parse_time(text)
+        if duration:
+            return parse_duration(text)
         try:
             value = float(text)
         except ValueError:
@@ -126,9 +155,15 @@ def _argument(option: Option) -> dict:
     elif kind is dict:
         kwargs["type"], kwargs["metavar"] = _json_object, "JSON"
     elif kind in (int, float):
-        kwargs["type"] = _number(kind, option.size, option.time)
+        kwargs["type"] = _number(kind, option.size, option.time, option.duration)
         kwargs["metavar"] = (
-            "SIZE" if option.size else "TIME" if option.time else "N" if kind is int else "X"
+            "SIZE"
+            if option.size
+            else "TIME"
+            if option.time or option.duration
+            else "N"
+            if kind is int
+            else "X"
         )
     else:
         kwargs["metavar"] = _METAVARS.get(option.name, option.name.split("_")[-1].upper())

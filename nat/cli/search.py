@@ -77,24 +77,24 @@ def print_front(result, out: Path) -> None:
     from ..report import handed_back
 
     archive = result.archive
+    timing = result.timing or {}
+    limit = f" (limit {timing['limit']:.0f} s)" if timing.get("limit") else ""
     print(
-        f"search done in {result.seconds:.0f} s: {len(archive)} subnets evaluated, "
-        f"hypervolume {result.hypervolume:.4f}; front:"
+        f"search done in {result.seconds:.0f} s{limit}: {len(archive)} subnets evaluated, "
+        f"hypervolume {result.hypervolume:.4f}; handed back:"
     )
-    print("  inherited  fine-tuned  test      params          MACs  source")
+    print("  folder     inherited  trained    test   epochs      params          MACs  source")
     handed = handed_back(result)
     for folder, m in handed:
         e = archive.entries[m.index]
-        if folder == "heuristic":
-            print("  off the front, fine-tuned the same way:")
-        tuned = "-" if m.finetuned_val_accuracy is None else f"{m.finetuned_val_accuracy:7.2%}"
-        tuned += "" if m.finetune_epochs or m.finetuned_val_accuracy is None else "*"
+        tuned = "-" if m.trained_val_accuracy is None else f"{m.trained_val_accuracy:7.2%}"
+        tuned += "" if m.trained or m.trained_val_accuracy is None else "*"
         print(
-            f"  {e.accuracy:9.2%}  {tuned:>10}  {m.test_accuracy:6.2%}  {e.params:>10,}  "
-            f"{e.macs:>12,}  {e.source}"
+            f"  {folder:9}  {e.accuracy:9.2%}  {tuned:>7}  {m.test_accuracy:6.2%}  "
+            f"{m.epochs:6.1f}  {e.params:>10,}  {e.macs:>12,}  {e.source}"
         )
-    if any(m.finetuned_val_accuracy is not None and not m.finetune_epochs for _, m in handed):
-        print("  * fine-tuning did not beat the inherited weights on validation; not kept")
+    if any(m.trained_val_accuracy is not None and not m.trained for _, m in handed):
+        print("  * training did not beat the inherited weights on validation; not kept")
     folder, best = max(handed, key=lambda fm: fm[1].val_accuracy)
     print(f"best on validation: {folder} ({best.val_accuracy:.2%}, test {best.test_accuracy:.2%})")
     print(f"run folder: {out} (report.md, pareto.png, front/)")

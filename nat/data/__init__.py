@@ -23,12 +23,16 @@ Samples are normalised with a fixed mean 0.5 and standard deviation 0.5 per
 channel: pixel values 0...255 map linearly to -1...1. Per-dataset statistics would
 hardly change training of networks with BatchNorm, and would make the inputs
 depend on the split.
+
+Training images get a random crop (and flip); :meth:`ImageTensorDataset.with_policy`
+adds TrivialAugment, RandAugment or AutoAugment and random erasing, and
+:func:`batch_mixing` gives MixUp / CutMix for the training loop.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +41,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .sources import _MIN_IMAGE_SIZE, _load_digits, _load_path, _resolve_cache_dir, resize_batch
+from .sources import _load_digits, _load_path, _resolve_cache_dir, resize_batch
+from .splits import _balanced_quota as _balanced_quota  # re-exported for callers and tests
+from .splits import _check_split_arguments, _stratified_split
 
 __all__ = [
+    "AUGMENT_POLICIES",
     "DataSplits",
     "ImageTensorDataset",
+    "batch_mixing",
     "class_numbers",
     "data_settings",
     "load_dataset",
@@ -49,6 +57,10 @@ __all__ = [
     "make_loader",
     "resize_batch",
 ]
+
+# The names ImageTensorDataset.with_policy accepts, "none" first (the default); defined with
+# the recipe that chooses one, which must not import torch.
+from ..recipes import AUGMENT_POLICIES
 
 
 @dataclass
@@ -129,6 +141,9 @@ class ImageTensorDataset(Dataset):
         augment: Whether random crop (and flip, if ``hflip``) is applied.
         hflip: Whether augmentation includes a random horizontal flip; decided by
             the source (False for digits, True for image folders).
+        policy: Extra augmentation policy after crop and flip, one of
+            :data:`AUGMENT_POLICIES` (see :meth:`with_policy`); ``"none"`` by default.
+        erasing: Probability of random erasing after normalisation; 0.0 by default.
     """
 
     def __init__(
@@ -138,18 +153,33 @@ class ImageTensorDataset(Dataset):
         indices: torch.Tensor,
         augment: bool,
         hflip: bool,
+        *,
+        policy: str = "none",
+        erasing: float = 0.0,
     ) -> None:
-        """Wrap rows ``indices`` of ``images`` (uint8 [N, 3, S, S]) and ``labels``."""
+        """Wrap rows ``indices`` of ``images`` (uint8 [N, 3, S, S]) and ``labels``.
+
+        ``policy`` and ``erasing`` only act when ``augment`` is True; see
+        :meth:`with_policy`, which also explains the ValueError for bad values.
+        """
         self._images = images
         self._labels = labels
         self.indices = indices
         self.augment = augment
         self.hflip = hflip
+        self.policy = policy
+        self.erasing = float(erasing)
         size = images.shape[-1]
         steps: list[v2.Transform] = [v2.RandomCrop(size, padding=size // 8)]
         if hflip:
             steps.append(v2.RandomHorizontalFlip())
+        steps.extend(_policy_steps(policy))
         self._augmentation = v2.Compose(steps)
+        if not 0.0 <= self.erasing <= 1.0:
+            raise ValueError(f"erasing must be a probability in [0, 1], got {erasing}")
+        # value=0 is mid-grey after normalisation, the mean pixel, as in torchvision's
+        # reference recipes; erasing acts on the float image, so it comes after _normalise.
+        self._erasing = v2.RandomErasing(p=self.erasing, value=0) if self.erasing > 0 else None
 
     def __len__(self) -> int:
         """Return the number of images in this split."""
@@ -163,7 +193,10 @@ class ImageTensorDataset(Dataset):
             # Cropping the uint8 image is cheaper than the float one, and its zero
             # padding is black, as in the usual CIFAR recipe.
             image = self._augmentation(image)
-        return _normalise(image), int(self._labels[row])
+        image = _normalise(image)
+        if self.augment and self._erasing is not None:
+            image = self._erasing(image)
+        return image, int(self._labels[row])
 
     @property
     def labels(self) -> torch.Tensor:
@@ -182,7 +215,110 @@ class ImageTensorDataset(Dataset):
         # -1 marks rows not kept, here and in the labels of an earlier restriction
         labels = torch.where(self._labels >= 0, mapping[self._labels.clamp(min=0)], -1)
         rows = self.indices[labels[self.indices] >= 0]
-        return ImageTensorDataset(self._images, labels, rows, self.augment, self.hflip)
+        return ImageTensorDataset(
+            self._images,
+            labels,
+            rows,
+            self.augment,
+            self.hflip,
+            policy=self.policy,
+            erasing=self.erasing,
+        )
+
+    def with_policy(self, policy: str = "none", erasing: float = 0.0) -> ImageTensorDataset:
+        """The same images, indices and labels (no copy) with another augmentation policy.
+
+        With ``augment`` True a sample gets the random crop (and flip), then ``policy`` on
+        the uint8 image, then normalisation, then, if ``erasing`` > 0, a
+        ``v2.RandomErasing(p=erasing, value=0)``. Stronger augmentation regularises longer
+        trainings of larger networks; short proxy trainings usually do better without it,
+        hence the default ``"none"``. With ``augment`` False (``train_eval``, ``val``,
+        ``test``) nothing changes: evaluation images are never augmented.
+
+        Args:
+            policy: ``"none"`` (crop and flip only), ``"trivial"``
+                (``v2.TrivialAugmentWide()``), ``"randaugment"`` (``v2.RandAugment()``)
+                or ``"autoaugment"`` (``v2.AutoAugment`` with the CIFAR-10 policy).
+            erasing: Probability in [0, 1] of erasing a random rectangle of an image.
+
+        Raises:
+            ValueError: An unknown ``policy`` (the message lists :data:`AUGMENT_POLICIES`)
+                or ``erasing`` outside [0, 1].
+        """
+        return ImageTensorDataset(
+            self._images,
+            self._labels,
+            self.indices,
+            self.augment,
+            self.hflip,
+            policy=policy,
+            erasing=erasing,
+        )
+
+
+def _policy_steps(policy: str) -> list[v2.Transform]:
+    """The transforms of an augmentation ``policy`` (see ImageTensorDataset.with_policy)."""
+    if policy == "none":
+        return []
+    if policy == "trivial":
+        return [v2.TrivialAugmentWide()]
+    if policy == "randaugment":
+        return [v2.RandAugment()]
+    if policy == "autoaugment":
+        return [v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)]
+    raise ValueError(
+        f"unknown augmentation policy {policy!r}; choose one of {', '.join(AUGMENT_POLICIES)}"
+    )
+
+
+def batch_mixing(
+    num_classes: int, mixup: float, cutmix: float
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """A batch transform that mixes images and their labels (MixUp and/or CutMix).
+
+    MixUp blends two images and CutMix pastes a rectangle of one into another; either way
+    the target becomes a mix of both one-hot labels, weighted by a Beta(alpha, alpha)
+    draw. Both work on whole batches (each image is mixed with another of its batch), so
+    they act in the training loop, not in the dataset. Train against the soft targets
+    with ``cross_entropy(logits, targets)``, which accepts class probabilities.
+
+    Randomness comes from torch's global generator, like the rest of the augmentation:
+    ``torch.manual_seed`` makes the mixing reproducible.
+
+    Args:
+        num_classes: Number of classes, the width of the soft targets.
+        mixup: Alpha of ``v2.MixUp``; 0 disables it.
+        cutmix: Alpha of ``v2.CutMix``; 0 disables it.
+
+    Returns:
+        None if both alphas are 0 (nothing to do). Otherwise a callable taking a float
+        image batch ``[N, 3, S, S]`` and int64 labels ``[N]`` and returning the mixed
+        images and float soft targets ``[N, num_classes]`` (rows sum to 1). With both
+        alphas > 0, each batch gets one of the two, chosen with equal probability
+        (``v2.RandomChoice``, as in torchvision's reference training scripts).
+
+    Raises:
+        ValueError: A negative alpha, or ``num_classes`` below 1.
+    """
+    if mixup < 0 or cutmix < 0:
+        raise ValueError(f"mixup and cutmix alphas must be >= 0, got {mixup} and {cutmix}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    choices: list[v2.Transform] = []
+    if mixup > 0:
+        choices.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix > 0:
+        choices.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    if not choices:
+        return None
+    transform = choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+    def mix(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix a batch: ``(images [N, 3, S, S], labels [N])`` to (images, soft targets)."""
+        mixed, targets = transform(images, labels)
+        return mixed, targets
+
+    return mix
 
 
 def _normalise(image: torch.Tensor) -> torch.Tensor:
@@ -296,117 +432,6 @@ def load_dataset(
         image_size=image_size,
     )
     return splits.restricted(class_numbers(class_names, classes)) if classes else splits
-
-
-def _check_split_arguments(
-    image_size: int, val_fraction: float, test_fraction: float, subset: int | None
-) -> None:
-    """Reject bad arguments before any (possibly slow) loading starts."""
-    if image_size < _MIN_IMAGE_SIZE:
-        raise ValueError(
-            f"image_size must be at least {_MIN_IMAGE_SIZE} pixels, got {image_size}; "
-            "smaller images leave no room for crop augmentation and network strides"
-        )
-    for name, value in (
-        ("val_fraction", val_fraction),
-        ("test_fraction", test_fraction),
-    ):
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"{name} must be strictly between 0 and 1, got {value}")
-    total = val_fraction + test_fraction
-    if total >= 1.0:
-        raise ValueError(
-            "val_fraction + test_fraction must be below 1 to leave training images, "
-            f"got {val_fraction} + {test_fraction} = {total}"
-        )
-    if subset is not None and subset < 1:
-        raise ValueError(f"subset must be a positive image count or None, got {subset}")
-
-
-def _stratified_split(
-    labels: np.ndarray,
-    class_names: Sequence[str],
-    seed: int,
-    val_fraction: float,
-    test_fraction: float,
-    subset: int | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the ascending int64 row indices of the train, val and test splits.
-
-    Each class's rows are shuffled by one ``numpy.random.default_rng(seed)`` stream
-    (PCG64, identical on every platform); ``subset`` keeps a prefix of each class's
-    order, of which the first rows go to val, the next to test, the rest to train.
-    """
-    num_classes = len(class_names)
-    counts = np.bincount(labels, minlength=num_classes)
-    if subset is None:
-        keep = counts
-    elif subset < num_classes:
-        raise ValueError(
-            f"subset={subset} is smaller than the number of classes ({num_classes}); "
-            "give at least one image per class"
-        )
-    elif subset > len(labels):
-        raise ValueError(
-            f"subset={subset} is larger than the dataset ({len(labels)} images); "
-            "use a smaller subset, or subset=None for all images"
-        )
-    else:
-        keep = _balanced_quota(counts, subset)
-    rng = np.random.default_rng(seed)
-    train, val, test = [], [], []
-    for c in range(num_classes):
-        rows = rng.permutation(np.flatnonzero(labels == c))[: keep[c]]
-        n_val = _round_half_up(val_fraction * len(rows))
-        n_test = _round_half_up(test_fraction * len(rows))
-        if len(rows) - n_val - n_test < 1:
-            raise ValueError(
-                f"class {class_names[c]!r} would have 0 training images "
-                f"({len(rows)} images: {n_val} to val, {n_test} to test); lower "
-                "val_fraction/test_fraction or use a larger subset"
-            )
-        val.append(rows[:n_val])
-        test.append(rows[n_val : n_val + n_test])
-        train.append(rows[n_val + n_test :])
-    train_idx, val_idx, test_idx = (
-        np.sort(np.concatenate(parts)).astype(np.int64) for parts in (train, val, test)
-    )
-    for name, rows in (("val", val_idx), ("test", test_idx)):
-        if len(rows) == 0:
-            # An empty evaluation split would only surface later as NaN accuracy.
-            raise ValueError(
-                f"the {name} split would be empty; raise {name}_fraction or use a larger subset"
-            )
-    return train_idx, val_idx, test_idx
-
-
-def _round_half_up(x: float) -> int:
-    """Round to the nearest integer, halves up (built-in round() goes to even)."""
-    return int(np.floor(x + 0.5))
-
-
-def _balanced_quota(counts: np.ndarray, total: int) -> np.ndarray:
-    """Spread ``total`` images over classes as evenly as class sizes allow.
-
-    Classes too small for an equal share give all their images and the shortfall
-    goes to the others; single leftover images go to the lowest class indices
-    that still have room. Returns the number of images to keep per class.
-    """
-    quota = np.zeros_like(counts)
-    remaining = total
-    open_classes = [c for c in range(len(counts)) if counts[c] > 0]
-    while remaining > 0 and open_classes:
-        share = remaining // len(open_classes)
-        if share == 0:
-            for c in open_classes[:remaining]:
-                quota[c] += 1
-            break
-        for c in open_classes:
-            take = min(share, counts[c] - quota[c])
-            quota[c] += take
-            remaining -= take
-        open_classes = [c for c in open_classes if quota[c] < counts[c]]
-    return quota
 
 
 def data_settings(

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import torch
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from tqdm.auto import tqdm
@@ -39,14 +39,31 @@ from .heuristic import feillet
 from .problem import Budgets, SurrogateProblem, run_nsga2
 from .surrogate import make_surrogate, rank_metrics
 
-__all__ = ["NATSearch", "SearchConfig", "SearchResult", "categorical_sampler"]
+__all__ = ["NATSearch", "SearchBudget", "SearchConfig", "SearchResult", "categorical_sampler"]
 
 STATE_FORMAT = "nat-search-state/1"
+# Under a time limit, an iteration adapts for what is left of the planned time, or not at all
+# when that is under this share of it.
+MIN_ADAPT_SHARE = 0.25
 
 # Evaluates a list of architectures with a supernet: the seam for parallel backends.
 Runner = Callable[[Supernet, list[Arch]], np.ndarray]
 # (supernet, the archive's best encodings, TrainConfig as a dict, the teacher's encoding)
 Adapter = Callable[[Supernet, np.ndarray, dict, np.ndarray], None]
+
+
+@dataclass(frozen=True)
+class SearchBudget:
+    """A time-limited search's shape, from :func:`nat.planner.plan_run`: the design of
+    experiments' random subnets, at most ``iterations`` iterations, each adapting the supernet
+    for ``adapt_seconds`` (0: no adaptation), all before ``deadline``
+    (``time.perf_counter()`` seconds). ``evaluation_seconds``: one evaluation, measured."""
+
+    doe_size: int
+    iterations: int
+    adapt_seconds: float
+    deadline: float
+    evaluation_seconds: float
 
 
 @dataclass
@@ -59,8 +76,8 @@ class SearchResult:
     history: list[dict]
     hypervolume: float
     seconds: float = 0.0
-    models: list = field(default_factory=list)  # nat.handback.FrontModel, in front order
-    heuristic: Any = None  # nat.handback.FrontModel: the heuristic's, when not on the front
+    models: list = field(default_factory=list)  # nat.handback.FrontModel, smallest first
+    timing: dict | None = None  # the limit, the plan and each stage's seconds (nat.run)
 
     @property
     def X(self) -> np.ndarray:
@@ -145,8 +162,10 @@ class NATSearch:
         progress: bool = True,
         metadata: dict | None = None,
         adapter: Adapter | None = None,
+        device: torch.device | None = None,
     ) -> None:
         self.supernet, self.data, self.config = supernet, data, config
+        self.device = device or torch.device("cpu")  # of adaptation and evaluation
         self.adapter = adapter
         self.metadata = metadata or {}
         self.space = supernet.space
@@ -162,7 +181,7 @@ class NATSearch:
             self.latency,
         )
         self.runner = runner or SubnetEvaluator(
-            data, config.bn_batches, config.batch_size, config.seed, progress
+            data, config.bn_batches, config.batch_size, config.seed, progress, self.device
         )
         self.archive = Archive(self.space, supernet.num_classes, self.latency)
         self.history: list[dict] = []
@@ -171,6 +190,9 @@ class NATSearch:
         # The pre-training recipe (run() sets the spec's): adaptation and hand-back distil
         # from the same teacher, and adaptation trains the same anchors, as pre-training did.
         self.pretrain = TrainConfig()
+        self.budget: SearchBudget | None = None  # run() sets it under a time limit
+        self.adapt_seconds = 0.0  # under a time limit, this iteration's adaptation
+        self.evaluations, self.evaluation_seconds = 0, 0.0  # as measured in this process
 
     def teacher(self) -> Arch:
         """The subnet the others are distilled from: the largest within
@@ -180,7 +202,11 @@ class NATSearch:
     # -- steps ---------------------------------------------------------------------------
     def _evaluate(self, X: np.ndarray) -> np.ndarray:
         archs = [self.space.decode(x) for x in X]
-        return np.asarray(self.runner(self.supernet, archs), dtype=np.float64)
+        start = time.perf_counter()
+        accuracy = np.asarray(self.runner(self.supernet, archs), dtype=np.float64)
+        self.evaluations += len(archs)
+        self.evaluation_seconds += time.perf_counter() - start
+        return accuracy
 
     def heuristic_seeds(self) -> np.ndarray:
         """The Feillet heuristic's architecture (widths snapped to the space) per budget, from
@@ -219,9 +245,8 @@ class NATSearch:
         # (on the README's digits run the largest drawn was 234k-398k of 400k, 1-5 points below).
         groups.append(("largest", self.space.encode(self.budgets.largest())[None]))
         groups.append(("heuristic", self.heuristic_seeds()))
-        groups.append(
-            ("doe", _sample_feasible(self.budgets, self.config.doe_size, self.rng, self.archive))
-        )
+        doe_size = self.budget.doe_size if self.budget is not None else self.config.doe_size
+        groups.append(("doe", _sample_feasible(self.budgets, doe_size, self.rng, self.archive)))
         seen: set[tuple] = set()
         for source, X in groups:
             keep = []
@@ -247,6 +272,7 @@ class NATSearch:
             seed=self.config.seed * 1000 + iteration,
         )
         teacher, anchor = self.teacher(), self.budgets.anchor(self.pretrain.anchor_multiple)
+        seconds = self.adapt_seconds if self.budget is not None else None
         if self.adapter is not None:  # e.g. data-parallel on a Ray cluster
             encode = self.space.encode
             self.adapter(self.supernet, top, asdict(config), encode(teacher), encode(anchor))
@@ -259,7 +285,10 @@ class NATSearch:
                 progress=self.progress,
                 teacher=teacher,
                 anchor=anchor,
+                seconds=seconds,
+                device=self.device,
             )
+            self.supernet.cpu()
         self.supernet.eval()
         self.archive.set_accuracy(self._evaluate(self.archive.X))
         self._save(supernet=True)
@@ -320,7 +349,10 @@ class NATSearch:
         start = time.perf_counter()
         record: dict = {"iteration": iteration}
         t = time.perf_counter()
-        if self.config.adapt_epochs > 0:
+        adapting = self.config.adapt_epochs > 0
+        if self.budget is not None:
+            adapting = adapting and self.adapt_seconds > 0
+        if adapting:
             self.adapt(iteration)
         record["adapt_s"] = time.perf_counter() - t
         X_new, predicted, log = self.propose(iteration)
@@ -355,10 +387,12 @@ class NATSearch:
             )
             self._snapshot(0)
         first = self.history[-1]["iteration"] + 1
-        bar = tqdm(
-            range(first, self.config.iterations + 1), desc="search", disable=not self.progress
-        )
+        last = self.config.iterations if self.budget is None else self.budget.iterations
+        bar = tqdm(range(first, last + 1), desc="search", disable=not self.progress)
         for iteration in bar:
+            if not self._time_for_iteration():
+                tqdm.write(f"search: no time left for iteration {iteration}; stopping")
+                break
             r = self.step(iteration)
             self._snapshot(iteration)
             tqdm.write(
@@ -368,6 +402,28 @@ class NATSearch:
                 f"{r['seconds']:.1f} s"
             )
         return self.result()
+
+    def _time_for_iteration(self) -> bool:
+        """Under a time limit, whether one more iteration fits before the search's deadline,
+        at the measured evaluation time (its re-evaluation of the archive and its candidates);
+        its adaptation is shortened to what is left, and dropped below a quarter of the
+        planned one."""
+        b = self.budget
+        if b is None:
+            return True
+        left = b.deadline - time.perf_counter()
+        # The mean of this search's own evaluations, once there are some: the plan's figure
+        # is the costliest subnet's (the anchor at the budget).
+        each = b.evaluation_seconds
+        if self.evaluations:
+            each = self.evaluation_seconds / self.evaluations
+        plain = self.config.candidates * each
+        self.adapt_seconds = 0.0
+        if b.adapt_seconds > 0:
+            adapt = left - plain - len(self.archive) * each
+            if adapt >= MIN_ADAPT_SHARE * b.adapt_seconds:
+                self.adapt_seconds = min(b.adapt_seconds, adapt)
+        return self.adapt_seconds > 0 or plain <= left
 
     # -- resuming ---------------------------------------------------------------------------
     def _snapshot(self, iteration: int) -> None:
@@ -401,6 +457,7 @@ class NATSearch:
         runner: Runner | None = None,
         progress: bool = True,
         metadata: dict | None = None,
+        device: torch.device | None = None,
     ) -> NATSearch:
         """The search saved in ``out_dir`` with ``config``, at its last completed iteration."""
         folder = Path(out_dir) / "resume"
@@ -422,7 +479,7 @@ class NATSearch:
         supernet, _ = load_supernet(folder / state["supernet"], space=archive.space.name)
         if supernet.space != archive.space:
             raise ValueError(f"{folder / state['supernet']} does not match the archive's space")
-        search = cls(supernet, data, config, out_dir, runner, progress, metadata)
+        search = cls(supernet, data, config, out_dir, runner, progress, metadata, device=device)
         archive.attach_latency(search.latency)
         search.archive = archive
         search.history = state["history"]

@@ -29,7 +29,8 @@ class SubnetEvaluator:
 
     The BatchNorm batches (training images, no augmentation) and the validation batches are
     drawn once, from ``seed``, so every subnet is measured on the same images in any order:
-    the same supernet gives the same accuracies, whichever worker evaluates them.
+    the same supernet gives the same accuracies, whichever worker evaluates them. Subnets are
+    evaluated on ``device`` (default: the CPU) and handed back on the CPU.
     """
 
     def __init__(
@@ -39,13 +40,14 @@ class SubnetEvaluator:
         batch_size: int = 64,
         seed: int = 0,
         progress: bool = False,
+        device: torch.device | None = None,
     ) -> None:
         if bn_batches < 1:
             raise ValueError(f"bn_batches must be at least 1, got {bn_batches}")
         loader = make_loader(data.train_eval, batch_size, shuffle=True, seed=seed)
         self.bn_batches = list(islice(iter(loader), bn_batches))
         self.val_batches = self.batches(data.val)
-        self.progress = progress
+        self.progress, self.device = progress, device
 
     @staticmethod
     def batches(split: Dataset) -> list:
@@ -56,7 +58,12 @@ class SubnetEvaluator:
         """(validation accuracy in 0..1, the extracted model with recalibrated BatchNorm)."""
         try:
             acc, model = evaluate_subnet(
-                supernet, arch, self.bn_batches, self.val_batches, len(self.bn_batches)
+                supernet,
+                arch,
+                self.bn_batches,
+                self.val_batches,
+                len(self.bn_batches),
+                self.device,
             )
         except Exception as err:
             raise EvaluationError(f"evaluating {arch.to_json()} failed: {err}") from err

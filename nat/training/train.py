@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +28,14 @@ from ..spec import TrainConfig
 
 __all__ = [
     "TrainConfig",
+    "autocast",
     "default_device",
     "evaluate",
     "evaluate_subnet",
     "finetune",
     "input_batch",
+    "lr_factor",
+    "measure_pretrain_epoch",
     "resized",
     "train_supernet",
 ]
@@ -41,6 +47,15 @@ ArchSampler = Callable[[np.random.Generator], Arch]
 def default_device() -> torch.device:
     """CUDA when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision where it pays: bfloat16 autocast on a CUDA device that supports it
+    (its range is float32's, so no loss scaling is needed); float32 elsewhere, on a CPU too,
+    where bfloat16 ran slower than float32 on these machines."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # Depthwise convolutions run about twice as fast on a CPU in channels-last layout (the mbv2
@@ -84,14 +99,16 @@ def evaluate_subnet(
     bn_loader: Iterable,
     val_loader: Iterable,
     bn_batches: int = 20,
+    device: torch.device | None = None,
 ) -> tuple[float, nn.Module]:
     """Extract ``arch``, recalibrate its BatchNorm on ``bn_batches`` batches of
     ``bn_loader`` (training images, no augmentation) and measure its accuracy on
-    ``val_loader``. Returns (accuracy in 0..1, the static model)."""
-    model = supernet.extract(arch).to(memory_format=_LAYOUT)
+    ``val_loader``, on ``device`` (default: the CPU). Returns (accuracy in 0..1, the static
+    model, on the CPU)."""
+    model = supernet.extract(arch).to(device or "cpu", memory_format=_LAYOUT)
     recalibrate_bn(model, resized(bn_loader, arch.resolution), bn_batches)
     accuracy = evaluate(model, val_loader, arch.resolution)
-    return accuracy, model.to(memory_format=torch.contiguous_format)
+    return accuracy, model.to("cpu", memory_format=torch.contiguous_format)
 
 
 def warmup_cosine(
@@ -106,6 +123,16 @@ def warmup_cosine(
         return cosine
     warmup = LinearLR(optimizer, 1 / warmup_steps, 1.0, total_iters=warmup_steps - 1)
     return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """The learning rate's multiple at ``progress`` (0..1) through a schedule: linear warm-up
+    over the first ``warmup`` of it, then cosine decay to 0 at 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return max(progress / warmup, 1e-3)
+    rest = (progress - warmup) / max(1e-12, 1 - warmup)
+    return 0.5 * (1 + math.cos(math.pi * rest))
 
 
 # OFA's progressive shrinking compressed into one schedule: (share of the steps done, the
@@ -146,6 +173,7 @@ def train_supernet(
     resume: bool = False,
     teacher: Arch | None = None,
     anchor: Arch | None = None,
+    seconds: float | None = None,
 ) -> list[dict]:
     """Train with the sandwich rule: each step back-propagates the ``teacher`` subnet
     (default: the space's largest) on the labels, then the ``anchor`` (default: the space's
@@ -165,6 +193,11 @@ def train_supernet(
     continues from the checkpoint's last epoch and ends with the weights an uninterrupted run
     would have. ``before_step`` sees the gradients before each optimiser step (data-parallel
     training averages them there).
+
+    ``seconds``: train for this many seconds instead of ``config.epochs`` epochs (a run's time
+    budget): the learning rate follows the time spent (warm-up over ``config.warmup_epochs``
+    of the ``config.epochs`` the plan expects, then cosine to 0 at the last second), and the
+    last epoch ends early at the limit.
     Returns one record per epoch (loss, seconds, learning rate).
     """
     device = device or default_device()
@@ -205,10 +238,22 @@ def train_supernet(
     )
     total_steps = config.epochs * len(loader)
     warmup = min(total_steps, round(config.warmup_epochs * len(loader)))
-    schedule = warmup_cosine(optimizer, total_steps, warmup)
-    temperature = config.distill_temperature
     history: list[dict] = []
-    resumed = load_training_state(checkpoint, asdict(config)) if resume and checkpoint else None
+    if seconds is None:
+        schedule = warmup_cosine(optimizer, total_steps, warmup)
+    else:  # the rate follows the time spent, so the schedule ends at the last second
+        warmup_share = min(0.3, config.warmup_epochs / max(1, config.epochs))
+
+        def spent() -> float:
+            return sum(r["seconds"] for r in history) + (time.perf_counter() - start)
+
+        start = time.perf_counter()
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda _: lr_factor(spent() / seconds, warmup_share)
+        )
+    temperature = config.distill_temperature
+    recipe = asdict(config) | ({"seconds": seconds} if seconds is not None else {})
+    resumed = load_training_state(checkpoint, recipe) if resume and checkpoint else None
     if resumed is not None:
         try:
             optimizer.load_state_dict(resumed["optimizer"])
@@ -226,12 +271,16 @@ def train_supernet(
         torch.set_rng_state(resumed["torch_rng"])
         loader.generator.set_state(resumed["loader_rng"])
         history = resumed["history"]
-    for epoch in range(len(history), config.epochs):
+    epochs = range(len(history), config.epochs) if seconds is None else count(len(history))
+    for epoch in epochs:
+        if seconds is not None and sum(r["seconds"] for r in history) >= seconds:
+            break
         start, loss_sum, batches = time.perf_counter(), 0.0, 0
-        bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
-        )
+        of = f"/{config.epochs}" if seconds is None else f" ({seconds:.0f} s)"
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}{of}", disable=not progress, leave=False)
         for batch, (images, labels) in enumerate(bar):
+            if seconds is not None and spent() >= seconds:
+                break
             step = epoch * len(loader) + batch
             images, labels = images.to(device), labels.to(device)
             lr = schedule.get_last_lr()[0]
@@ -241,7 +290,8 @@ def train_supernet(
                 if step == phase_start and "width" in elastic:  # before any gradient
                     _follow(optimizer, supernet.sort_channels())
             supernet.set_active(teacher)
-            logits = supernet(input_batch(images, teacher.resolution))
+            with autocast(device):
+                logits = supernet(input_batch(images, teacher.resolution)).float()
             loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             loss.backward()
             soft_targets = F.softmax(logits.detach() / temperature, dim=1)
@@ -255,7 +305,8 @@ def train_supernet(
                 students = [a for a in students if a != teacher]
             for arch in students:
                 supernet.set_active(arch)
-                student = supernet(input_batch(images, arch.resolution))
+                with autocast(device):
+                    student = supernet(input_batch(images, arch.resolution)).float()
                 kd = (
                     F.kl_div(
                         F.log_softmax(student / temperature, dim=1),
@@ -297,12 +348,45 @@ def train_supernet(
                 checkpoint,
                 supernet,
                 **(checkpoint_metadata or {}),
-                train_config=asdict(config),
+                train_config=recipe,
                 history=history,
                 training_state=state,
             )
     supernet.to(memory_format=torch.contiguous_format)
     return history
+
+
+class _Measured(Exception):
+    """Ends a measuring run of :func:`train_supernet` once its steps are timed."""
+
+
+def measure_pretrain_epoch(
+    supernet: Supernet,
+    data: DataSplits,
+    config: TrainConfig,
+    steps: int = 4,
+    **training: Any,
+) -> float:
+    """Seconds one epoch of :func:`train_supernet` takes with ``config`` (and ``training``:
+    sampler, teacher, anchor, device), from the median of ``steps`` timed steps of a copy of
+    ``supernet`` after one warm-up step: measured, not guessed from MACs."""
+    trial = copy.deepcopy(supernet)
+    marks: list[float] = []
+
+    def tick(_: Supernet) -> None:
+        marks.append(time.perf_counter())
+        if len(marks) > steps + 1:
+            raise _Measured
+
+    try:
+        train_supernet(trial, data, config, progress=False, before_step=tick, **training)
+    except _Measured:
+        pass
+    gaps = np.diff(marks)
+    if not len(gaps):
+        raise ValueError("too few training images to time a step: one batch at least")
+    batches = max(1, len(data.train) // config.batch_size)
+    return float(np.median(gaps)) * batches
 
 
 def finetune(

@@ -18,6 +18,7 @@ from .latency import bench_latency
 from .multiexit import bench_multiexit
 from .pruning import bench_pruning
 from .quality import bench_quality
+from .recipe import bench_recipe
 from .search import bench_search
 from .speed import bench_speed
 from .surrogate import bench_surrogate
@@ -32,6 +33,7 @@ BENCHES = {
     "speed": bench_speed,
     "growth": bench_growth,
     "quality": bench_quality,
+    "recipe": bench_recipe,
     "cil": bench_cil,
     "deploy": bench_deploy,
     "latency": bench_latency,

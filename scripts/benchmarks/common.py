@@ -76,28 +76,31 @@ class Settings:
     train_resolution: int = 64
     train_steps: int = 8
     ray_archs: int = 24
-    # quality: a split of its own (half train, a quarter each val and test), nat search with
-    # its defaults at each budget, the from-scratch peers, fidelity and recipe ablations
+    # quality at equal wall time: a split of its own (half train, a quarter each val and
+    # test); nat search --time-limit at each budget, the stock peers trained as long
     quality_space: str = "mbv2"
     quality_subset: int = 20_000
     quality_holdout: float = 0.25
     quality_resolution: int = 32
     quality_budgets: tuple[float, ...] = (3e5, 1e6)
-    quality_epochs: int = 15
-    quality_max_epochs: int = 1000  # cap of (c), the peers trained as long as the search
-    quality_fidelity_archs: int = 10
+    quality_limits: tuple[float, ...] = (1800.0, 3600.0)  # seconds, one per budget
+    quality_seeds: tuple[int, ...] = (0, 1, 2)  # of the first budget's search; one elsewhere
+    quality_peers: tuple[str, ...] = ("mobilenet_v2",)  # ShuffleNetV2 scored 5 points lower
+    quality_curve_fractions: tuple[float, ...] = (1 / 3, 2 / 3)  # of the first limit
+    quality_epochs: int = 15  # (b): the peers' 15 epochs, which time their epochs
+    quality_max_epochs: int = 1000  # cap of (c)
     quality_options: dict = field(default_factory=dict)  # flat run options beyond the defaults
-    quality_ablations: dict = field(
+    # the final recipe's ablation: one subnet trained from inherited weights per variant
+    recipe_epochs: float = 20.0
+    recipe_variants: dict = field(
         default_factory=lambda: {
-            "no zero-init gamma": {"zero_init_residual": False},
-            "teacher = space's largest, uniform sampling": {
-                "teacher_multiple": 0,
-                "sample_multiple": 0,
-            },
-            "anchor = the space's smallest (BigNAS)": {"anchor_multiple": 0},
-            "the smallest beside the budget's anchor": {"smallest_anchor": True},
-            "progressive shrinking (OFA)": {"progressive_shrinking": True},
-            "batch 64, lr 0.05 (the old recipe)": {"pretrain_batch_size": 64, "pretrain_lr": 0.05},
+            "flip and crop (the defaults)": {},
+            "+ label smoothing 0.1": {"finetune_label_smoothing": 0.1},
+            "+ EMA of the weights (decay 0.998)": {"ema_decay": 0.998},
+            "+ TrivialAugmentWide": {"augment": "trivial"},
+            "+ random erasing 0.25": {"erasing": 0.25},
+            "+ MixUp 0.2 / CutMix 1.0": {"mixup": 0.2, "cutmix": 1.0},
+            "+ distillation from the teacher (0.5)": {"finetune_distill_weight": 0.5},
         }
     )
     # class-incremental learning (memoryless LUCIR) at AdvisIL's smaller budgets, where
@@ -153,7 +156,8 @@ _TINY_SEARCH = {
     "generations": 2,
     "adapt_epochs": 0,
     "finetune_epochs": 1,
-    "finetune_top": 1,
+    "front_size": 1,
+    "race_size": 1,
     "bn_batches": 2,
     "onnx": False,
 }
@@ -194,11 +198,14 @@ QUICK = Settings(
     quality_subset=600,
     quality_resolution=16,
     quality_budgets=(3e5,),
+    quality_limits=(40.0,),
+    quality_seeds=(0,),
+    quality_curve_fractions=(),
     quality_epochs=1,
     quality_max_epochs=2,
-    quality_fidelity_archs=3,
-    quality_options=_TINY_SEARCH,
-    quality_ablations={"no zero-init gamma": {"zero_init_residual": False}},
+    quality_options={"width_mults": [0.25, 0.5], "onnx": False, "bn_batches": 2},
+    recipe_epochs=1.0,
+    recipe_variants={"flip and crop (the defaults)": {}, "+ EMA": {"ema_decay": 0.99}},
     cil_budgets=(3e5,),
     cil_first_epochs=1,
     cil_later_epochs=1,
@@ -358,6 +365,19 @@ class Bench:
         result = run(spec, progress=False)
         write_json(stamp, {"key": key, "seconds": result.seconds})
         return folder, result.seconds
+
+    def cached(self, name: str, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``'s JSON-able value, kept in ``cache/name.json`` and reused while
+        ``key`` (what it depends on) is unchanged: hours of training are not redone."""
+        path = self.out / "cache" / f"{name}.json"
+        digest = _digest(key)
+        if path.is_file():
+            doc = json.loads(path.read_text())
+            if doc.get("key") == digest:
+                return doc["value"]
+        value = compute()
+        write_json(path, {"key": digest, "value": value})
+        return value
 
     # -- a pool of evaluated random subnets ------------------------------------------------
     def pool(self, n: int) -> dict:

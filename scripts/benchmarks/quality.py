@@ -1,13 +1,16 @@
-"""7. Quality: are the models ``nat search`` hands back worth deploying? Judged on a test split
-that no step of the search or of model choice touches, against what a user would do instead:
-torchvision's MobileNetV2 and ShuffleNetV2 scaled by the Feillet rule and trained from scratch
-(the recipe of ``shared/REFERENCE.md``: SGD Nesterov, weight decay 5e-4, OneCycle to lr 0.1,
-batch 128, flip and 4-px crop)."""
+"""7. Quality at equal wall time: is what ``nat search --time-limit`` hands back better than a
+stock network trained for as long? Judged on a test split that no step of the search or of
+model choice touches, against what a user would do instead: torchvision's MobileNetV2 (and
+ShuffleNetV2) scaled by the Feillet rule and trained from scratch for the same wall time,
+(c) with the stock recipe of ``shared/REFERENCE.md`` (SGD Nesterov, weight decay 5e-4,
+OneCycle to lr 0.1, batch 128, flip and 4-px crop) and (c') with the engine's own final
+recipe, so that a gain from the recipe alone is not credited to the search."""
 
 from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +20,15 @@ from torch import nn
 
 import search_spaces
 import supernets
-from nat.data import DataSplits, make_loader, resize_batch
-from nat.engine.heuristic import feillet
-from nat.engine.surrogate import rank_metrics
-from nat.io.checkpoint import load_supernet
+from nat.data import DataSplits, make_loader
 from nat.profile import profile
 from nat.run import load_data
 from nat.spec import RunSpec
 from nat.training.evaluate import SubnetEvaluator
-from nat.training.train import evaluate
+from nat.training.train import evaluate, input_batch
+from nat.training.trainer import Trainer
 
-from .common import Bench, Result, Table
+from .common import Bench, Plot, Result, Table
 
 # The Feillet rule on torchvision's classes, one block per stage, second stage at stride 1
 # for 32-px inputs (REFERENCE.md); widths on a 0.05 grid.
@@ -66,7 +67,8 @@ def feillet_peer(name: str, budget: float, num_classes: int) -> tuple[nn.Module,
 def train_recipe(
     model: nn.Module, data: DataSplits, resolution: int, epochs: int, seed: int = 0
 ) -> float:
-    """Train ``model`` from scratch with the peer's recipe for ``epochs``; returns seconds."""
+    """Train ``model`` from scratch with the stock recipe for ``epochs``; returns seconds.
+    Channels-last like the engine's trainer, so that (c) and (c') differ in recipe only."""
     torch.manual_seed(seed)
     loader = make_loader(data.train, 128, shuffle=True, seed=seed, drop_last=True)
     optimizer = torch.optim.SGD(
@@ -76,38 +78,110 @@ def train_recipe(
         optimizer, max_lr=0.1, total_steps=epochs * len(loader)
     )
     start = time.perf_counter()
-    model.train()
+    model.to(memory_format=torch.channels_last).train()
     for _ in range(epochs):
         for images, labels in loader:
             optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(resize_batch(images, resolution)), labels).backward()
+            F.cross_entropy(model(input_batch(images, resolution)), labels).backward()
             optimizer.step()
             schedule.step()
     model.eval()
     return time.perf_counter() - start
 
 
-def _scratch_row(method, model, data, resolution, epochs, test, val=None) -> dict:
-    seconds = train_recipe(model, data, resolution, epochs)
+def _row(method: str, model: nn.Module, resolution: int, seconds: float, epochs: float, batches):
     params, macs = profile(model, resolution)
-    row = {"method": method, "params": params, "macs": macs, "epochs": epochs}
-    row |= {"seconds": seconds, "test": evaluate(model, test, resolution)}
-    if val is not None:
-        row["val"] = evaluate(model, val, resolution)
-    return row
+    val, test = (evaluate(model, b, resolution) for b in batches)
+    return {
+        "method": method,
+        "params": params,
+        "macs": macs,
+        "seconds": seconds,
+        "epochs": epochs,
+        "val": val,
+        "test": test,
+    }
 
 
-def _searched(folder: Path) -> dict:
-    """The run's best handed-back subnet (the front's, or the heuristic's when it is off the
-    front), by (fine-tuned) validation accuracy; its folder as ``"folder"``."""
-    paths = [*sorted(folder.glob("front/*/config.json")), *folder.glob("heuristic/config.json")]
-    configs = [json.loads(p.read_text()) | {"folder": p.parent.name} for p in paths]
-    return max(configs, key=lambda c: c["val_accuracy"])
+def _handed(folder: Path) -> list[dict]:
+    """The run's handed-back models (front/NN/config.json), smallest target first."""
+    return [
+        json.loads(p.read_text()) | {"folder": f"front/{p.parent.name}"}
+        for p in sorted(folder.glob("front/*/config.json"))
+    ]
 
 
-def bench_quality(bench: Bench) -> Result:
+def _search(bench: Bench, base: RunSpec, budget: float, seed: int, seconds: float):
+    """(folder, wall seconds) of ``nat search --time-limit`` at ``budget``, cached."""
+    spec = RunSpec.from_options(base, max_params=budget, time_limit=seconds, seed=seed)
+    return bench.cached_run(f"quality-{budget / 1e3:.0f}k-{seconds:.0f}s-seed{seed}", spec)
+
+
+def _stock(peer: str, budget: float, span: float, per_epoch: float, data, s, batches) -> dict:
+    """(c): the peer with the stock recipe, its epochs sized to ``span`` seconds."""
+    epochs = min(s.quality_max_epochs, max(1, round(span / per_epoch)))
+    model, width = feillet_peer(peer, budget, data.num_classes)
+    seconds = train_recipe(model, data, s.quality_resolution, epochs)
+    method = f"(c) {peer} w{width}, stock recipe, {span / 60:.0f} min ({epochs} ep)"
+    return _row(method, model, s.quality_resolution, seconds, epochs, batches)
+
+
+def _ours(peer: str, budget: float, span: float, base: RunSpec, data, s, batches) -> dict:
+    """(c'): the peer with the engine's final recipe for ``span`` seconds of training."""
+    torch.manual_seed(0)
+    model, width = feillet_peer(peer, budget, data.num_classes)
+    run = Trainer(
+        model, data, s.quality_resolution, base.finetune, seconds=span,
+        batch_size=base.batch_size, seed=0,
+    )  # fmt: skip
+    run.train()
+    method = f"(c') {peer} w{width}, the engine's recipe, {span / 60:.0f} min"
+    return _row(method, run.finish(), s.quality_resolution, run.seconds, run.epochs, batches)
+
+
+def _scratch(config: dict, base: RunSpec, data, batches) -> dict:
+    """(d): a handed-back model's architecture from scratch, same recipe, same epochs."""
+    arch = search_spaces.Arch.from_dict(config["arch"])
+    epochs = max(config["train_epochs"], 1.0)
+    torch.manual_seed(0)
+    model = supernets.build_static(arch, data.num_classes)
+    run = Trainer(
+        model, data, arch.resolution, base.finetune, epochs=epochs,
+        batch_size=base.batch_size, seed=0,
+    )  # fmt: skip
+    run.train()
+    method = f"(d) {config['folder']}'s architecture from scratch, {epochs:.1f} ep"
+    return _row(method, run.finish(), arch.resolution, run.seconds, epochs, batches)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
+
+
+def _searched_rows(label: str, handed: list[dict], seed: int, wall: float, limit: float):
+    best = max(handed, key=lambda c: c["val_accuracy"])
+    budget = max(c["target"] for c in handed)
+    for c in handed:
+        share = f"1/{budget / c['target']:.0f}" if c["target"] < budget else "budget"
+        yield {
+            "budget": label,
+            "method": f"(a) nat search --time-limit {_duration(limit)}, seed {seed}: "
+            f"{c['folder']} ({share}, {c['source']})" + (" *" if c is best else ""),
+            "params": c["params"],
+            "macs": c["macs"],
+            "seconds": wall,
+            "epochs": c["train_epochs"],
+            "val": c["val_accuracy"],
+            "test": c["test_accuracy"],
+            "inherited_test": c["inherited_test_accuracy"],
+        }
+
+
+def quality_base(bench: Bench) -> RunSpec:
+    """The quality split's run settings: half of ``quality_subset`` images to train, a quarter
+    each to validate and test, split_seed 0, at one resolution."""
     s = bench.s
-    base = RunSpec.from_options(
+    return RunSpec.from_options(
         space=s.quality_space,
         data=bench.pretrain_spec.data.source,
         subset=s.quality_subset,
@@ -118,62 +192,68 @@ def bench_quality(bench: Bench) -> Result:
         split_seed=0,
         **s.quality_options,
     )
+
+
+def bench_quality(bench: Bench) -> Result:
+    s = bench.s
+    base = quality_base(bench)
     data = load_data(base)
-    val = SubnetEvaluator.batches(data.val)
-    test = SubnetEvaluator.batches(data.test)
+    batches = (SubnetEvaluator.batches(data.val), SubnetEvaluator.batches(data.test))
     print(f"quality data: {len(data.train)} / {len(data.val)} / {len(data.test)}", flush=True)
-    rows, fidelity, n = [], {}, data.num_classes
-    res, epochs = s.quality_resolution, s.quality_epochs
-    for budget in s.quality_budgets:
+    rows, curves = [], {}
+    for b, (budget, limit) in enumerate(zip(s.quality_budgets, s.quality_limits, strict=True)):
         label = f"{budget / 1e3:,.0f}k"
-        folder, wall = bench.cached_run(
-            f"quality-{label}", RunSpec.from_options(base, max_params=budget)
-        )
-        best = _searched(folder)
-        rows.append(
-            {
-                "budget": label,
-                "method": f"(a) nat search, fine-tuned ({best['folder']})",
-                "params": best["params"],
-                "macs": best["macs"],
-                "seconds": wall,
-                "test": best["test_accuracy"],
-                "val": best["val_accuracy"],
-                "inherited_test": best["inherited_test_accuracy"],
+        curve = curves.setdefault(label, {"(a)": [], "(c)": [], "(c')": []})
+        first = None
+        for seed in s.quality_seeds if b == 0 else s.quality_seeds[:1]:
+            folder, wall = _search(bench, base, budget, seed, limit)
+            handed = _handed(folder)
+            first = first or handed
+            rows += _searched_rows(label, handed, seed, wall, limit)
+            best = max(handed, key=lambda c: c["val_accuracy"])
+            curve["(a)"].append((wall / 60, best["test_accuracy"]))
+        for fraction in s.quality_curve_fractions if b == 0 else ():
+            folder, wall = _search(bench, base, budget, 0, fraction * limit)
+            best = max(_handed(folder), key=lambda c: c["val_accuracy"])
+            curve["(a)"].append((wall / 60, best["test_accuracy"]))
+        for peer in s.quality_peers:
+            model, width = feillet_peer(peer, budget, data.num_classes)
+            seconds = train_recipe(model, data, s.quality_resolution, s.quality_epochs)
+            method = f"(b) {peer} w{width}, stock recipe, {s.quality_epochs} ep"
+            row = _row(method, model, s.quality_resolution, seconds, s.quality_epochs, batches)
+            rows.append({"budget": label, **row})
+            per_epoch = seconds / s.quality_epochs
+            curved = b == 0 and peer == s.quality_peers[0]
+            for span in [f * limit for f in (*s.quality_curve_fractions, 1.0) if curved or f == 1]:
+                key = {"peer": peer, "budget": budget, "span": span, "data": base.data.source}
+                for kind, train in (
+                    ("(c)", partial(_stock, peer, budget, span, per_epoch, data, s, batches)),
+                    ("(c')", partial(_ours, peer, budget, span, base, data, s, batches)),
+                ):
+                    name = f"quality-{kind[1:-1]}-{peer}-{label}-{span:.0f}s"
+                    row = bench.cached(
+                        name, {**key, "kind": kind, "recipe": str(base.finetune)}, train
+                    )
+                    rows.append({"budget": label, **row})
+                    if peer == s.quality_peers[0]:
+                        curve[kind].append((row["seconds"] / 60, row["test"]))
+        for config in first:
+            key = {
+                "arch": config["arch"],
+                "epochs": config["train_epochs"],
+                "recipe": str(base.finetune),
             }
-        )
-        for peer in ("mobilenet_v2", "shufflenet_v2"):
-            model, width = feillet_peer(peer, budget, n)
-            row = _scratch_row(f"(b) {peer} w{width}, {epochs} ep", model, data, res, epochs, test)
-            rows.append({"budget": label, **row})
-            per_epoch = row["seconds"] / epochs
-            same_time = min(s.quality_max_epochs, max(1, round(wall / per_epoch)))
-            model, _ = feillet_peer(peer, budget, n)
-            row = _scratch_row(
-                f"(c) {peer} w{width}, {same_time} ep", model, data, res, same_time, test
+            row = bench.cached(
+                f"quality-scratch-{label}-{config['folder']}",
+                key,
+                partial(_scratch, config, base, data, batches),
             )
-            rows.append({"budget": label, **row})
-        space = search_spaces.from_dict(best["space"])
-        for method, arch in (
-            ("(d) engine Feillet arch", feillet(budget, None, n, space=space).arch),
-            ("(d) searched arch", search_spaces.Arch.from_dict(best["arch"])),
-        ):
-            torch.manual_seed(0)
-            model = supernets.build_static(arch, n)
-            row = _scratch_row(
-                f"{method}, {epochs} ep", model, data, arch.resolution, epochs, test, val
-            )
-            rows.append({"budget": label, **row})
-        if budget == s.quality_budgets[0]:
-            fidelity = _fidelity(bench, folder, space, data, val, budget)
-            ablations = _ablations(
-                bench, RunSpec.from_options(base, max_params=budget), data, fidelity
-            )
+            rows.append({"budget": label, **row, "handed_back_test": config["test_accuracy"]})
     table = Table(
-        f"Test accuracy on {len(data.test):,} held-out images of {Path(base.data.source).name} "
-        f"({len(data.train):,} "
-        f"training images at {res} px; nothing in the search or model choice saw them)",
-        ["budget", "method", "params", "MACs", "wall s", "test %"],
+        f"Test accuracy on {len(data.test):,} held-out images ({len(data.train):,} training "
+        f"images at {s.quality_resolution} px; nothing in the search or model choice saw "
+        "them). * the model validation picks",
+        ["budget", "method", "params", "MACs", "wall s", "epochs", "val %", "test %"],
         [
             [
                 r["budget"],
@@ -181,101 +261,38 @@ def bench_quality(bench: Bench) -> Result:
                 f"{r['params']:,}",
                 f"{r['macs']:,}",
                 f"{r['seconds']:.0f}",
+                f"{r['epochs']:.1f}",
+                f"{100 * r['val']:.1f}",
                 f"{100 * r['test']:.1f}",
             ]
             for r in rows
         ],
     )
-    note = (
-        f"Fidelity over {len(fidelity['inherited'])} subnets of the "
-        f"{s.quality_budgets[0] / 1e3:,.0f}k run's supernet: Kendall tau (inherited, "
-        f"{epochs}-epoch scratch validation accuracy) = {fidelity['kendall_tau']:.3f}, "
-        f"Spearman rho = {fidelity['spearman_rho']:.3f}"
-    )
-    ablation_table = Table(
-        f"Supernet recipe ablations at {s.quality_budgets[0] / 1e3:,.0f}k (pre-training only, "
-        f"no search): inherited validation accuracy of the fidelity subnets, and Kendall tau "
-        f"against their from-scratch accuracy",
-        ["recipe", "pre-training s", "median %", "best %", "largest %", "tau"],
-        [
-            [
-                a["recipe"],
-                f"{a['seconds']:.0f}",
-                f"{100 * a['median']:.1f}",
-                f"{100 * a['best']:.1f}",
-                f"{100 * a['largest']:.1f}",
-                f"{a['kendall_tau']:.3f}",
-            ]
-            for a in ablations
-        ],
-    )
-    return Result(
-        data={"rows": rows, "fidelity": fidelity, "ablations": ablations},
-        sections=[table, note, ablation_table],
-    )
-
-
-def _ablations(bench: Bench, spec: RunSpec, data, fidelity: dict) -> list[dict]:
-    """Each recipe of ``quality_ablations`` (and the defaults) pre-trains a supernet; its
-    inherited accuracy on the fidelity subnets, and their ranking against scratch."""
-    from nat.run import prepare_supernet
-
-    archs = [search_spaces.Arch.from_dict(a) for a in fidelity["archs"]]
-    out = []
-    for recipe, options in {"defaults": {}, **bench.s.quality_ablations}.items():
-        start = time.perf_counter()
-        # The run's own widths (fitted to the budget), so the fidelity subnets are in the space.
-        widths = fidelity["space"]["options"]["width_mults"]
-        variant = RunSpec.from_options(spec, width_mults=widths, **options)
-        supernet = prepare_supernet(variant, data, progress=False).eval()
-        seconds = time.perf_counter() - start
-        inherited = np.asarray(SubnetEvaluator(data, 20)(supernet, archs))
-        metrics = rank_metrics(np.array(fidelity["scratch"]), inherited)
-        out.append(
-            {
-                "recipe": recipe,
-                "options": options,
-                "seconds": seconds,
-                "inherited": inherited.tolist(),
-                "median": float(np.median(inherited)),
-                "best": float(inherited.max()),
-                "largest": float(inherited[-1]),
-                **metrics,
-            }
-        )
-        print(f"ablation {recipe}: {out[-1]}", flush=True)
-    return out
-
-
-def _fidelity(bench: Bench, folder: Path, space, data, val, budget: float) -> dict:
-    """Inherited vs from-scratch validation accuracy of subnets spread over the params range
-    within ``budget``, inherited from the run's final supernet."""
-    from nat.engine.archive import Archive
-    from nat.engine.loop import _sample_feasible
-    from nat.engine.problem import Budgets
-
-    s, n = bench.s, data.num_classes
-    supernet, _ = load_supernet(folder / "supernet.pt")
-    budgets = Budgets(space, n, budget)
-    X = _sample_feasible(budgets, 2000, np.random.default_rng(99), Archive(space, n))
-    order = np.argsort(space.complexity(X, n)[0], kind="stable")
-    picks = order[
-        np.unique(np.linspace(0, len(order) - 1, s.quality_fidelity_archs).round()).astype(int)
+    plots = [
+        Plot(f"quality_minutes_{label}.png", _draw(label, curve), (6, 4))
+        for label, curve in curves.items()
     ]
-    archs = [space.decode(x) for x in X[picks]]
-    inherited = SubnetEvaluator(data, 20)(supernet.eval(), archs)
-    scratch = []
-    for arch in archs:
-        torch.manual_seed(0)
-        model = supernets.build_static(arch, n)
-        train_recipe(model, data, arch.resolution, s.quality_epochs)
-        scratch.append(evaluate(model, val, arch.resolution))
-    metrics = rank_metrics(np.array(scratch), np.asarray(inherited))
-    return {
-        "space": space.to_dict(),
-        "archs": [a.to_dict() for a in archs],
-        "params": [int(p) for p in space.complexity(X[picks], n)[0]],
-        "inherited": [float(a) for a in inherited],
-        "scratch": scratch,
-        **metrics,
-    }
+    return Result(data={"rows": rows, "curves": curves}, sections=[table], plots=plots)
+
+
+def _draw(label: str, curve: dict):
+    def draw(ax) -> None:
+        styles = {"(a)": ("o", "tab:green"), "(c)": ("s-", "tab:gray"), "(c')": ("^-", "tab:blue")}
+        names = {
+            "(a)": "(a) nat search --time-limit",
+            "(c)": "(c) MobileNetV2, stock recipe",
+            "(c')": "(c') MobileNetV2, the engine's recipe",
+        }
+        for kind, points in curve.items():
+            if points:
+                x, y = zip(*sorted(points), strict=True)
+                ax.plot(
+                    x, [100 * v for v in y], styles[kind][0], c=styles[kind][1], label=names[kind]
+                )
+        ax.set_xlabel("wall time (min)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{label} parameters: accuracy against minutes")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+    return draw

@@ -1,0 +1,79 @@
+"""A run with a time limit: planned from measured step times, it ends within its limit,
+hands back a trained front and records its plan and stage times."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+import nat
+
+# The README's digits space, small enough for a 75-second run.
+TIMED = dict(
+    space="mbv2",
+    data="digits",
+    resolutions=[12, 16],
+    width_mults=[0.25, 0.5],
+    max_params=250_000,
+    candidates=4,
+    population=12,
+    generations=4,
+    bn_batches=4,
+    onnx=False,
+    progress=False,
+)
+LIMIT = 75.0
+
+
+@pytest.fixture(scope="module")
+def timed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("timed")
+    return nat.search(time_limit=LIMIT, seed=0, out=out, **TIMED), out
+
+
+def test_a_time_limited_run_ends_within_its_limit(timed):
+    result, out = timed
+    # The limit with 5 % slack, as the planner promises on an idle machine: the only timed
+    # assertion, and the run's own.
+    assert result.seconds <= LIMIT * 1.05
+    timing = json.loads((out / "run.json").read_text())["timing"]
+    assert timing["limit"] == LIMIT
+    assert sum(timing["actual"].values()) == pytest.approx(timing["wall"], abs=0.1)
+    plan = timing["plan"]
+    assert plan["pretrain"] > 0 and plan["search"] > 0 and plan["final"] > 0
+    assert plan["times"]["pretrain_epoch"] > 0 and plan["times"]["evaluation"] > 0
+    assert "## Time" in (out / "report.md").read_text()
+    # run.json still describes the run: it reloads, and its timing is not a setting
+    spec = nat.RunSpec.from_dict(json.loads((out / "run.json").read_text()))
+    assert spec.plan.time_limit == LIMIT
+
+
+def test_every_handed_back_model_is_trained_and_spread_over_the_budget(timed):
+    result, out = timed
+    models = result.models
+    assert len(models) == 3
+    targets = [m.target for m in models]
+    assert targets == pytest.approx([62_500, 125_000, 250_000])
+    assert all(m.seconds > 0 and m.trained_val_accuracy is not None for m in models)
+    assert models[-1].race, "the model at the full budget is raced for"
+    rows = list(csv.DictReader(open(out / "pareto.csv")))
+    handed = [r for r in rows if r["folder"]]
+    assert [r["folder"] for r in handed] == ["front/00", "front/01", "front/02"]
+    for row in rows:  # an untrained front subnet is marked, and has no folder
+        assert (row["trained"] == "True") == (row["folder"] != "" and float(row["epochs"]) > 0)
+    for m, row in zip(models, handed, strict=True):
+        config = json.loads((out / row["folder"] / "config.json").read_text())
+        assert config["train_seconds"] > 0 and config["target"] == m.target
+
+
+def test_a_limit_too_short_for_the_run_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="--time-limit: .*needs at least"):
+        nat.search(time_limit=2.0, seed=0, out=tmp_path / "r", **TIMED)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_every_stage_runs_on_a_gpu_with_mixed_precision(tmp_path):
+    result = nat.search(time_limit=LIMIT, seed=0, device="cuda", out=tmp_path, **TIMED)
+    assert result.seconds <= LIMIT * 1.05
+    assert all(m.seconds > 0 for m in result.models)
