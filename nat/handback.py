@@ -77,16 +77,22 @@ def choose_targets(
     return chosen
 
 
-def _candidates(search: NATSearch, result: SearchResult, taken: set[int], n: int) -> list[int]:
+def _candidates(
+    result: SearchResult, sizes: np.ndarray, floor: float, taken: set[int], n: int
+) -> list[int]:
     """The race's entrants: the heuristic's subnet at the full budget, then the front's most
-    accurate subnets not handed back at a smaller size."""
+    accurate subnets larger than ``floor`` (the next smaller target) not handed back already.
+    A subnet at or below ``floor`` would only repeat a smaller slot, and early in a race the
+    smallest subnets lead because they take the most steps, not because they end higher (on
+    CIFAR-10 at 300k a 138k subnet led the 296k heuristic's at 1/8 of the schedule, 46.2
+    against 45.1 % validation, and ended at 70.4 % test; the 296k one reached 77.0 %)."""
     entries = result.archive.entries
     seeds = [i for i, e in enumerate(entries) if e.source == "heuristic"]
-    out = [max(seeds, key=lambda i: entries[i].params)] if seeds else []
+    out = [max(seeds, key=lambda i: sizes[i])] if seeds else []
     for i in sorted(result.front, key=lambda i: -entries[i].accuracy):
         if len(out) >= n:
             break
-        if i not in taken and i not in out:
+        if i not in taken and i not in out and sizes[i] > floor:
             out.append(i)
     return out[:n] or sorted(result.front, key=lambda i: -entries[i].accuracy)[:1]
 
@@ -117,7 +123,8 @@ def hand_back(
     test_batches = evaluator.batches(data.test)
     smaller = choose_targets(values, archive.accuracy, result.front, budget, spec.front_size)
     taken = {i for _, i in smaller}
-    entrants = _candidates(search, result, taken, spec.race_size)
+    floor = max((t for t, _ in smaller), default=0.0)
+    entrants = _candidates(result, values, floor, taken, spec.race_size)
     say = log or (lambda text: None)
 
     def inherited(i: int, target: float) -> FrontModel:

@@ -56,13 +56,15 @@ def test_an_epoch_schedule_trains_its_epochs_in_slices(digits):
 
 
 def test_a_seconds_schedule_ends_at_its_own_training_time(digits):
-    run = Trainer(_model(), digits, 12, RECIPE, seconds=1.5, batch_size=64, seed=0)
-    run.train(until=0.5)
-    assert 0.75 <= run.seconds < 1.5
+    # A long schedule against short steps, so that a busy machine's slow step cannot end it
+    # within the first slice.
+    run = Trainer(_model(), digits, 12, RECIPE, seconds=4.0, batch_size=64, seed=0)
+    run.train(until=0.25)
+    assert 1.0 <= run.seconds and not run.done
     time.sleep(0.5)  # time outside train() is not the schedule's
-    assert run.progress == pytest.approx(run.seconds / 1.5)
+    assert run.progress == pytest.approx(run.seconds / 4.0)
     run.train()
-    assert run.done and 1.5 <= run.seconds
+    assert run.done and 4.0 <= run.seconds
     assert run.seconds_per_epoch > 0
 
 
@@ -92,7 +94,8 @@ def test_step_time_is_measured_on_a_copy(digits):
     fast = measure_step_seconds(model, digits, 12, 64)
     slow = measure_step_seconds(Slow(model, 0.05), digits, 12, 64)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    assert fast > 0 and slow > fast + 0.04
+    # a lower bound only: a busy machine slows the fast model too
+    assert fast > 0 and slow >= 0.05
 
 
 class Stub:
@@ -130,11 +133,11 @@ def test_successive_halving_keeps_the_better_half_at_each_rung():
 
 
 def test_the_race_keeps_the_candidate_that_trains_faster_per_second(digits):
-    # The same network and start twice, one sleeping 100 ms per step: at equal training time
+    # The same network and start twice, one sleeping 300 ms per step: at equal training time
     # the fast one takes several times the steps, and the race must keep it.
     val = SubnetEvaluator.batches(digits.val)
     runs = [
-        Trainer(Slow(_model(), 0.1), digits, 12, RECIPE, seconds=4.0, name="slow", seed=0),
+        Trainer(Slow(_model(), 0.3), digits, 12, RECIPE, seconds=4.0, name="slow", seed=0),
         Trainer(_model(), digits, 12, RECIPE, seconds=4.0, name="fast", seed=0),
     ]
 
