@@ -83,6 +83,20 @@ class Plan:
         return doc
 
 
+@dataclass(frozen=True)
+class SearchBudget:
+    """A time-limited search's shape, from :func:`nat.planner.plan_run`: the design of
+    experiments' random subnets, at most ``iterations`` iterations, each adapting the supernet
+    for ``adapt_seconds`` (0: no adaptation), all before ``deadline``
+    (``time.perf_counter()`` seconds). ``evaluation_seconds``: one evaluation, measured."""
+
+    doe_size: int
+    iterations: int
+    adapt_seconds: float
+    deadline: float
+    evaluation_seconds: float
+
+
 def _search_shape(
     seconds: float,
     times: StepTimes,

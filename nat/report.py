@@ -117,9 +117,10 @@ def _plot(path: Path, result: SearchResult, rows: list[dict]) -> None:
                 label="front, untrained (not handed back)",
             )
         if trained:
+            points = sorted((at(r), 100 * r["val_accuracy"]) for r in trained)
             ax.plot(
-                [at(r) for r in trained],
-                [100 * r["val_accuracy"] for r in trained],
+                [x for x, _ in points],
+                [y for _, y in points],
                 "^-",
                 c="tab:green",
                 ms=8,

@@ -22,7 +22,7 @@ from supernets import Supernet, build_supernet
 
 from .data import DataSplits, data_settings, load_from_settings
 from .engine.heuristic import budget_width_mults
-from .engine.loop import NATSearch, SearchBudget, SearchResult
+from .engine.loop import NATSearch, SearchResult
 from .engine.problem import Budgets
 from .folder import (
     PRETRAIN_FILE,
@@ -38,7 +38,7 @@ from .io.checkpoint import load_supernet, save_supernet
 from .io.files import write_json
 from .latency import latency_table_of
 from .options import spec_error_names
-from .planner import Plan, RunClock, StepTimes, plan_run
+from .planner import Plan, RunClock, SearchBudget, StepTimes, plan_run
 from .spec import OptionError, RunSpec
 from .training.evaluate import SubnetEvaluator
 from .training.train import measure_pretrain_epoch, train_supernet

@@ -31,6 +31,7 @@ from ..data import DataSplits
 from ..io.checkpoint import load_supernet, save_supernet
 from ..io.files import write_json
 from ..latency import latency_table_of
+from ..planner import SearchBudget
 from ..spec import SearchConfig
 from ..training.evaluate import SubnetEvaluator
 from ..training.train import TrainConfig, train_supernet
@@ -39,7 +40,7 @@ from .heuristic import feillet
 from .problem import Budgets, SurrogateProblem, run_nsga2
 from .surrogate import make_surrogate, rank_metrics
 
-__all__ = ["NATSearch", "SearchBudget", "SearchConfig", "SearchResult", "categorical_sampler"]
+__all__ = ["NATSearch", "SearchConfig", "SearchResult", "categorical_sampler"]
 
 STATE_FORMAT = "nat-search-state/1"
 # Under a time limit, an iteration adapts for what is left of the planned time, or not at all
@@ -50,20 +51,6 @@ MIN_ADAPT_SHARE = 0.25
 Runner = Callable[[Supernet, list[Arch]], np.ndarray]
 # (supernet, the archive's best encodings, TrainConfig as a dict, the teacher's encoding)
 Adapter = Callable[[Supernet, np.ndarray, dict, np.ndarray], None]
-
-
-@dataclass(frozen=True)
-class SearchBudget:
-    """A time-limited search's shape, from :func:`nat.planner.plan_run`: the design of
-    experiments' random subnets, at most ``iterations`` iterations, each adapting the supernet
-    for ``adapt_seconds`` (0: no adaptation), all before ``deadline``
-    (``time.perf_counter()`` seconds). ``evaluation_seconds``: one evaluation, measured."""
-
-    doe_size: int
-    iterations: int
-    adapt_seconds: float
-    deadline: float
-    evaluation_seconds: float
 
 
 @dataclass
@@ -377,13 +364,10 @@ class NATSearch:
         """Run the remaining iterations (all of them, unless resumed)."""
         if not len(self.archive):
             self.initialise()
+            hv = hypervolume(self.archive, self.budgets, self.config.metrics)
+            best, size = float(self.archive.accuracy.max()), len(self.archive)
             self.history.append(
-                {
-                    "iteration": 0,
-                    "archive_size": len(self.archive),
-                    "hv": hypervolume(self.archive, self.budgets, self.config.metrics),
-                    "best_accuracy": float(self.archive.accuracy.max()),
-                }
+                {"iteration": 0, "archive_size": size, "hv": hv, "best_accuracy": best}
             )
             self._snapshot(0)
         first = self.history[-1]["iteration"] + 1
@@ -489,24 +473,17 @@ class NATSearch:
     def result(self) -> SearchResult:
         feasible = self.budgets.feasible(self.archive.X)
         front = [i for i in self.archive.front(self.config.metrics) if feasible[i]]
-        return SearchResult(
-            self.archive,
-            front,
-            self.history,
-            hypervolume(self.archive, self.budgets, self.config.metrics),
-        )
+        hv = hypervolume(self.archive, self.budgets, self.config.metrics)
+        return SearchResult(self.archive, front, self.history, hv)
 
     def _save(self, supernet: bool = False) -> None:
         """Rewrite archive.json (after every evaluation batch) and, when its weights changed,
         the supernet checkpoint."""
         if self.out_dir is None:
             return
-        self.archive.save(
-            self.out_dir / "archive.json",
-            config=asdict(self.config),
-            **self.metadata,
-            history=self.history,
-        )
+        config = asdict(self.config)
+        path = self.out_dir / "archive.json"
+        self.archive.save(path, config=config, **self.metadata, history=self.history)
         if supernet:
             save_supernet(self.out_dir / "supernet.pt", self.supernet)
 
