@@ -174,16 +174,19 @@ def prepare_supernet(
 
 def measure(spec: RunSpec, data: DataSplits, supernet: Supernet) -> StepTimes:
     """The step times a plan needs, measured on this machine now: one pre-training epoch
-    (from timed sandwich steps) and one evaluation of the subnet pre-training anchors at the
-    budget (the costliest the search evaluates often)."""
+    (from timed sandwich steps) and one evaluation, the mean of the space's smallest subnet's
+    and the pre-training anchor's at the budget. The search evaluates subnets spread between
+    the two: the anchor's time alone, about 3x the mean on CIFAR-10 at 300k, left no
+    iteration in a 30-minute plan although one fitted (docs/benchmarks.md, section 7)."""
     training = _pretraining(spec, data.num_classes)
     epoch = measure_pretrain_epoch(supernet, data, spec.pretrain, **training)
     evaluator = SubnetEvaluator(
         data, spec.search.bn_batches, spec.batch_size, spec.seed, device=training["device"]
     )
     start = time.perf_counter()
-    evaluator.evaluate_one(supernet, training["anchor"])
-    return StepTimes(pretrain_epoch=epoch, evaluation=time.perf_counter() - start)
+    for arch in (supernet.space.smallest(), training["anchor"]):
+        evaluator.evaluate_one(supernet, arch)
+    return StepTimes(pretrain_epoch=epoch, evaluation=(time.perf_counter() - start) / 2)
 
 
 def run(

@@ -397,7 +397,7 @@ class NATSearch:
             return True
         left = b.deadline - time.perf_counter()
         # The mean of this search's own evaluations, once there are some: the plan's figure
-        # is the costliest subnet's (the anchor at the budget).
+        # is an estimate from two subnets.
         each = b.evaluation_seconds
         if self.evaluations:
             each = self.evaluation_seconds / self.evaluations

@@ -126,17 +126,24 @@ def _stock(peer: str, budget: float, span: float, per_epoch: float, data, s, bat
     return _row(method, model, s.quality_resolution, seconds, epochs, batches)
 
 
+def _engine_row(
+    method: str, model: nn.Module, resolution: int, base: RunSpec, data, batches, **length
+) -> dict:
+    """Train ``model`` with the engine's final recipe for ``length`` (epochs= or seconds=),
+    seeded as every row is, and score it."""
+    run = Trainer(
+        model, data, resolution, base.finetune, batch_size=base.batch_size, seed=0, **length
+    )
+    run.train()
+    return _row(method, run.finish(), resolution, run.seconds, run.epochs, batches)
+
+
 def _ours(peer: str, budget: float, span: float, base: RunSpec, data, s, batches) -> dict:
     """(c'): the peer with the engine's final recipe for ``span`` seconds of training."""
     torch.manual_seed(0)
     model, width = feillet_peer(peer, budget, data.num_classes)
-    run = Trainer(
-        model, data, s.quality_resolution, base.finetune, seconds=span,
-        batch_size=base.batch_size, seed=0,
-    )  # fmt: skip
-    run.train()
     method = f"(c') {peer} w{width}, the engine's recipe, {span / 60:.0f} min"
-    return _row(method, run.finish(), s.quality_resolution, run.seconds, run.epochs, batches)
+    return _engine_row(method, model, s.quality_resolution, base, data, batches, seconds=span)
 
 
 def _scratch(config: dict, base: RunSpec, data, batches) -> dict:
@@ -145,13 +152,8 @@ def _scratch(config: dict, base: RunSpec, data, batches) -> dict:
     epochs = max(config["train_epochs"], 1.0)
     torch.manual_seed(0)
     model = supernets.build_static(arch, data.num_classes)
-    run = Trainer(
-        model, data, arch.resolution, base.finetune, epochs=epochs,
-        batch_size=base.batch_size, seed=0,
-    )  # fmt: skip
-    run.train()
     method = f"(d) {config['folder']}'s architecture from scratch, {epochs:.1f} ep"
-    return _row(method, run.finish(), arch.resolution, run.seconds, epochs, batches)
+    return _engine_row(method, model, arch.resolution, base, data, batches, epochs=epochs)
 
 
 def _duration(seconds: float) -> str:
