@@ -16,6 +16,7 @@ __all__ = [
     "PRETRAIN_FILE",
     "RUN_FILE",
     "RUN_OUTPUTS",
+    "check_output_folder",
     "check_run_folder",
     "device_of",
     "fits_widths_to_budget",
@@ -71,6 +72,13 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if RUN_FILE not in entries:
             raise OptionError("out", f"{out} holds no {RUN_FILE}: nothing to resume")
+        if _finished(out / RUN_FILE):
+            # Resuming would redo the hand-back and rewrite the report over a complete run.
+            raise OptionError(
+                "out",
+                f"{out} holds a finished run: nothing to resume; pass --overwrite instead of "
+                "--resume to run it again, or choose another --out",
+            )
         return
     if not entries:
         return
@@ -85,6 +93,30 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
             "out",
             f"{out} already holds a run: pass --resume to continue it, --overwrite to replace "
             "it, or choose another --out",
+        )
+
+
+def _finished(run_file: Path) -> bool:
+    """Whether the run's last write happened: run.json gains its ``timing`` only then."""
+    try:
+        return "timing" in json.loads(run_file.read_text())
+    except (ValueError, OSError):
+        return False  # unreadable: open_run says so
+
+
+def check_output_folder(out: Path, option: str, marker: str) -> None:
+    """Refuse an output folder ``out`` that is a file, cannot be written, or holds files that
+    are not an earlier output of the same command (which writes ``marker`` there): aimed into
+    a run's folders, a command would otherwise replace what that run describes (a front
+    subnet's config.json and weights.pt, its run.json)."""
+    check_writable_dir(out, option)
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if names and marker not in names:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise OptionError(
+            option,
+            f"{out} already holds files ({shown}) that this command did not write: choose a "
+            "new or empty folder",
         )
 
 

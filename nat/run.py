@@ -222,6 +222,11 @@ def _run(
     budgets = spec_error_names(lambda: _budgets(spec, data.num_classes, progress))
     state = out / "resume" / "state.json" if out is not None else None
     resuming_search = state is not None and resume and state.is_file()
+    if resume and not resuming_search and any(state.parent.glob("supernet-*.pt")):
+        raise ValueError(
+            f"{state} is missing beside the search's snapshots: the run cannot continue; "
+            "pass --overwrite instead of --resume to start it again"
+        )
     say = _say(clock, progress)
     if progress:
         clock.show()
@@ -231,8 +236,8 @@ def _run(
         if spec.plan.time_limit is not None:
             clock.begin("measure")
             plan = _plan(spec, data, supernet, trains, clock, say)
-    if out is not None:
-        if overwrite and not resume:
+    if out is not None and not resume:  # a resume keeps run.json until it has succeeded
+        if overwrite:
             remove_outputs(out)
         write_json(out / RUN_FILE, spec.to_dict())
     with _backends(spec, budgets.space, data.num_classes, out, progress) as (runner, adapter):

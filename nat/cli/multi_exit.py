@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.subnet and not args.run:
         raise ValueError("--subnet picks a front folder of --run: give --run DIR")
     from ..data import load_dataset
+    from ..folder import check_output_folder
     from ..io.checkpoint import load_subnet
     from ..multiexit import judge_multi_exit, most_accurate, run_front
 
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(args.config)
         folder = folder.parent if folder.name == "config.json" else folder
         out = Path(args.out or folder / "multi-exit")
+    check_output_folder(out, "out", "multiexit.json")
     net, config = load_subnet(folder)
     if config.get("pruned"):
         raise ValueError(

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from search_spaces import Arch
 
     from ..data import data_settings, load_from_settings
+    from ..folder import check_output_folder
     from ..io.checkpoint import export_subnet, load_subnet
     from ..io.deploy import INPUT_FORMAT, sample_images
     from ..io.files import atomic_write, markdown_table
@@ -84,13 +85,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--epochs {args.epochs}: pruning happens while fine-tuning, give 1+")
     folder = Path(args.model)
     folder = folder.parent if folder.name == "config.json" else folder
+    out = Path(args.out or folder / f"pruned-{args.max_params:.0f}")
+    check_output_folder(out, "out", "prune.md")
     source, config = load_subnet(folder)
     resolution = config["arch"]["resolution"]
     settings = data_settings(
         args.data, resolution, args.split_seed, args.subset, classes=args.classes
     )
     data = load_from_settings(settings)
-    out = Path(args.out or folder / f"pruned-{args.max_params:.0f}")
     print(f"pruning {folder} ({params_of(source):,} params) to {args.max_params:,.0f} on "
           f"{data.num_classes} classes of {args.data}")  # fmt: skip
 

@@ -39,8 +39,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..folder import device_of
-    from ..io.checkpoint import save_supernet
+    from ..folder import RUN_FILE, device_of
+    from ..io.checkpoint import load_training_state, save_supernet
     from ..run import load_data, prepare_supernet
     from ..training.evaluate import SubnetEvaluator
 
@@ -54,6 +54,15 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(
             "out", f"--out {out} exists: pass --resume to continue it, or choose another file"
         )
+    run_folder = next((p for p in out.resolve().parents if (p / RUN_FILE).is_file()), None)
+    if run_folder is not None:
+        raise OptionError(
+            "out",
+            f"--out {out} is inside the run folder {run_folder}, whose files belong to that "
+            "run (nat search --resume continues its training): choose a file elsewhere",
+        )
+    if args.resume:
+        load_training_state(out, None)  # a file that cannot be continued is refused now
     data = load_data(spec)
     print(
         f"training {spec.build_space()!r} on {spec.data.source} ({len(data.train)} train / "

@@ -12,7 +12,6 @@ Each iteration (Lu et al., Neural Architecture Transfer, TPAMI 2021):
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,8 +27,7 @@ from search_spaces import Arch, SearchSpace
 from supernets import Supernet
 
 from ..data import DataSplits
-from ..io.checkpoint import load_supernet, save_supernet
-from ..io.files import write_json
+from ..io.checkpoint import save_supernet
 from ..latency import latency_table_of
 from ..planner import SearchBudget
 from ..spec import SearchConfig
@@ -38,11 +36,11 @@ from ..training.train import TrainConfig, train_supernet
 from .archive import Archive, rank_order
 from .heuristic import feillet
 from .problem import Budgets, SurrogateProblem, run_nsga2
+from .state import read_snapshot, write_snapshot
 from .surrogate import make_surrogate, rank_metrics
 
 __all__ = ["NATSearch", "SearchConfig", "SearchResult", "categorical_sampler"]
 
-STATE_FORMAT = "nat-search-state/1"
 # Under a time limit, an iteration adapts for what is left of the planned time, or not at all
 # when that is under this share of it.
 MIN_ADAPT_SHARE = 0.25
@@ -411,26 +409,12 @@ class NATSearch:
 
     # -- resuming ---------------------------------------------------------------------------
     def _snapshot(self, iteration: int) -> None:
-        """Everything a resumed run needs, at an iteration boundary: the supernet (its own
-        file per iteration, written first), then state.json naming it, written atomically;
-        a kill at any moment leaves the previous complete snapshot."""
-        if self.out_dir is None:
-            return
-        folder = self.out_dir / "resume"
-        weights = f"supernet-{iteration:04d}.pt"
-        save_supernet(folder / weights, self.supernet)
-        state = {
-            "format": STATE_FORMAT,
-            "iteration": iteration,
-            "supernet": weights,
-            "rng": self.rng.bit_generator.state,
-            "archive": self.archive.to_dict(),
-            "history": self.history,
-        }
-        write_json(folder / "state.json", state)
-        for old in folder.glob("supernet-*.pt"):
-            if old.name != weights:
-                old.unlink(missing_ok=True)
+        """Everything a resumed run needs, at an iteration boundary (:mod:`.state`)."""
+        if self.out_dir is not None:
+            state = self.rng.bit_generator.state
+            write_snapshot(
+                self.out_dir / "resume", iteration, self.supernet, state, self.archive, self.history
+            )
 
     @classmethod
     def resume(
@@ -444,30 +428,14 @@ class NATSearch:
         device: torch.device | None = None,
     ) -> NATSearch:
         """The search saved in ``out_dir`` with ``config``, at its last completed iteration."""
-        folder = Path(out_dir) / "resume"
-        path = folder / "state.json"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: the run was stopped before its initial archive was "
-                "evaluated (or is not a `nat search` folder); start it again"
-            )
-        try:
-            state = json.loads(path.read_text())
-            if state.get("format") != STATE_FORMAT:
-                raise ValueError(f"format {state.get('format')!r}, expected {STATE_FORMAT!r}")
-            archive = Archive.from_dict(state["archive"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(
-                f"resume state {path} is corrupt or of another version: {err}"
-            ) from err
-        supernet, _ = load_supernet(folder / state["supernet"], space=archive.space.name)
-        if supernet.space != archive.space:
-            raise ValueError(f"{folder / state['supernet']} does not match the archive's space")
-        search = cls(supernet, data, config, out_dir, runner, progress, metadata, device=device)
-        archive.attach_latency(search.latency)
-        search.archive = archive
-        search.history = state["history"]
-        search.rng.bit_generator.state = state["rng"]
+        saved = read_snapshot(Path(out_dir) / "resume")
+        search = cls(
+            saved.supernet, data, config, out_dir, runner, progress, metadata, device=device
+        )
+        saved.archive.attach_latency(search.latency)
+        search.archive = saved.archive
+        search.history = saved.history
+        search.rng.bit_generator.state = saved.rng_state
         return search
 
     def result(self) -> SearchResult:

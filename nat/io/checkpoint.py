@@ -94,21 +94,37 @@ def load_supernet(
     return supernet.to(map_location), json.loads(payload["metadata"])
 
 
-def load_training_state(path: str | os.PathLike, train_config: dict) -> dict | None:
+def load_training_state(path: str | os.PathLike, train_config: dict | None) -> dict | None:
     """What :func:`~nat.training.train.train_supernet` needs to continue the training saved
-    in ``path``: None when there is no such file, or it was made with another recipe."""
+    in ``path``: None when there is no such file. A file that cannot continue this training
+    (damaged, refused by the safe loader, finished, or made with a recipe other than
+    ``train_config``; None: any recipe) is a ValueError: starting over would silently replace
+    it."""
     path = Path(path)
     if not path.is_file():
         return None
+
+    def refuse(reason: str) -> ValueError:
+        return ValueError(
+            f"{path} cannot be resumed: {reason}; remove it to train from the start, or "
+            "write elsewhere"
+        )
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         metadata = json.loads(payload["metadata"])
-        state = payload["training_state"]
-    except Exception:  # a damaged or foreign file: train from the start, overwriting it
-        return None
-    if metadata.get("train_config") != json.loads(json.dumps(train_config)):
-        return None
-    return {**state, "supernet": payload["state_dict"], "history": metadata["history"]}
+    except Exception as err:  # truncated, foreign or a pickle payload: never run
+        raise refuse(f"it is not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload.get("training_state"), dict):
+        raise refuse("it holds no training state (its training finished, or it is a run's "
+                     "supernet)")  # fmt: skip
+    saved = metadata.get("train_config") or {}
+    wanted = saved if train_config is None else json.loads(json.dumps(train_config))
+    if saved != wanted:
+        changed = sorted(k for k in {*saved, *wanted} if saved.get(k) != wanted.get(k))
+        raise refuse(f"it was trained with other settings ({', '.join(changed)})")
+    return {**payload["training_state"], "supernet": payload["state_dict"],
+            "history": metadata["history"]}  # fmt: skip
 
 
 def export_subnet(
@@ -131,6 +147,8 @@ def export_subnet(
     if images is not None:
         batch = resize_batch(images.float().cpu(), arch.resolution)
         info = {**info, "onnx_max_abs_diff": export_onnx(model, batch, folder / "model.onnx")}
+    else:  # an earlier export's model.onnx would describe another network
+        (folder / "model.onnx").unlink(missing_ok=True)
     state = io.BytesIO()
     torch.save(model.state_dict(), state)
     atomic_write(folder / "weights.pt", lambda f: f.write(state.getbuffer()))

@@ -1,0 +1,82 @@
+"""A run's own files, as the second probe found them at risk: a command aimed into a run's
+folders, a resume of a finished run and a resume from a damaged snapshot are each a one-line
+error (exit 2) that leaves the run byte-identical."""
+
+import json
+import shutil
+
+import pytest
+from test_probe import FAST, _digest, _fails
+
+from nat.cli import main
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("files") / "run"
+    assert main(["search", *FAST, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def unfinished(run, tmp_path):
+    """A copy of the run as a kill after its first snapshot leaves it: no timing in run.json."""
+    out = tmp_path / "unfinished"
+    shutil.copytree(run, out)
+    doc = json.loads((out / "run.json").read_text())
+    doc.pop("timing")
+    (out / "run.json").write_text(json.dumps(doc))
+    return out
+
+
+def test_commands_aimed_into_a_runs_folders_are_refused(run, tmp_path, capsys):
+    before = _digest(run)
+    front = sorted((run / "front").iterdir())
+    prune = ["prune", "--model", str(front[-1]), "--data", "digits", "--max-params", "1k"]
+    cases = [
+        (["train-supernet", *FAST[:6], "--resume", "--out", str(run / "supernet.pt")], "run "),
+        (["multi-exit", "--config", str(front[0]), "--out", str(front[0])], "did not write"),
+        ([*prune, "--out", str(front[-1])], "did not write"),
+        (["search", "--resume", str(run), "--quiet"], "finished run"),
+    ]
+    for argv, expected in cases:
+        _fails(argv, capsys, expected)
+        assert _digest(run) == before, argv
+
+
+def test_train_supernet_resume_refuses_a_checkpoint_without_training_state(run, tmp_path, capsys):
+    finished = tmp_path / "finished.pt"
+    shutil.copy(run / "supernet.pt", finished)
+    data = finished.read_bytes()
+    _fails(["train-supernet", *FAST[:6], "--out", str(finished), "--resume"], capsys, "no training")
+    assert finished.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda s: "{not json", "corrupt"),
+        (lambda s: json.dumps({**s, "history": []}), "history"),
+        (lambda s: json.dumps({**s, "rng": 5}), "corrupt"),
+        (lambda s: json.dumps({**s, "supernet": "../../run.json"}), "snapshot's file name"),
+    ],
+)
+def test_a_damaged_resume_state_leaves_the_run_untouched(unfinished, capsys, damage, expected):
+    state = unfinished / "resume" / "state.json"
+    state.write_text(damage(json.loads(state.read_text())))
+    before = _digest(unfinished)
+    _fails(["search", "--resume", str(unfinished), "--quiet"], capsys, expected)
+    assert _digest(unfinished) == before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete state"])
+def test_a_damaged_snapshot_leaves_the_run_untouched(unfinished, capsys, damage):
+    folder = unfinished / "resume"
+    if damage == "truncate":
+        weights = next(folder.glob("supernet-*.pt"))
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        (folder / "state.json").unlink()
+    before = _digest(unfinished)
+    _fails(["search", "--resume", str(unfinished), "--quiet"], capsys, "resume")
+    assert _digest(unfinished) == before
