@@ -361,7 +361,7 @@ def _planned_seconds(checkpoint: Path) -> float | None:
     try:
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
         return json.loads(payload["metadata"])["train_config"].get("seconds")
-    except Exception:  # missing or damaged: pre-training starts over on the new plan
+    except Exception:  # missing (a damaged file is refused by load_training_state)
         return None
 
 

@@ -116,15 +116,14 @@ def load_training_state(path: str | os.PathLike, train_config: dict | None) -> d
     except Exception as err:  # truncated, foreign or a pickle payload: never run
         raise refuse(f"it is not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(payload.get("training_state"), dict):
-        raise refuse("it holds no training state (its training finished, or it is a run's "
-                     "supernet)")  # fmt: skip
+        raise refuse("it holds no training state (its training finished, or it is a run's)")
     saved = metadata.get("train_config") or {}
     wanted = saved if train_config is None else json.loads(json.dumps(train_config))
     if saved != wanted:
         changed = sorted(k for k in {*saved, *wanted} if saved.get(k) != wanted.get(k))
         raise refuse(f"it was trained with other settings ({', '.join(changed)})")
-    return {**payload["training_state"], "supernet": payload["state_dict"],
-            "history": metadata["history"]}  # fmt: skip
+    state = payload["training_state"]
+    return {**state, "supernet": payload["state_dict"], "history": metadata["history"]}
 
 
 def export_subnet(
