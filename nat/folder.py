@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 import search_spaces
 
@@ -13,6 +17,7 @@ from .options import check_writable_dir, spec_error_names
 from .spec import OptionError, RunSpec
 
 __all__ = [
+    "LOCK_FILE",
     "PRETRAIN_FILE",
     "RUN_FILE",
     "RUN_OUTPUTS",
@@ -20,12 +25,16 @@ __all__ = [
     "check_run_folder",
     "device_of",
     "fits_widths_to_budget",
+    "locked_run_folder",
     "open_run",
     "preflight",
     "remove_outputs",
 ]
 
 RUN_FILE = "run.json"
+# Held by the process writing a run folder; never removed (a lock file deleted while held
+# would let a second process lock a new file of the same name).
+LOCK_FILE = ".lock"
 PRETRAIN_FILE = "pretrain.pt"
 # What a run writes into its folder; --overwrite removes exactly these, nothing else.
 RUN_OUTPUTS = (
@@ -68,7 +77,7 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
         if resume:
             raise OptionError("out", f"{out} does not exist: nothing to resume")
         return
-    entries = {p.name for p in out.iterdir()}
+    entries = {p.name for p in out.iterdir()} - {LOCK_FILE}
     if resume:
         if RUN_FILE not in entries:
             raise OptionError("out", f"{out} holds no {RUN_FILE}: nothing to resume")
@@ -94,6 +103,33 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
             f"{out} already holds a run: pass --resume to continue it, --overwrite to replace "
             "it, or choose another --out",
         )
+
+
+@contextmanager
+def locked_run_folder(out: Path, resume: bool) -> Iterator[None]:
+    """Hold run folder ``out`` for this process: a second search or resume on it, started
+    while this one runs, is refused at once instead of writing beside it. The lock is the
+    operating system's (released when the process ends, even by kill -9). A folder to be
+    created is created here; one to resume is left to :func:`check_run_folder` when absent."""
+    if not out.is_dir():
+        if resume or out.exists():
+            yield  # nothing to resume, or a file in the way: check_run_folder says which
+            return
+        check_writable_dir(out, "out")
+        out.mkdir(parents=True, exist_ok=True)  # a second search may make it first
+    lock = FileLock(out / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OptionError(
+            "out",
+            f"another nat search is writing to {out} (it holds {out / LOCK_FILE}): wait for "
+            "it to end, or choose another --out",
+        ).named("--out") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _finished(run_file: Path) -> bool:

@@ -29,6 +29,7 @@ from .folder import (
     RUN_FILE,
     device_of,
     fits_widths_to_budget,
+    locked_run_folder,
     open_run,
     preflight,
     remove_outputs,
@@ -197,7 +198,10 @@ def run(
     stages are sized by :mod:`nat.planner` to end within it."""
     clock = RunClock(spec.plan.time_limit)
     try:
-        return _run(spec, clock, resume, overwrite, progress)
+        if spec.out is None:
+            return _run(spec, clock, resume, overwrite, progress)
+        with locked_run_folder(Path(spec.out), resume):  # checked again under the lock
+            return _run(spec, clock, resume, overwrite, progress)
     finally:
         clock.close()
 

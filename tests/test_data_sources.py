@@ -319,3 +319,44 @@ def test_cifar10_subset(cifar_cache: Path) -> None:
     assert len(bigger.train) + len(bigger.val) + len(bigger.test) == 2000
     print(f"CIFAR-10 load: cold {cold:.1f} s, from cache {warm:.2f} s")
     assert warm < cold
+
+
+# --- symlinks and wide pixels (issue 36) ------------------------------------------
+
+
+def test_symlink_loop_is_walked_once(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    (root / "cat" / "loop").symlink_to(".", target_is_directory=True)
+    (root / "dog" / "fox-too").symlink_to(root / "fox", target_is_directory=True)
+    splits = load_dataset(root, image_size=16, cache_dir=tmp_path / "cache")
+    counts = torch.bincount(torch.cat([p.labels for p in _splits_of(splits).values()]))
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 3 * IMAGES_PER_CLASS
+    assert counts.max() <= 2 * IMAGES_PER_CLASS  # train_eval repeats train, nothing more
+
+
+def test_class_folder_on_other_storage_is_followed(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    (root / "fox").rename(tmp_path / "elsewhere")
+    (root / "fox").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    splits = load_dataset(root, image_size=16, cache_dir=tmp_path / "cache")
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 3 * IMAGES_PER_CLASS
+
+
+def test_one_image_under_two_names_is_refused(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    (root / "dog" / "again.png").symlink_to(root / "cat" / "0_0.png")
+    with pytest.raises(ValueError, match="0_0.png' is reached again as .*again.png"):
+        load_dataset(root, cache_dir=tmp_path / "cache")
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_saturated(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    for name in FOLDER_CLASSES:
+        for file in (root / name).iterdir():
+            file.unlink()
+        for j in range(IMAGES_PER_CLASS):
+            grey = np.full((12, 12), 32768, dtype=np.uint16)  # half of 16-bit white
+            Image.fromarray(grey).save(root / name / f"{j}.png")
+    splits = load_dataset(root, image_size=12, cache_dir=tmp_path / "cache")
+    pixels = splits.test._images  # uint8, as decoded
+    assert int(pixels.min()) == int(pixels.max()) == 128

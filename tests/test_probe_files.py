@@ -80,3 +80,41 @@ def test_a_damaged_snapshot_leaves_the_run_untouched(unfinished, capsys, damage)
     before = _digest(unfinished)
     _fails(["search", "--resume", str(unfinished), "--quiet"], capsys, "resume")
     assert _digest(unfinished) == before
+
+
+@pytest.fixture
+def held(tmp_path):
+    """Hold a folder's run lock from another process, as a search still running would."""
+    import subprocess
+    import sys
+
+    procs = []
+
+    def hold(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        code = (
+            "import sys, time; from filelock import FileLock; "
+            "lock = FileLock(sys.argv[1]); lock.acquire(); "
+            "print('held', flush=True); time.sleep(120)"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(folder / ".lock")], stdout=subprocess.PIPE, text=True
+        )
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_run_folder_in_use_is_refused(unfinished, tmp_path, held, capsys):
+    held(unfinished)
+    before = _digest(unfinished)
+    _fails(["search", "--resume", str(unfinished), "--quiet"], capsys, "another nat search")
+    assert _digest(unfinished) == before
+    fresh = tmp_path / "fresh"
+    held(fresh)
+    _fails(["search", *FAST, "--out", str(fresh)], capsys, "another nat search", "--out")
+    assert [p.name for p in fresh.iterdir()] == [".lock"]

@@ -27,7 +27,7 @@ logger = logging.getLogger("nat.data")
 
 # Bump when the content of decoded-tensor cache files changes: it is part of their
 # hash, so files written by older code are simply no longer found.
-_CACHE_FORMAT_VERSION = 1
+_CACHE_FORMAT_VERSION = 2  # 2: 16-bit images scaled, not saturated
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _SPLIT_DIR_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
 _MIN_IMAGE_SIZE = 8
@@ -189,12 +189,49 @@ def _find_image_root(directory: Path) -> Path:
 
 
 class _VisibleImageFolder(ImageFolder):
-    """ImageFolder that ignores hidden folders (``.ipynb_checkpoints``) as classes."""
+    """ImageFolder that ignores hidden folders (``.ipynb_checkpoints``) as classes, and
+    reaches each folder and image once however symlinks join them."""
 
     def find_classes(self, directory: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
         """Return the visible subfolder names and their label numbers."""
         classes = [d.name for d in _visible_subdirs(Path(directory))]
         return classes, {name: i for i, name in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, **_):
+        """(image path, label) pairs. Symlinked folders are followed (a class may live on
+        other storage), but never into a folder already walked: a loop (``a/loop -> .``) or a
+        link into another class would count the same images again, and copies of one image
+        in training and test score it on what it learned."""
+        valid = is_valid_file or (lambda path: path.lower().endswith(extensions))
+        roots = {name: os.path.join(directory, name) for name in sorted(class_to_idx)}
+        walked = {os.path.realpath(path) for path in roots.values()}
+        seen: dict[str, str] = {}
+        samples = []
+        for name, root in roots.items():
+            for folder, subdirs, files in os.walk(root, followlinks=True):
+                subdirs.sort()
+                keep = []
+                for sub in subdirs:
+                    real = os.path.realpath(os.path.join(folder, sub))
+                    if real not in walked:
+                        walked.add(real)
+                        keep.append(sub)
+                subdirs[:] = keep
+                for file in sorted(files):
+                    path = os.path.join(folder, file)
+                    if not valid(path):
+                        continue
+                    real = os.path.realpath(path)
+                    if real in seen:
+                        raise ValueError(
+                            f"image {seen[real]!r} is reached again as {path!r} (a symlink?): "
+                            "the same image twice would be counted twice and could land in "
+                            "both training and test; remove one of them"
+                        )
+                    seen[real] = path
+                    samples.append((path, class_to_idx[name]))
+        return samples
 
 
 def _image_folder(root: Path, described_as: str) -> ImageFolder:
@@ -218,6 +255,18 @@ def _image_folder(root: Path, described_as: str) -> ImageFolder:
     return folder
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. 16-bit greyscale (PNG, TIFF) is scaled to 8 bits: Pillow's own
+    conversion clips it, so that a mid-grey 16-bit image would come out white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        wide = np.asarray(img, dtype=np.int64)
+        # A 32-bit "I" image holding 8-bit values is left as it is.
+        if img.mode != "I" or wide.max(initial=0) > 255:
+            wide = (wide + 128) // 257
+        return Image.fromarray(np.clip(wide, 0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
 def _decode_folder(folder: ImageFolder, image_size: int) -> _Decoded:
     """Decode every image of ``folder`` once, to RGB uint8 ``[N, 3, S, S]``."""
     size = (image_size, image_size)
@@ -228,7 +277,7 @@ def _decode_folder(folder: ImageFolder, image_size: int) -> _Decoded:
                 # Lets the JPEG decoder shrink large images by 2-8x while decoding,
                 # which is much faster; it never goes below the requested size.
                 img.draft("RGB", size)
-                rgb = img.convert("RGB")
+                rgb = _to_rgb(img)
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(
                 f"cannot decode image file {file!r} ({err}); delete or replace it"
