@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OptionError"]
+from search_spaces.arch import MAX_SIDE as MAX_IMAGE_SIDE
+
+__all__ = [
+    "MAX_COUNT",
+    "MAX_IMAGE_SIDE",
+    "MAX_SEED",
+    "OptionError",
+    "at_least",
+    "option_help",
+    "within",
+]
 
 
 class OptionError(ValueError):
@@ -22,12 +32,28 @@ class OptionError(ValueError):
         return self
 
 
-def _help(text: str, **extra: Any) -> dict:
+# Upper ends of settings that would otherwise exhaust memory or overflow a library before
+# failing: a seed numpy and torch both take, and counts of subnets or batches far past any
+# useful run. Image sides end where architectures do (search_spaces.arch.MAX_SIDE).
+MAX_SEED = 2**32 - 1
+MAX_COUNT = 100_000
+
+
+def option_help(text: str, **extra: Any) -> dict:
+    """Field metadata: the flag's help text and what the command line derives from it."""
     return {"help": text, **extra}
 
 
-def _at_least(obj: Any, minimum: float, *names: str) -> None:
+def at_least(obj: Any, minimum: float, *names: str) -> None:
+    """Refuse any of the settings ``names`` of ``obj`` below ``minimum``."""
+    within(obj, minimum, None, *names)
+
+
+def within(obj: Any, minimum: float, maximum: float | None, *names: str) -> None:
+    """Refuse any of the settings ``names`` of ``obj`` outside ``minimum..maximum``."""
     for name in names:
         value = getattr(obj, name)
         if value < minimum:
             raise OptionError(name, f"must be at least {minimum:g}, got {value}")
+        if maximum is not None and value > maximum:
+            raise OptionError(name, f"must be at most {maximum:,}, got {value:,}")

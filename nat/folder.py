@@ -111,7 +111,8 @@ def locked_run_folder(out: Path, resume: bool) -> Iterator[None]:
     while this one runs, is refused at once instead of writing beside it. The lock is the
     operating system's (released when the process ends, even by kill -9). A folder to be
     created is created here; one to resume is left to :func:`check_run_folder` when absent."""
-    if not out.is_dir():
+    created = not out.is_dir()
+    if created:
         if resume or out.exists():
             yield  # nothing to resume, or a file in the way: check_run_folder says which
             return
@@ -128,6 +129,12 @@ def locked_run_folder(out: Path, resume: bool) -> Iterator[None]:
         ).named("--out") from None
     try:
         yield
+    except BaseException:
+        # A run refused before it wrote anything leaves no folder behind it.
+        if created and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+            lock.release()
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         lock.release()
 

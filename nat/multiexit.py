@@ -23,6 +23,7 @@ from supernets import StaticNet, build_static
 from supernets.multiexit import MultiExitNet
 
 from .data import DataSplits, resize_batch
+from .io.checkpoint import load_weights
 from .io.deploy import export_onnx, sample_images
 from .io.files import atomic_write, markdown_table, save_figure, write_json
 from .pruning import params_of
@@ -227,10 +228,10 @@ def load_multi_exit(folder: str | Path) -> MultiExitNet:
         model = MultiExitNet(net, doc["exit_stages"], doc["exit_channels"])
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{folder} is not a `nat multi-exit` folder ({err})") from None
+    state = load_weights(folder / "weights.pt")
     try:
-        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, TypeError, AttributeError) as err:  # not a state_dict
         raise ValueError(f"{folder / 'weights.pt'} does not fit multiexit.json: {err}") from None
     return model.eval()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .fields import OptionError, _at_least, _help
+from .fields import MAX_COUNT, OptionError, at_least, option_help, within
 
 __all__ = ["AUGMENT_POLICIES", "FinetuneSpec", "PlanSpec", "TrainConfig"]
 
@@ -20,38 +20,40 @@ class TrainConfig:
     """Supernet training (sandwich rule, in-place distillation). ``lr`` is the peak learning
     rate of SGD with Nesterov momentum: linear warm-up, then cosine decay to 0."""
 
-    epochs: int = field(default=10, metadata=_help("training epochs"))
+    epochs: int = field(default=10, metadata=option_help("training epochs"))
     # Twice the steps of batch 64 for the same time on a CPU: +6 points median on digits.
-    batch_size: int = field(default=32, metadata=_help("images per batch"))
-    lr: float = field(default=0.1, metadata=_help("peak learning rate"))
-    momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
-    weight_decay: float = field(default=4e-5, metadata=_help("weight decay (not on BatchNorm)"))
-    warmup_epochs: float = field(default=0.5, metadata=_help("epochs of linear lr warm-up"))
+    batch_size: int = field(default=32, metadata=option_help("images per batch"))
+    lr: float = field(default=0.1, metadata=option_help("peak learning rate"))
+    momentum: float = field(default=0.9, metadata=option_help("SGD momentum"))
+    weight_decay: float = field(
+        default=4e-5, metadata=option_help("weight decay (not on BatchNorm)")
+    )
+    warmup_epochs: float = field(default=0.5, metadata=option_help("epochs of linear lr warm-up"))
     random_subnets: int = field(
-        default=2, metadata=_help("random subnets per step besides the largest and smallest")
+        default=2, metadata=option_help("random subnets per step besides the largest and smallest")
     )
     distill_temperature: float = field(
-        default=1.0, metadata=_help("softmax temperature of in-place distillation")
+        default=1.0, metadata=option_help("softmax temperature of in-place distillation")
     )
     # OFA's pure distillation (1.0) starves short schedules (docs/benchmarks.md).
     distill_weight: float = field(
         default=0.5,
-        metadata=_help(
+        metadata=option_help(
             "weight of distillation from the teacher subnet in the other subnets' loss, the "
             "rest on the labels; 1 is OFA's pure distillation"
         ),
     )
-    label_smoothing: float = field(default=0.1, metadata=_help("label smoothing of the CE"))
+    label_smoothing: float = field(default=0.1, metadata=option_help("label smoothing of the CE"))
     zero_init_residual: bool = field(
         default=True,
-        metadata=_help(
+        metadata=option_help(
             "start every residual block as the identity (BigNAS: last BatchNorm of the branch "
             "at zero) when the supernet is built"
         ),
     )
     teacher_multiple: float = field(
         default=2.0,
-        metadata=_help(
+        metadata=option_help(
             "with a budget, the teacher is the space's largest subnet shrunk until it fits "
             "this multiple of it (0: the space's largest)"
         ),
@@ -62,7 +64,7 @@ class TrainConfig:
     # the smallest handed back 75.7 % test against 74.8 % (validation 74.2 against 73.9 %).
     anchor_multiple: float = field(
         default=1.0,
-        metadata=_help(
+        metadata=option_help(
             "with a budget, the subnet trained on every step beside the teacher is the "
             "largest within this multiple of it (0: the space's smallest, BigNAS's sandwich)"
         ),
@@ -72,7 +74,7 @@ class TrainConfig:
     # 30 minutes (docs/benchmarks.md).
     smallest_anchor: bool = field(
         default=False,
-        metadata=_help(
+        metadata=option_help(
             "when the anchor is not the space's smallest subnet, train the smallest on every "
             "step too, in place of one random subnet (same cost per step): BigNAS's sandwich "
             "beside the budget's anchor"
@@ -80,28 +82,28 @@ class TrainConfig:
     )
     sample_multiple: float = field(
         default=1.0,
-        metadata=_help(
+        metadata=option_help(
             "with a budget, random subnets are drawn among those within this multiple of it, "
             "uniformly in size (0: uniformly over the whole space)"
         ),
     )
     progressive_shrinking: bool = field(
         default=False,
-        metadata=_help(
+        metadata=option_help(
             "OFA's progressive shrinking in one schedule: the teacher alone for the first "
             "quarter of the steps, then kernel, then depth, then width and expand ratio "
             "(hidden channels sorted by importance first) elastic, a quarter each"
         ),
     )
-    seed: int = field(default=0, metadata=_help("seed of sampling and augmentation"))
+    seed: int = field(default=0, metadata=option_help("seed of sampling and augmentation"))
 
     def __post_init__(self) -> None:
-        _at_least(self, 0, "epochs", "random_subnets", "warmup_epochs", "weight_decay")
+        at_least(self, 0, "epochs", "random_subnets", "warmup_epochs", "weight_decay")
         for name in ("teacher_multiple", "anchor_multiple", "sample_multiple"):
             value = getattr(self, name)
             if not (value == 0 or value >= 1):
                 raise OptionError(name, f"must be 0 (off) or at least 1, got {value}")
-        _at_least(self, 1, "batch_size")
+        within(self, 1, MAX_COUNT, "batch_size")
         for name in ("lr", "distill_temperature"):
             if not getattr(self, name) > 0:
                 raise OptionError(name, f"must be positive, got {getattr(self, name)}")
@@ -122,21 +124,21 @@ class FinetuneSpec:
     # 68.0 % validation accuracy after 15 epochs from inherited weights and 70.7 % after 18.
     epochs: int = field(
         default=18,
-        metadata=_help(
+        metadata=option_help(
             "epochs of training for each handed-back model (with --time-limit: planned); 0 "
             "exports inherited weights"
         ),
     )
     front_size: int = field(
         default=3,
-        metadata=_help(
+        metadata=option_help(
             "trained models handed back, spread over the budget: the front's best at "
             "1/2^(K-1), ..., 1/2 and all of it"
         ),
     )
     race_size: int = field(
         default=4,
-        metadata=_help(
+        metadata=option_help(
             "candidates raced for the model at the full budget: the heuristic's subnet and "
             "the front's most accurate (1: no race, the heuristic's subnet)"
         ),
@@ -145,50 +147,52 @@ class FinetuneSpec:
     # 300k after 4 pre-training epochs it took the chosen subnet from 44.8 % to 63.0 % in 8
     # epochs, where lr 0.01, weight decay 4e-5 and half distillation from the teacher (49 %)
     # reached 48.3 % (docs/benchmarks.md, section 7).
-    lr: float = field(default=0.1, metadata=_help("peak learning rate of fine-tuning"))
-    weight_decay: float = field(default=5e-4, metadata=_help("weight decay of fine-tuning"))
+    lr: float = field(default=0.1, metadata=option_help("peak learning rate of fine-tuning"))
+    weight_decay: float = field(default=5e-4, metadata=option_help("weight decay of fine-tuning"))
     # The recipe's parts below measured no better on CIFAR-10 at 300k (the handed-back 296k
     # subnet, 20 epochs from inherited weights, one seed; test % against 72.5 for flip and
     # crop alone): label smoothing 0.1 72.3, an EMA of the weights 72.2, TrivialAugmentWide
     # 69.5, random erasing 71.1, MixUp / CutMix 69.8 (docs/benchmarks.md, section 7). They
     # stay available, off.
     label_smoothing: float = field(
-        default=0.0, metadata=_help("label smoothing of the cross-entropy")
+        default=0.0, metadata=option_help("label smoothing of the cross-entropy")
     )
     ema_decay: float = field(
         default=0.0,
-        metadata=_help(
+        metadata=option_help(
             "decay per step of the weights' exponential moving average, which is what is "
             "handed back (0: the last weights)"
         ),
     )
     augment: str = field(
         default="none",
-        metadata=_help(
+        metadata=option_help(
             "augmentation policy beside crop and flip (torchvision.transforms.v2)",
             choices=AUGMENT_POLICIES,
         ),
     )
-    erasing: float = field(default=0.0, metadata=_help("probability of random erasing (0: off)"))
-    mixup: float = field(default=0.0, metadata=_help("MixUp's alpha (0: off)"))
-    cutmix: float = field(default=0.0, metadata=_help("CutMix's alpha (0: off)"))
+    erasing: float = field(
+        default=0.0, metadata=option_help("probability of random erasing (0: off)")
+    )
+    mixup: float = field(default=0.0, metadata=option_help("MixUp's alpha (0: off)"))
+    cutmix: float = field(default=0.0, metadata=option_help("CutMix's alpha (0: off)"))
     distill_weight: float = field(
         default=0.0,
-        metadata=_help(
+        metadata=option_help(
             "weight of distillation from the supernet's teacher subnet, the rest on the "
             "labels (0: labels only, as a teacher from a short pre-training is weak)"
         ),
     )
     onnx: bool = field(
         default=True,
-        metadata=_help(
+        metadata=option_help(
             "also export each handed-back model as model.onnx, checked with onnxruntime"
         ),
     )
 
     def __post_init__(self) -> None:
-        _at_least(self, 0, "epochs", "erasing", "mixup", "cutmix", "ema_decay")
-        _at_least(self, 1, "front_size", "race_size")
+        at_least(self, 0, "epochs", "erasing", "mixup", "cutmix", "ema_decay")
+        at_least(self, 1, "front_size", "race_size")
         if self.augment not in AUGMENT_POLICIES:
             raise OptionError("augment", f"choose one of {list(AUGMENT_POLICIES)}")
         if not self.lr > 0:
@@ -210,7 +214,7 @@ class PlanSpec:
 
     time_limit: float | None = field(
         default=None,
-        metadata=_help(
+        metadata=option_help(
             "wall-clock limit of the whole run, from data loading to the last export, e.g. "
             "30m, 2h, 1h30m, 900s (default: none; epoch counts hold)",
             duration=True,
@@ -218,11 +222,11 @@ class PlanSpec:
     )
     pretrain_share: float = field(
         default=0.3,
-        metadata=_help("with --time-limit, the share of the time for supernet pre-training"),
+        metadata=option_help("with --time-limit, the share of the time for supernet pre-training"),
     )
     search_share: float = field(
         default=0.15,
-        metadata=_help(
+        metadata=option_help(
             "with --time-limit, the share of the time for the search; the rest, for the "
             "race and final training"
         ),

@@ -16,7 +16,15 @@ from typing import Any
 
 import search_spaces
 
-from .fields import OptionError, _at_least, _help
+from .fields import (
+    MAX_COUNT,
+    MAX_IMAGE_SIDE,
+    MAX_SEED,
+    OptionError,
+    at_least,
+    option_help,
+    within,
+)
 from .io.files import jsonable
 from .recipes import FinetuneSpec, PlanSpec, TrainConfig
 
@@ -48,61 +56,65 @@ class SearchConfig:
 
     # With 3 pre-training epochs, two iterations keep a search at 300k on 10,000 CIFAR-10
     # images within 30 minutes on 2 cores, hand-back included (docs/benchmarks.md §7).
-    iterations: int = field(default=2, metadata=_help("NAT iterations"))
+    iterations: int = field(default=2, metadata=option_help("NAT iterations"))
     max_params: float | None = field(
-        default=None, metadata=_help("parameter budget, e.g. 500k or 2.5M", size=True)
+        default=None, metadata=option_help("parameter budget, e.g. 500k or 2.5M", size=True)
     )
     max_macs: float | None = field(
         default=None,
-        metadata=_help("budget of multiply-accumulates per image, e.g. 60M", size=True),
+        metadata=option_help("budget of multiply-accumulates per image, e.g. 60M", size=True),
     )
     max_latency: float | None = field(
         default=None,
-        metadata=_help("latency budget at batch 1 on this machine, e.g. 5ms", time=True),
+        metadata=option_help("latency budget at batch 1 on this machine, e.g. 5ms", time=True),
     )
     metrics: tuple[str, ...] = field(
         default=("params",),
-        metadata=_help("complexity objectives besides the error", choices=METRICS),
+        metadata=option_help("complexity objectives besides the error", choices=METRICS),
     )
     latency_runtime: str = field(
         default="onnxruntime",
-        metadata=_help("what latency is measured with", choices=LATENCY_RUNTIMES),
+        metadata=option_help("what latency is measured with", choices=LATENCY_RUNTIMES),
     )
-    latency_threads: int = field(default=1, metadata=_help("threads latency is measured with"))
+    latency_threads: int = field(
+        default=1, metadata=option_help("threads latency is measured with")
+    )
     latency_table: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=option_help(
             "a table from nat latency-table (default: this machine's cached one, built if missing)"
         ),
     )
-    doe_size: int = field(default=16, metadata=_help("random subnets in the initial archive"))
-    candidates: int = field(default=8, metadata=_help("subnets evaluated for real per iteration"))
-    population: int = field(default=40, metadata=_help("NSGA-II population"))
-    generations: int = field(default=20, metadata=_help("NSGA-II generations per iteration"))
+    doe_size: int = field(default=16, metadata=option_help("random subnets in the initial archive"))
+    candidates: int = field(
+        default=8, metadata=option_help("subnets evaluated for real per iteration")
+    )
+    population: int = field(default=40, metadata=option_help("NSGA-II population"))
+    generations: int = field(default=20, metadata=option_help("NSGA-II generations per iteration"))
     surrogate: str = field(
         default="adaptive",
-        metadata=_help(
+        metadata=option_help(
             "accuracy predictor (adaptive: best cross-validated tau)", choices=SURROGATES
         ),
     )
     adapt_epochs: int = field(
-        default=1, metadata=_help("supernet adaptation epochs per iteration; 0 turns it off")
+        default=1, metadata=option_help("supernet adaptation epochs per iteration; 0 turns it off")
     )
     adapt_top: int = field(
-        default=150, metadata=_help("archive entries whose choices adaptation samples from")
+        default=150, metadata=option_help("archive entries whose choices adaptation samples from")
     )
     heuristic_budgets: tuple[float, ...] = field(
         default=(),
-        metadata=_help(
+        metadata=option_help(
             "budgets of the Feillet seeds (default 1/4, 1/2 and all of the budget)", size=True
         ),
     )
     bn_batches: int = field(
-        default=20, metadata=_help("training batches for BatchNorm recalibration")
+        default=20, metadata=option_help("training batches for BatchNorm recalibration")
     )
-    batch_size: int = field(default=64, metadata=_help("images per batch"))
-    lr: float = field(default=0.01, metadata=_help("learning rate of supernet adaptation"))
-    seed: int = field(default=0, metadata=_help("seed of sampling and NSGA-II"))
+    batch_size: int = field(default=64, metadata=option_help("images per batch"))
+    lr: float = field(default=0.01, metadata=option_help("learning rate of supernet adaptation"))
+    seed: int = field(default=0, metadata=option_help("seed of sampling and NSGA-II"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -116,9 +128,11 @@ class SearchConfig:
             raise OptionError("latency_runtime", f"choose one of {list(LATENCY_RUNTIMES)}")
         if self.surrogate not in SURROGATES:
             raise OptionError("surrogate", f"choose one of {list(SURROGATES)}")
-        _at_least(self, 0, "iterations", "adapt_epochs")
-        _at_least(self, 1, "doe_size", "candidates", "population", "generations", "bn_batches")
-        _at_least(self, 1, "adapt_top", "batch_size", "latency_threads")
+        at_least(self, 0, "adapt_epochs")
+        within(self, 0, MAX_COUNT, "iterations")
+        counts = ("doe_size", "candidates", "population", "generations", "bn_batches")
+        within(self, 1, MAX_COUNT, *counts, "adapt_top", "batch_size")
+        at_least(self, 1, "latency_threads")
         if not self.lr > 0:
             raise OptionError("lr", f"must be positive, got {self.lr}")
         for name in ("max_params", "max_macs", "max_latency"):
@@ -137,31 +151,33 @@ class DataSpec:
 
     source: str = field(
         default="digits",
-        metadata=_help(
+        metadata=option_help(
             "'digits' (scikit-learn's bundled 8x8 digits), an ImageFolder directory, or a "
             ".tar.gz of one"
         ),
     )
     subset: int | None = field(
-        default=None, metadata=_help("use a stratified subset of N images in total")
+        default=None, metadata=option_help("use a stratified subset of N images in total")
     )
     image_size: int | None = field(
         default=None,
-        metadata=_help("side of the stored images in px (default: the largest resolution)"),
+        metadata=option_help("side of the stored images in px (default: the largest resolution)"),
     )
     val_fraction: float = field(
-        default=0.1, metadata=_help("fraction of each class held out for validation")
+        default=0.1, metadata=option_help("fraction of each class held out for validation")
     )
     test_fraction: float = field(
-        default=0.1, metadata=_help("fraction of each class held out for testing")
+        default=0.1, metadata=option_help("fraction of each class held out for testing")
     )
     cache_dir: str | None = field(
         default=None,
-        metadata=_help("where archives are unpacked (default $NAT_CACHE_DIR or ~/.cache/nat)"),
+        metadata=option_help(
+            "where archives are unpacked (default $NAT_CACHE_DIR or ~/.cache/nat)"
+        ),
     )
     split_seed: int | None = field(
         default=None,
-        metadata=_help(
+        metadata=option_help(
             "seed of the subset and the splits (default: the run's seed), to search with "
             "several seeds on one split"
         ),
@@ -169,7 +185,7 @@ class DataSpec:
 
     classes: tuple[str, ...] = field(
         default=(),
-        metadata=_help(
+        metadata=option_help(
             "keep only these classes, by name or number (default: all), e.g. the first "
             "state's classes of an incremental scenario; each image keeps its split"
         ),
@@ -192,9 +208,11 @@ class DataSpec:
                 f"{self.val_fraction} + {self.test_fraction}",
             )
         if self.subset is not None:
-            _at_least(self, 2, "subset")
+            at_least(self, 2, "subset")
+        if self.split_seed is not None:
+            within(self, 0, MAX_SEED, "split_seed")
         if self.image_size is not None:
-            _at_least(self, 8, "image_size")
+            within(self, 8, MAX_IMAGE_SIDE, "image_size")
 
 
 @dataclass(frozen=True)
@@ -202,23 +220,23 @@ class BackendSpec:
     """Where subnets are evaluated: in this process, on local Ray workers, or a cluster."""
 
     workers: int | None = field(
-        default=None, metadata=_help("evaluate subnets on N local Ray workers, one CPU each")
+        default=None, metadata=option_help("evaluate subnets on N local Ray workers, one CPU each")
     )
     address: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=option_help(
             "evaluate on the Ray cluster at ADDR: auto, host:port or ray://host:port (the data "
             "path must exist on every node)"
         ),
     )
     adapt_workers: int = field(
         default=0,
-        metadata=_help("adapt the supernet data-parallel on N >= 2 Ray Train workers"),
+        metadata=option_help("adapt the supernet data-parallel on N >= 2 Ray Train workers"),
     )
 
     def __post_init__(self) -> None:
         if self.workers is not None:
-            _at_least(self, 1, "workers")
+            at_least(self, 1, "workers")
         if self.adapt_workers and self.adapt_workers < 2:
             raise OptionError("adapt_workers", f"must be 0 or at least 2, got {self.adapt_workers}")
         if self.adapt_workers and self.workers is None and self.address is None:
@@ -239,11 +257,13 @@ class RunSpec:
 
     space: str = field(
         default="mbv2",
-        metadata=_help("search space / network family", choices=tuple(search_spaces.list_spaces())),
+        metadata=option_help(
+            "search space / network family", choices=tuple(search_spaces.list_spaces())
+        ),
     )
     space_options: dict = field(
         default_factory=dict,
-        metadata=_help(
+        metadata=option_help(
             'space options as JSON, e.g. \'{"kernel_sizes": [3, 5], "stem": "imagenet"}\''
         ),
     )
@@ -257,20 +277,23 @@ class RunSpec:
     plan: PlanSpec = field(default_factory=PlanSpec)
     backend: BackendSpec = field(default_factory=BackendSpec)
     checkpoint: str | None = field(
-        default=None, metadata=_help("start from this trained supernet (default: train one)")
+        default=None, metadata=option_help("start from this trained supernet (default: train one)")
     )
     device: str = field(
         default="auto",
-        metadata=_help(
+        metadata=option_help(
             "where to compute: auto (CUDA when present), cpu or cuda",
             choices=("auto", "cpu", "cuda"),
         ),
     )
-    seed: int = field(default=0, metadata=_help("seed of splits, sampling and training"))
-    batch_size: int = field(default=64, metadata=_help("images per batch"))
-    out: str | None = field(default=None, metadata=_help("run folder (default runs/search-SPACE)"))
+    seed: int = field(default=0, metadata=option_help("seed of splits, sampling and training"))
+    batch_size: int = field(default=64, metadata=option_help("images per batch"))
+    out: str | None = field(
+        default=None, metadata=option_help("run folder (default runs/search-SPACE)")
+    )
 
     def __post_init__(self) -> None:
+        within(self, 0, MAX_SEED, "seed")
         # One seed per run, and the search's batch size: the parts get them from here.
         # Pre-training keeps its own batch size: small batches buy a short schedule more steps.
         object.__setattr__(

@@ -16,7 +16,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["STEMS", "STEM_STRIDES", "Arch", "ArchArrays", "Block", "Stage", "make_divisible"]
+__all__ = [
+    "MAX_BLOCKS",
+    "MAX_CHANNELS",
+    "MAX_SIDE",
+    "STEMS",
+    "STEM_STRIDES",
+    "Arch",
+    "ArchArrays",
+    "Block",
+    "Stage",
+    "make_divisible",
+]
 
 # Stem name -> stride of the stem convolution.
 # "small": stride-1 stem without max-pool, for 32x32-class inputs (CIFAR-style);
@@ -25,6 +36,19 @@ __all__ = ["STEMS", "STEM_STRIDES", "Arch", "ArchArrays", "Block", "Stage", "mak
 # "imagenet": the torchvision stem (stride 2, plus a max-pool for ResNet and ShuffleNetV2).
 STEM_STRIDES = {"small": 1, "stride2": 2, "imagenet": 2}
 STEMS = tuple(STEM_STRIDES)
+
+
+# Bounds of an architecture config: wider and deeper than any family's reference network at
+# 4x width (MobileNetV2's head: 5,120 channels), and input sides far past ImageNet's 224 px
+# (a side of 10^5 asks terabytes of the first activation).
+MAX_CHANNELS = 16_384
+MAX_BLOCKS = 64
+MAX_SIDE = 1024
+
+
+def _check_range(name: str, value: float, low: float, high: float, unit: str = "") -> None:
+    if not low <= value <= high:  # also refuses NaN
+        raise ValueError(f"{name} must be {low:g} to {high:,g}{unit and ' ' + unit}, got {value}")
 
 
 def make_divisible(value: float | np.ndarray, divisor: int = 8) -> int | np.ndarray:
@@ -78,13 +102,24 @@ class Arch:
     head_channels: int = 0
 
     def __post_init__(self) -> None:
+        """Refuse what no network of a family can be, and sizes far past any budget (a
+        config of 10^6 channels would take gigabytes to build before failing)."""
         if self.stem not in STEMS:
             raise ValueError(f"unknown stem {self.stem!r}: choose one of {STEMS}")
-        if self.resolution < 8:
-            raise ValueError(f"resolution {self.resolution} px is too small: use at least 8")
+        _check_range("resolution", self.resolution, 8, MAX_SIDE, "px")
+        _check_range("stem_channels", self.stem_channels, 1, MAX_CHANNELS)
+        _check_range("head_channels", self.head_channels, 0, MAX_CHANNELS)
+        if not self.stages:
+            raise ValueError("an architecture needs at least one stage")
         for i, stage in enumerate(self.stages):
             if stage.depth < 1:
                 raise ValueError(f"stage {i} has no block: every stage needs at least one")
+            _check_range(f"stage {i} blocks", stage.depth, 1, MAX_BLOCKS)
+            _check_range(f"stage {i} channels", stage.channels, 1, MAX_CHANNELS)
+            _check_range(f"stage {i} stride", stage.stride, 1, 2)
+            for j, block in enumerate(stage.blocks):
+                _check_range(f"stage {i} block {j} kernel_size", block.kernel_size, 1, 15)
+                _check_range(f"stage {i} block {j} expand_ratio", block.expand_ratio, 1, 16)
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -108,7 +143,7 @@ class Arch:
                 stages=stages,
                 head_channels=int(d.get("head_channels", 0)),
             )
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise ValueError(f"not an architecture config (missing or bad field: {err})") from err
 
     def to_json(self) -> str:

@@ -16,9 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from .arch import STEMS, Arch, ArchArrays
+from .arch import MAX_SIDE, STEMS, Arch, ArchArrays
 
-__all__ = ["SearchSpace", "complexity", "from_dict", "get", "list_spaces", "register"]
+__all__ = [
+    "MAX_SIDE",
+    "SearchSpace",
+    "complexity",
+    "from_dict",
+    "get",
+    "list_spaces",
+    "register",
+]
 
 _SPACES: dict[str, type[SearchSpace]] = {}
 _COMPLEXITY: dict[str, Callable[[ArchArrays, int], tuple[np.ndarray, np.ndarray]]] = {}
@@ -128,8 +136,10 @@ class SearchSpace:
             )
         self.stem = stem
         self.resolutions = _sorted_choices("resolutions", resolutions)
-        if self.resolutions[0] < 8:
-            raise ValueError(f"resolutions must be at least 8 px, got {self.resolutions}")
+        if not 8 <= self.resolutions[0] <= self.resolutions[-1] <= MAX_SIDE:
+            raise ValueError(
+                f"resolutions must be 8 to {MAX_SIDE} px, got {list(self.resolutions)}"
+            )
         self.width_mults = _sorted_choices("width_mults", width_mults, float)
         self.depth_choices = tuple(_sorted_choices(f"depths[{s}]", d) for s, d in enumerate(depths))
         self.kernel_sizes = _sorted_choices("kernel_sizes", kernel_sizes)

@@ -4,6 +4,7 @@ Ctrl-C) before any training, and an existing run folder left byte-identical."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,6 +77,13 @@ def _fails(argv, capsys, *expected, code=2):
         (["--space-options", '{"foo": 1}'], "valid keys"),
         (["--space-options", '{"kernel_sizes": "357"}'], "kernel_sizes"),
         (["--data", "no/such/folder"], "--data"),
+        (["--seed", "-5"], "--seed: must be at least 0"),
+        (["--seed", str(2**70)], "--seed: must be at most"),
+        (["--split-seed", "-1"], "--split-seed"),
+        (["--doe-size", "1e30"], "--doe-size: must be at most"),
+        (["--population", "1000000000"], "--population: must be at most"),
+        (["--image-size", "100000"], "--image-size: must be at most"),
+        (["--resolutions", "100000"], "resolutions must be 8 to 1024"),
         ([], "already holds a run"),
     ],
 )
@@ -237,3 +245,74 @@ def test_option_errors_come_before_torch_is_even_imported(tmp_path, extra):
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_a_budget_past_anything_the_space_holds_is_refused(tmp_path, capsys):
+    # Its widths fitted to the budget, the supernet would be 4x wide at full depth.
+    out = tmp_path / "r"
+    argv = ["search", *FAST[:4], "--subset", "300", "--max-params", "1e308", "--out", str(out)]
+    _fails(argv, capsys, "--max-params", "above the largest")
+    assert not out.exists()
+
+
+def _config_with(finished_run, tmp_path, change) -> Path:
+    folder = tmp_path / "subnet"
+    shutil.copytree(sorted((finished_run / "front").iterdir())[0], folder)
+    doc = json.loads((folder / "config.json").read_text())
+    change(doc["arch"])
+    (folder / "config.json").write_text(json.dumps(doc))
+    return folder
+
+
+def _payload(path: Path) -> None:
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("payload ran",))
+
+    torch.save({"weights": Payload()}, path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda a: a["stages"][-1].update(channels=10**6),
+        lambda a: a["stages"][0].update(blocks=a["stages"][0]["blocks"] * 10**4),
+        lambda a: a["stages"][0].update(channels=-8),
+        lambda a: a.update(resolution=10**5),
+        lambda a: a.update(resolution=float("nan")),
+        "payload",
+    ],
+)
+def test_configs_are_checked_before_anything_is_built(finished_run, tmp_path, capsys, change):
+    if change == "payload":
+        folder = _config_with(finished_run, tmp_path, lambda a: None)
+        _payload(folder / "weights.pt")
+    else:
+        folder = _config_with(finished_run, tmp_path, change)
+    data, pruned = ["--data", "digits", "--subset", "300"], tmp_path / "p"
+    for argv in (
+        ["multi-exit", "--config", str(folder), *data, "--out", str(tmp_path / "m")],
+        ["prune", "--model", str(folder), *data, "--max-params", "1k", "--out", str(pruned)],
+        ["cil", "--config", str(folder), "--inherit", *data, "--out", str(tmp_path / "c")],
+    ):
+        started = time.perf_counter()
+        err = _fails(argv, capsys, str(folder))
+        assert "weights_only" not in err and "payload ran" not in capsys.readouterr().out
+        assert time.perf_counter() - started < 30, argv  # refused, not built first
+
+
+def test_prune_refuses_a_model_already_within_the_budget(finished_run, tmp_path, capsys):
+    folder = sorted((finished_run / "front").iterdir())[0]
+    out = tmp_path / "p"
+    argv = ["prune", "--model", str(folder), "--data", "digits", "--max-params", "1G"]
+    _fails([*argv, "--out", str(out)], capsys, "--max-params", "nothing to prune")
+    assert not out.exists()
+
+
+def test_sample_random_without_a_seed_uses_the_default(finished_run, tmp_path):
+    argv = ["sample", "--checkpoint", str(finished_run / "supernet.pt"), "--random"]
+    argv += ["--data", "digits", "--subset", "300", "--export", str(tmp_path / "x"), "--quiet"]
+    assert main(argv) == 0
+    assert (tmp_path / "x" / "config.json").is_file()

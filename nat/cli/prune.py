@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..fields import OptionError
 from .compare import _names
 from .options import parse_size
 
@@ -88,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or folder / f"pruned-{args.max_params:.0f}")
     check_output_folder(out, "out", "prune.md")
     source, config = load_subnet(folder)
+    if params_of(source) <= args.max_params:
+        raise OptionError(
+            "max_params",
+            f"{folder} has {params_of(source):,} params, already within {args.max_params:,.0f}: "
+            "nothing to prune; give a smaller budget",
+        ).named("--max-params")
     resolution = config["arch"]["resolution"]
     settings = data_settings(
         args.data, resolution, args.split_seed, args.subset, classes=args.classes

@@ -73,16 +73,18 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(
             "export", f"--export {export} is not empty: choose a new folder or pass --overwrite"
         )
+    options = given_options(args)
+    if args.config:  # a bad file is named before the checkpoint is loaded
+        arch = _read_arch(Path(args.config))
     supernet, metadata = load_supernet(args.checkpoint)
     space = supernet.space
     if args.config:
-        arch = _read_arch(Path(args.config))
         space.encode(arch)  # clear error when it is not in the supernet's space
-    elif args.random:
-        arch = space.decode(space.sample(1, np.random.default_rng(args.seed))[0])
+    elif args.random:  # the run's seed, as the other settings the checkpoint does not fix
+        seed = options.get("seed", RunSpec.seed)
+        arch = space.decode(space.sample(1, np.random.default_rng(seed))[0])
     else:
         arch = space.smallest() if args.smallest else space.largest()
-    options = given_options(args)
     saved = metadata.get("data") or {}
     if "data" not in options and not saved:
         raise OptionError("data", "the checkpoint does not name its data: pass --data")

@@ -406,7 +406,15 @@ def budget_width_mults(
     # stage (about 1.2M params on mbv2) is spent on width, as the rule says, not left unused.
     fine = search_spaces.get(space.name, **{**space.options, "width_mults": WIDTH_GRID})
     widest = []
-    for metric, budget in (("params", max_params), ("macs", max_macs)):
+    largest = fine.complexity(fine.largest(), num_classes)
+    for k, (metric, budget) in enumerate((("params", max_params), ("macs", max_macs))):
+        if budget is not None and budget > largest[k]:
+            # Nothing would bound the search, and its supernet (4x the reference width at
+            # full depth) may not fit in memory: say so before building it.
+            raise ValueError(
+                f"budget of {budget:.4g} {metric} is above the largest {space.name} subnet at "
+                f"width {WIDTH_GRID[-1]} ({largest[k]:,} {metric}): give at most that"
+            )
         if budget is not None:
             widest.append(feillet(budget, None, num_classes, metric=metric, space=fine).width)
     if not widest:

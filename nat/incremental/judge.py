@@ -20,6 +20,7 @@ from supernets import build_static
 
 from ..data import DataSplits
 from ..engine.heuristic import depth_only, feillet, reference_arch, width_only
+from ..io.checkpoint import load_weights
 from ..io.files import atomic_write, markdown_table, mean_std, save_figure, write_json
 from ..profile import profile
 from .protocol import CILConfig, Scenario, run_protocol
@@ -160,7 +161,9 @@ def judge(
 
 def _load_backbone(model: torch.nn.Module, weights: Path) -> None:
     """``weights`` into ``model``, all but the classifier (the task's classes differ)."""
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = load_weights(weights)
+    if not isinstance(state, dict):
+        raise ValueError(f"{weights} holds no state_dict: export it again")
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

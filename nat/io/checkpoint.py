@@ -24,6 +24,7 @@ __all__ = [
     "load_subnet",
     "load_supernet",
     "load_training_state",
+    "load_weights",
     "save_supernet",
 ]
 
@@ -92,6 +93,19 @@ def load_supernet(
     if num_classes is not None and num_classes != supernet.num_classes:
         supernet.reset_classifier(num_classes)
     return supernet.to(map_location), json.loads(payload["metadata"])
+
+
+def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """What torch file ``path`` holds, through the safe loader (tensors and plain data,
+    never code). A damaged file, or one that would need code to load (a pickle payload), is
+    a ValueError naming it: torch's own error would suggest ``weights_only=False``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for a damaged or foreign file
+        raise ValueError(
+            f"{path} is not a readable weights file ({type(err).__name__}): it is damaged, or "
+            "holds code, which is never run; export or save it again"
+        ) from None
 
 
 def load_training_state(path: str | os.PathLike, train_config: dict | None) -> dict | None:
@@ -166,12 +180,12 @@ def load_subnet(folder: str | os.PathLike) -> tuple[StaticNet, dict]:
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{folder} is not an exported subnet's folder ({err})") from None
     model = build_static(arch, num_classes)
+    state = load_weights(folder / "weights.pt")
     try:
-        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
         if config.get("pruned"):
             fit_shapes(model, state)
         model.load_state_dict(state)
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, TypeError, AttributeError) as err:  # not a state_dict
         raise ValueError(f"{folder / 'weights.pt'} does not fit its config.json: {err}") from None
     return model.eval(), config
 
