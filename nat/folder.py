@@ -21,6 +21,7 @@ __all__ = [
     "PRETRAIN_FILE",
     "RUN_FILE",
     "RUN_OUTPUTS",
+    "check_free_space",
     "check_output_folder",
     "check_run_folder",
     "device_of",
@@ -161,6 +162,22 @@ def check_output_folder(out: Path, option: str, marker: str) -> None:
             f"{out} already holds files ({shown}) that this command did not write: choose a "
             "new or empty folder",
         )
+
+
+def check_free_space(out: Path, supernet) -> None:
+    """Refuse to start a run whose supernet checkpoints cannot fit on ``out``'s disk: found
+    at the first save, the full disk would cost the pre-training done before it."""
+    weights = sum(t.numel() * t.element_size() for t in supernet.state_dict().values())
+    # pretrain.pt (weights and SGD momentum), supernet.pt, a search snapshot, and the
+    # temporary copy each is written through; the front's exports are far smaller.
+    needed = 5 * weights
+    free = shutil.disk_usage(out if out.exists() else out.parent).free
+    if free < needed:
+        raise OptionError(
+            "out",
+            f"the disk of {out} has {free / 2**20:,.0f} MB free and this run writes about "
+            f"{needed / 2**20:,.0f} MB of checkpoints: free some space or choose another --out",
+        ).named("--out")
 
 
 def fits_widths_to_budget(spec: RunSpec) -> bool:

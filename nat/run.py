@@ -27,6 +27,7 @@ from .engine.problem import Budgets
 from .folder import (
     PRETRAIN_FILE,
     RUN_FILE,
+    check_free_space,
     device_of,
     fits_widths_to_budget,
     locked_run_folder,
@@ -237,6 +238,8 @@ def _run(
     plan = supernet = None
     if not resuming_search:  # measured and planned before anything is written
         supernet, trains = initial_supernet(spec, data)
+        if out is not None:
+            check_free_space(out, supernet)
         if spec.plan.time_limit is not None:
             clock.begin("measure")
             plan = _plan(spec, data, supernet, trains, clock, say)

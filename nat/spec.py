@@ -10,6 +10,7 @@ before any work.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -380,6 +381,8 @@ class RunSpec:
                 checkpoint = str(Path(checkpoint).resolve())
             if self.data.cache_dir is not None:
                 check_writable_dir(self.data.cache_dir, "cache_dir")
+            elif os.environ.get("NAT_CACHE_DIR"):  # the default, checked as early
+                check_writable_dir(os.environ["NAT_CACHE_DIR"], "NAT_CACHE_DIR")
             if self.backend.address is not None:
                 from .backends.address import check_address  # no Ray import needed
 

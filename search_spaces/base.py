@@ -138,7 +138,7 @@ class SearchSpace:
         self.resolutions = _sorted_choices("resolutions", resolutions)
         if not 8 <= self.resolutions[0] <= self.resolutions[-1] <= MAX_SIDE:
             raise ValueError(
-                f"resolutions must be 8 to {MAX_SIDE} px, got {list(self.resolutions)}"
+                f"resolutions: must be 8 to {MAX_SIDE} px, got {list(self.resolutions)}"
             )
         self.width_mults = _sorted_choices("width_mults", width_mults, float)
         self.depth_choices = tuple(_sorted_choices(f"depths[{s}]", d) for s, d in enumerate(depths))

@@ -93,7 +93,7 @@ def test_sample_exports_a_working_subnet(checkpoint, tmp_path, capsys):
     [
         (["train-supernet", "--data", "no/such/dir", *TINY], "not found"),
         (["train-supernet", *TINY, "--space-options", '{"stem": "tiny"}'], "unknown stem"),
-        (["train-supernet", *TINY, "--resolutions", "4,16"], "at least 8"),
+        (["train-supernet", *TINY, "--resolutions", "4,16"], "--resolutions: must be 8"),
         (["sample", "--checkpoint", "no/such.pt", "--largest", "--export", "x"], "not found"),
     ],
 )

@@ -3,6 +3,7 @@ errors; CIFAR-10 from the shared archive when it is there."""
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 import time
@@ -360,3 +361,27 @@ def test_sixteen_bit_greyscale_is_scaled_not_saturated(tmp_path: Path) -> None:
     splits = load_dataset(root, image_size=12, cache_dir=tmp_path / "cache")
     pixels = splits.test._images  # uint8, as decoded
     assert int(pixels.min()) == int(pixels.max()) == 128
+
+
+def test_archive_member_outside_its_folder_is_named_as_refused(tmp_path: Path) -> None:
+    root = _make_image_folder(tmp_path / "pets")
+    archive = _make_archive(tmp_path / "pets.tar.gz", root)
+    with tarfile.open(tmp_path / "escape.tar.gz", "w:gz") as out, tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            out.addfile(member, tar.extractfile(member) if member.isfile() else None)
+        info = tarfile.TarInfo("../outside.png")
+        info.size = 3
+        out.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(ValueError, match="refused: .*outside.png") as err:
+        load_dataset(tmp_path / "escape.tar.gz", cache_dir=tmp_path / "cache")
+    assert "corrupt" not in str(err.value)
+    assert not (tmp_path / "outside.png").exists()
+
+
+def test_class_names_with_outer_spaces_can_be_chosen() -> None:
+    from nat.data import class_numbers
+
+    names = [" cat", "dog", "fox"]
+    assert class_numbers(names, ["cat", "fox"]) == [0, 2]
+    with pytest.raises(ValueError, match="' cat', dog, fox"):
+        class_numbers(names, ["cow"])

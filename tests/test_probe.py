@@ -83,7 +83,7 @@ def _fails(argv, capsys, *expected, code=2):
         (["--doe-size", "1e30"], "--doe-size: must be at most"),
         (["--population", "1000000000"], "--population: must be at most"),
         (["--image-size", "100000"], "--image-size: must be at most"),
-        (["--resolutions", "100000"], "resolutions must be 8 to 1024"),
+        (["--resolutions", "100000"], "--resolutions: must be 8 to 1024"),
         ([], "already holds a run"),
     ],
 )
@@ -316,3 +316,51 @@ def test_sample_random_without_a_seed_uses_the_default(finished_run, tmp_path):
     argv += ["--data", "digits", "--subset", "300", "--export", str(tmp_path / "x"), "--quiet"]
     assert main(argv) == 0
     assert (tmp_path / "x" / "config.json").is_file()
+
+
+def test_a_disk_too_full_for_the_checkpoints_is_refused_before_training(
+    tmp_path, capsys, monkeypatch
+):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("nat.folder.shutil.disk_usage", lambda path: usage(10**9, 10**9, 10**5))
+    out = tmp_path / "r"
+    _fails(["search", *FAST, "--out", str(out)], capsys, "--out", "MB free")
+    assert not out.exists()
+
+
+def test_a_full_disk_names_the_file_it_was_writing(tmp_path):
+    import errno
+
+    from nat.io.files import atomic_write
+
+    def fill(file):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=f"no space left on the disk of {tmp_path}.*archive.json"):
+        atomic_write(tmp_path / "archive.json", fill)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_dir_from_the_environment_is_checked_before_torch(tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    code = (
+        "import sys\nfrom nat.cli import main\n"
+        f"rc = main({['search', *FAST, '--out', str(tmp_path / 'r')]!r})\n"
+        "sys.exit(rc if 'torch' not in sys.modules else 99)\n"
+    )
+    env = {**os.environ, "NAT_CACHE_DIR": str(file)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "NAT_CACHE_DIR" in result.stderr and str(file) in result.stderr
+
+
+def test_latency_table_checks_where_it_writes_before_measuring(tmp_path, capsys):
+    started = time.perf_counter()
+    _fails(["latency-table", "--space", "mbv2", "--out", str(tmp_path)], capsys, "is a folder")
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    _fails(["latency-table", "--out", str(file / "table.json")], capsys, "--out")
+    assert time.perf_counter() - started < 30

@@ -166,9 +166,9 @@ def test_config_outside_choices_is_a_clear_error():
         space.encode(Arch.from_dict(d))
     with pytest.raises(ValueError, match="family 'resnet'"):
         space.encode(search_spaces.get("resnet").largest())
-    with pytest.raises(ValueError, match="resolutions must be at least 8"):
+    with pytest.raises(ValueError, match="resolutions: must be 8 to 1024"):
         search_spaces.get("resnet", resolutions=(4, 32))
-    with pytest.raises(ValueError, match="resolution 4 px is too small"):
+    with pytest.raises(ValueError, match="resolution must be 8 to 1,024 px, got 4"):
         d = arch.to_dict()
         d["resolution"] = 4
         Arch.from_dict(d)

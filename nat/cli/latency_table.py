@@ -9,6 +9,8 @@ import numpy as np
 
 import search_spaces
 
+from ..fields import OptionError
+from ..options import check_writable_dir
 from ..spec import LATENCY_RUNTIMES
 from .options import _json_object, _list, _number
 
@@ -58,7 +60,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--calibration must be 0 or more, got {args.calibration}")
     if args.num_classes < 1:
         raise ValueError(f"--num-classes must be at least 1, got {args.num_classes}")
+    if args.threads < 1:
+        raise OptionError("threads", f"must be at least 1, got {args.threads}").named("--threads")
     cached = latency.default_path(space, args.num_classes, args.runtime, args.threads)
+    # Where the table goes is checked before it is measured (minutes), not after.
+    target = Path(args.out) if args.out else cached
+    if target.is_dir():
+        raise OptionError("out", f"{target} is a folder: give a file name").named("--out")
+    check_writable_dir(target.parent, "--out" if args.out else "NAT_CACHE_DIR")
     if args.rebuild or args.out:
         table = latency.build_table(
             space,

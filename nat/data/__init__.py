@@ -110,16 +110,22 @@ def class_numbers(class_names: Sequence[str], chosen: Sequence[str | int]) -> li
     """The label numbers of ``chosen`` class names (or numbers), in their order. An unknown
     name, a number out of range or a repeat is a ValueError that lists the classes."""
     numbers = []
+    # Flags and JSON lists lose a folder name's outer spaces: such a name is matched without
+    # them (when that is unambiguous), and listed quoted so that the spaces show.
+    trimmed = [name.strip() for name in class_names]
     for c in chosen:
         text = str(c)
         if text in class_names:
             numbers.append(class_names.index(text))
+        elif trimmed.count(text.strip()) == 1:
+            numbers.append(trimmed.index(text.strip()))
         elif text.isdigit() and int(text) < len(class_names):
             numbers.append(int(text))
         else:
+            shown = ", ".join(n if n == n.strip() else repr(n) for n in class_names)
             raise ValueError(
                 f"unknown class {text!r}: the data has {len(class_names)} classes, "
-                f"{', '.join(class_names)} (names, or numbers 0..{len(class_names) - 1})"
+                f"{shown} (names, or numbers 0..{len(class_names) - 1})"
             )
     repeated = sorted({class_names[n] for n in numbers if numbers.count(n) > 1})
     if repeated:

@@ -310,6 +310,11 @@ def _unpack_archive(archive: Path, cache_dir: Path) -> Path:
             with tarfile.open(archive, "r:*") as tar:
                 # "data" refuses absolute paths, links leaving the tree, devices.
                 tar.extractall(tmp, filter="data")
+        except tarfile.FilterError as err:  # a member aimed outside the tree: refused, not read
+            raise ValueError(
+                f"archive {str(archive)!r} was refused: {err}; an archive of images needs no "
+                "links or paths outside its own folder, re-create it without them"
+            ) from err
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
             raise ValueError(
                 f"cannot read archive {str(archive)!r} ({err}): it is corrupt, "
