@@ -36,7 +36,7 @@ import search_spaces
 from search_spaces import SearchSpace
 from supernets.base import build_static, build_unit
 
-from .data.sources import _resolve_cache_dir
+from .data.sources import resolve_cache_dir
 from .io.files import write_json
 from .spec import LATENCY_RUNTIMES, SearchConfig
 
@@ -212,7 +212,7 @@ def default_path(space: SearchSpace, num_classes: int, runtime: str, threads: in
     """Where the cache keeps the table of this space on this machine."""
     key = json.dumps([space.to_dict(), num_classes, machine(runtime, threads)], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return _resolve_cache_dir(None) / "latency" / f"{space.name}-{digest}.json"
+    return resolve_cache_dir(None) / "latency" / f"{space.name}-{digest}.json"
 
 
 def latency_table_of(

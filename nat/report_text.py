@@ -139,6 +139,7 @@ def report_text(result: SearchResult, search: NATSearch, rows: list[dict]) -> st
             if "width_mults_from_budget" in search.metadata
             else []
         ),
+        *_source_lines(search.metadata.get("source_supernet")),
         f"- Iterations: {iterations}; real evaluations: {len(archive)} "
         f"(archive), candidates per iteration: {cfg.candidates}; surrogate: {cfg.surrogate}; "
         f"seed {cfg.seed}",
@@ -215,6 +216,21 @@ def report_text(result: SearchResult, search: NATSearch, rows: list[dict]) -> st
             f"{'-' if tau is None else f'{tau:.2f}'} | {r.get('seconds', 0):.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _source_lines(source: dict | None) -> list[str]:
+    """Where the supernet came from, when the run started from a checkpoint (transfer)."""
+    if not source:
+        return []
+    trained = [f"on {source['data']}" if source.get("data") else None]
+    if source.get("class_names"):
+        trained.append(f"{len(source['class_names'])} classes")
+    if source.get("epochs") is not None:
+        trained.append(f"{source['epochs']} epochs")
+    if source.get("budgets"):
+        trained.append("budgets " + ", ".join(f"{b:,.0f}" for b in source["budgets"]))
+    detail = ", ".join([source["space"], *(t for t in trained if t)])
+    return [f"- Source supernet: `{source['path']}` ({detail})"]
 
 
 def _heuristic_lines(result: SearchResult) -> list[str]:

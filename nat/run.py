@@ -9,6 +9,7 @@ the data loaded and the budgets checked against it; only then is anything writte
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ from .folder import (
     remove_outputs,
 )
 from .handback import hand_back
-from .io.checkpoint import load_supernet, save_supernet
+from .io.checkpoint import load_supernet, read_supernet_header, save_supernet
 from .io.files import write_json
 from .latency import latency_table_of
 from .options import spec_error_names
@@ -44,6 +45,7 @@ from .planner import Plan, RunClock, SearchBudget, StepTimes, plan_run
 from .spec import OptionError, RunSpec
 from .training.evaluate import SubnetEvaluator
 from .training.train import measure_pretrain_epoch, train_supernet
+from .transfer import budget_warning, source_summary
 
 __all__ = [
     "data_settings_of",
@@ -217,6 +219,12 @@ def _run(
     out = Path(spec.out) if spec.out is not None else None
     data = load_data(spec)
     metadata = {"class_names": data.class_names}
+    if spec.checkpoint is not None:
+        header = read_supernet_header(spec.checkpoint)
+        metadata["source_supernet"] = source_summary(spec.checkpoint, header)
+        warning = budget_warning(spec, header, data.num_classes)
+        if warning is not None:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     if fits_widths_to_budget(spec):
         widths = spec_error_names(lambda: _budget_widths(spec, data.num_classes))
         spec = RunSpec.from_options(spec, width_mults=list(widths))

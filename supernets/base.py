@@ -63,7 +63,7 @@ def register_family(family: Family) -> Family:
     return family
 
 
-def _family(name: str) -> Family:
+def family_of(name: str) -> Family:
     if name not in _FAMILIES:
         raise ValueError(f"unknown family {name!r}: choose one of {sorted(_FAMILIES)}")
     return _FAMILIES[name]
@@ -82,7 +82,7 @@ class StaticNet(nn.Module):
 
     def __init__(self, arch: Arch, num_classes: int) -> None:
         super().__init__()
-        family = _family(arch.family)
+        family = family_of(arch.family)
         self.arch_json = arch.to_json()
         kernel, stride, self.pool = _stem_geometry(family, arch.stem)
         self.stem = ConvBN(3, arch.stem_channels, kernel, stride)
@@ -140,7 +140,7 @@ class Supernet(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        family = _family(space.family)
+        family = family_of(space.family)
         self.space, self.num_classes = space, num_classes
         largest = space.largest()
         kernel, stride, self.pool = _stem_geometry(family, space.stem)
@@ -306,7 +306,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, batches: int = 20) -> Non
         raise ValueError("recalibrate_bn got an empty loader: BatchNorm statistics were not set")
 
 
-class _Head(nn.Module):
+class Head(nn.Module):
     """A head unit: optional 1x1 ConvBN and activation, global pooling, linear classifier."""
 
     def __init__(self, c_in: int, head_channels: int, num_classes: int, activation) -> None:
@@ -323,7 +323,7 @@ def build_unit(family: str, stem: str, row: Iterable[int]) -> tuple[nn.Module, t
     """A freshly initialised static module computing one unit of a network, in eval mode, and
     its input shape at batch 1. ``row``: the unit's integers in ``search_spaces.UNIT_FIELDS``
     order. The layers are the ones :class:`StaticNet` builds, so a unit runs as it does there."""
-    fam = _family(family)
+    fam = family_of(family)
     kind, c_in, c_out, kernel, expand_pct, stride, size, classes = (int(v) for v in row)
     if kind == STEM:
         stem_kernel, stem_stride, pool = _stem_geometry(fam, stem)
@@ -333,7 +333,7 @@ def build_unit(family: str, stem: str, row: Iterable[int]) -> tuple[nn.Module, t
         block = Block(kernel, int(expand) if expand.is_integer() else expand)
         module = fam.static_block(c_in, c_out, block, stride, kind == FIRST_BLOCK)
     elif kind == HEAD:
-        module = _Head(c_in, c_out, classes, fam.activation)
+        module = Head(c_in, c_out, classes, fam.activation)
     else:
         raise ValueError(f"unknown unit kind {kind}: a row of search_spaces.UNIT_FIELDS")
     return module.eval(), (1, c_in, size, size)

@@ -17,7 +17,7 @@ from torch import nn
 
 from search_spaces import Arch
 
-from .base import StaticNet, _family, _Head
+from .base import Head, StaticNet, family_of
 
 __all__ = ["MultiExitNet", "check_exits", "default_exit_channels"]
 
@@ -76,10 +76,10 @@ class MultiExitNet(nn.Module):
             )
         self.exit_channels = channels
         self.net = net
-        activation = _family(arch.family).activation
+        activation = family_of(arch.family).activation
         classes = net.classifier.out_features
         self.exits = nn.ModuleList(
-            _Head(arch.stages[k].channels, c, classes, activation)
+            Head(arch.stages[k].channels, c, classes, activation)
             for k, c in zip(self.exit_stages, channels, strict=True)
         ).to(net.classifier.weight.device)
 

@@ -148,9 +148,9 @@ def test_subset_is_stratified_and_deterministic() -> None:
 def test_subset_balances_uneven_classes() -> None:
     # Class 0 has only 2 images: it gives both, the others share the rest evenly,
     # and leftover single images go to the lowest class indices.
-    quota = nat.data._balanced_quota(np.array([2, 10, 10, 10]), total=13)
+    quota = nat.data.balanced_quota(np.array([2, 10, 10, 10]), total=13)
     assert quota.tolist() == [2, 4, 4, 3]
-    assert nat.data._balanced_quota(np.array([5, 5]), total=10).tolist() == [5, 5]
+    assert nat.data.balanced_quota(np.array([5, 5]), total=10).tolist() == [5, 5]
 
 
 def test_train_augmentation_varies_but_evaluation_images_do_not(

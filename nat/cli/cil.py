@@ -7,8 +7,8 @@ from pathlib import Path
 
 import search_spaces
 
-from .compare import _ints, _names, _sizes
-from .options import _json_object
+from .compare import parse_ints, parse_names, parse_sizes
+from .options import parse_json_object
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -25,14 +25,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     src.add_argument("--run", metavar="DIR", help="a `nat search` run: its front, on its data")
     src.add_argument(
         "--budgets",
-        type=_sizes,
+        type=parse_sizes,
         default=[],
         metavar="SIZE,...",
         help="params budgets for the Feillet rule, width-only and depth-only, e.g. 100k,300k",
     )
     src.add_argument(
         "--rules",
-        type=_names,
+        type=parse_names,
         default=["feillet", "width-only", "depth-only"],
         metavar="RULE,...",
         help="which rules to run at --budgets: feillet, width-only, depth-only (default all)",
@@ -57,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     )
     src.add_argument(
         "--space-options",
-        type=_json_object,
+        type=parse_json_object,
         default={},
         metavar="JSON",
         help='options of --space for the rules, e.g. \'{"stem": "stride2"}\' (a quarter of the '
@@ -98,7 +98,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     tr.add_argument(
         "--lambda-base", type=float, default=5.0, help="λ_base of the distillation (default 5)"
     )
-    tr.add_argument("--seeds", type=_ints, default=[0, 1, 2], metavar="S,S,...")
+    tr.add_argument("--seeds", type=parse_ints, default=[0, 1, 2], metavar="S,S,...")
     p.add_argument("--out", default=None, help="output folder (default: the run, else ./cil)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 

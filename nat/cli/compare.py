@@ -5,30 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import parse_size
-
-
-def _sizes(text: str) -> list[float]:
-    values = [parse_size(v) for v in text.split(",") if v.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one budget, e.g. 100k,200k")
-    return values
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
-def _names(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one method, e.g. heuristic,searched")
-    return names
+from .options import parse_ints, parse_names, parse_sizes
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -44,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument(
         "--budgets",
         required=True,
-        type=_sizes,
+        type=parse_sizes,
         metavar="SIZE,SIZE,...",
         help="budgets, e.g. 100k,200k,400k",
     )
@@ -56,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=_ints,
+        type=parse_ints,
         default=[0, 1, 2],
         metavar="S,S,...",
         help="seeds to average over (default 0,1,2)",
@@ -80,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument(
         "--methods",
-        type=_names,
+        type=parse_names,
         default=["heuristic", "width-only", "depth-only", "searched"],
         metavar="NAME,...",
         help="what to compare (default heuristic,width-only,depth-only,searched): heuristic "

@@ -12,7 +12,7 @@ import search_spaces
 from ..fields import OptionError
 from ..options import check_writable_dir
 from ..spec import LATENCY_RUNTIMES
-from .options import _json_object, _list, _number
+from .options import parse_json_object, parse_list, parse_number
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -28,13 +28,17 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--space", default="mbv2", choices=search_spaces.list_spaces())
     p.add_argument(
         "--space-options",
-        type=_json_object,
+        type=parse_json_object,
         default={},
         metavar="JSON",
         help='options of the space, as for nat search, e.g. \'{"stem": "stride2"}\'',
     )
-    p.add_argument("--resolutions", type=_list(_number(int, False), None), metavar="A,B,...")
-    p.add_argument("--width-mults", type=_list(_number(float, False), None), metavar="A,B,...")
+    p.add_argument(
+        "--resolutions", type=parse_list(parse_number(int, False), None), metavar="A,B,..."
+    )
+    p.add_argument(
+        "--width-mults", type=parse_list(parse_number(float, False), None), metavar="A,B,..."
+    )
     p.add_argument("--num-classes", type=int, default=10, help="classes of the head (default 10)")
     p.add_argument("--runtime", default="onnxruntime", choices=LATENCY_RUNTIMES)
     p.add_argument("--threads", type=int, default=1, help="threads to measure with (default 1)")

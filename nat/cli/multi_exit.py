@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .compare import _ints
+from .compare import parse_ints
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     data.add_argument("--split-seed", type=int, default=0, help="seed of the splits (default 0)")
     p.add_argument(
         "--exits",
-        type=_ints,
+        type=parse_ints,
         default=None,
         metavar="K,K,...",
         help="stages (0-based) to put an exit after (default: the last stage of each spatial "

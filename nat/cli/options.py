@@ -86,7 +86,33 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in parts)
 
 
-def _number(
+def parse_sizes(text: str) -> list[float]:
+    """Comma-separated sizes (``100k,1.5M``) for a flag."""
+    values = [parse_size(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one budget, e.g. 100k,200k")
+    return values
+
+
+def parse_ints(text: str) -> list[int]:
+    """Comma-separated integers for a flag."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def parse_names(text: str) -> list[str]:
+    """Comma-separated names for a flag, spaces around them dropped."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one method, e.g. heuristic,searched")
+    return names
+
+
+def parse_number(
     kind: type, size: bool, time: bool = False, duration: bool = False
 ) -> typing.Callable[[str], Any]:
     def parse(text: str) -> Any:
@@ -109,7 +135,7 @@ def _number(
     return parse
 
 
-def _list(item: typing.Callable[[str], Any], choices: tuple | None) -> typing.Callable:
+def parse_list(item: typing.Callable[[str], Any], choices: tuple | None) -> typing.Callable:
     def parse(text: str) -> list:
         values = [item(v.strip()) for v in text.split(",") if v.strip()]
         bad = [v for v in values if choices and v not in choices]
@@ -120,7 +146,7 @@ def _list(item: typing.Callable[[str], Any], choices: tuple | None) -> typing.Ca
     return parse
 
 
-def _json_object(text: str) -> dict:
+def parse_json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -147,15 +173,15 @@ def _argument(option: Option) -> dict:
     kwargs: dict[str, Any] = {"default": argparse.SUPPRESS}
     if typing.get_origin(kind) is tuple:
         item = typing.get_args(kind)[0]
-        parse = str if item is str else _number(item, option.size)
-        kwargs["type"] = _list(parse, option.choices)
+        parse = str if item is str else parse_number(item, option.size)
+        kwargs["type"] = parse_list(parse, option.choices)
         kwargs["metavar"] = "A,B,..." if not option.choices else ",".join(option.choices)
     elif kind is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif kind is dict:
-        kwargs["type"], kwargs["metavar"] = _json_object, "JSON"
+        kwargs["type"], kwargs["metavar"] = parse_json_object, "JSON"
     elif kind in (int, float):
-        kwargs["type"] = _number(kind, option.size, option.time, option.duration)
+        kwargs["type"] = parse_number(kind, option.size, option.time, option.duration)
         kwargs["metavar"] = (
             "SIZE"
             if option.size

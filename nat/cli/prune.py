@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from ..fields import OptionError
-from .compare import _names
+from .compare import parse_names
 from .options import parse_size
 
 
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--subset", type=int, default=None, help="a stratified subset of N images")
     p.add_argument(
         "--classes",
-        type=_names,
+        type=parse_names,
         default=(),
         metavar="NAME,NAME,...",
         help="keep only these classes of --data (names or numbers)",

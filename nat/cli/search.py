@@ -63,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
             if not hasattr(args, "out") and Path(args.spec).name == "run.json":
                 base = RunSpec.from_options(base, out=str(Path(args.spec).parent))
         spec = spec_from_args(args, base)
+        if spec.checkpoint is not None:  # the space the source supernet was trained for
+            from ..io.checkpoint import read_supernet_header
+            from ..transfer import spec_for_checkpoint
+
+            given = set(given_options(args)) | ({"space"} if base is not None else set())
+            spec = spec_for_checkpoint(spec, given, read_supernet_header(spec.checkpoint))
         if spec.out is None:
             spec = RunSpec.from_options(spec, out=f"runs/search-{spec.space}")
         spec = preflight(spec, overwrite=args.overwrite)

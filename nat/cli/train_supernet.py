@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from ..io.files import jsonable
 from ..options import check_writable_dir, spec_error_names
 from ..spec import OptionError
-from .options import add_spec_options, spec_from_args
+from .options import add_spec_options, parse_sizes, spec_from_args
 
 _FLAGS = {"pretrain_epochs": "--epochs", "pretrain_lr": "--lr", "checkpoint": "--init"}
 
@@ -33,6 +35,15 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "--out",
         metavar="FILE",
         help="checkpoint to write, rewritten after every epoch (default runs/supernet-SPACE.pt)",
+    )
+    p.add_argument(
+        "--budgets",
+        type=parse_sizes,
+        default=None,
+        metavar="SIZE,...",
+        help="parameter budgets the supernet is to serve, e.g. 300k,1M: its widths are fitted "
+        "to each (unless --width-mults is given), its sampling and teacher to the largest, and "
+        "the checkpoint records them so that a search at another budget is warned",
     )
     p.add_argument("--resume", action="store_true", help="continue training saved in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -64,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         load_training_state(out, None)  # a file that cannot be continued is refused now
     data = load_data(spec)
+    if args.budgets:
+        spec = spec_error_names(lambda: _for_budgets(spec, args.budgets, data.num_classes))
     print(
         f"training {spec.build_space()!r} on {spec.data.source} ({len(data.train)} train / "
         f"{len(data.val)} val images, {data.num_classes} classes) on {device}"
@@ -89,6 +102,26 @@ def run(args: argparse.Namespace) -> int:
         class_names=data.class_names,
         results=results,
         train_seconds=seconds,
+        epochs=spec.pretrain.epochs,
+        recipe=jsonable(asdict(spec.pretrain)),
+        budgets=args.budgets,
     )
     print(f"trained {spec.pretrain.epochs} epochs in {seconds:.1f} s; checkpoint: {out}")
     return 0
+
+
+def _for_budgets(spec, budgets: list[float], num_classes: int):
+    """``spec`` trained to serve every budget: width choices fitted to each budget (their
+    union; ``--width-mults`` wins), the sampling within the largest (``max_params``)."""
+    from ..engine.heuristic import budget_width_mults
+    from ..spec import RunSpec
+
+    options: dict = {"max_params": max(budgets)}
+    if "width_mults" not in spec.space_options:
+        space = spec.build_space()
+        try:
+            fitted = {w for b in budgets for w in budget_width_mults(space, num_classes, b)}
+        except ValueError as err:
+            raise OptionError("budgets", str(err)).named("--budgets") from None
+        options["width_mults"] = sorted(fitted)
+    return RunSpec.from_options(spec, **options)

@@ -41,9 +41,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .sources import _load_digits, _load_path, _resolve_cache_dir, resize_batch
-from .splits import _balanced_quota as _balanced_quota  # re-exported for callers and tests
-from .splits import _check_split_arguments, _stratified_split
+from .sources import load_digits, load_path, resize_batch, resolve_cache_dir
+from .splits import balanced_quota as balanced_quota  # re-exported for callers and tests
+from .splits import check_split_arguments, stratified_split
 
 __all__ = [
     "AUGMENT_POLICIES",
@@ -412,15 +412,15 @@ def load_dataset(
             folders; an unreadable archive or image; or a split that would leave a
             class without training images or the val or test split empty.
     """
-    _check_split_arguments(image_size, val_fraction, test_fraction, subset)
+    check_split_arguments(image_size, val_fraction, test_fraction, subset)
     if isinstance(source, str) and source == "digits":
-        images, labels, class_names = _load_digits(image_size)
+        images, labels, class_names = load_digits(image_size)
         hflip = False  # Digits are not mirror-symmetric: a flipped 2 is no 2.
     else:
-        cache = _resolve_cache_dir(cache_dir)
-        images, labels, class_names = _load_path(source, image_size, cache)
+        cache = resolve_cache_dir(cache_dir)
+        images, labels, class_names = load_path(source, image_size, cache)
         hflip = True  # Photos keep their class under a left-right flip.
-    train_idx, val_idx, test_idx = _stratified_split(
+    train_idx, val_idx, test_idx = stratified_split(
         labels.numpy(), class_names, seed, val_fraction, test_fraction, subset
     )
 

@@ -30,7 +30,7 @@ logger = logging.getLogger("nat.data")
 _CACHE_FORMAT_VERSION = 2  # 2: 16-bit images scaled, not saturated
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _SPLIT_DIR_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
-_MIN_IMAGE_SIZE = 8
+MIN_IMAGE_SIZE = 8
 _SOURCE_HINT = "give 'digits', an ImageFolder directory or a .tar.gz of one"
 _LAYOUT_HINT = "expected ImageFolder layout <root>/<class name>/<image file>"
 # What a corrupt decoded-tensor cache file makes torch.load or our checks raise.
@@ -82,7 +82,7 @@ def resize_batch(images: torch.Tensor, resolution: int) -> torch.Tensor:
     )
 
 
-def _load_digits(image_size: int) -> _Decoded:
+def load_digits(image_size: int) -> _Decoded:
     """Return scikit-learn's digits as uint8 [1797, 3, S, S], labels, class names."""
     # Imported here because no other source needs scikit-learn.
     from sklearn.datasets import load_digits
@@ -96,7 +96,7 @@ def _load_digits(image_size: int) -> _Decoded:
     return images, labels, [str(name) for name in digits.target_names]
 
 
-def _resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
     """Return ``cache_dir``, else ``$NAT_CACHE_DIR``, else ``~/.cache/nat``."""
     if cache_dir is None:
         cache_dir = os.environ.get("NAT_CACHE_DIR") or Path.home() / ".cache" / "nat"
@@ -117,7 +117,7 @@ def _archive_stem(path: Path) -> str:
     return _safe_name(name)
 
 
-def _load_path(source: str | os.PathLike[str], image_size: int, cache_dir: Path) -> _Decoded:
+def load_path(source: str | os.PathLike[str], image_size: int, cache_dir: Path) -> _Decoded:
     """Load a directory or archive source, from the decoded-tensor cache if there."""
     path = Path(source).expanduser()
     if not path.exists():

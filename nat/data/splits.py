@@ -7,16 +7,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .sources import _MIN_IMAGE_SIZE
+from .sources import MIN_IMAGE_SIZE
 
 
-def _check_split_arguments(
+def check_split_arguments(
     image_size: int, val_fraction: float, test_fraction: float, subset: int | None
 ) -> None:
     """Reject bad arguments before any (possibly slow) loading starts."""
-    if image_size < _MIN_IMAGE_SIZE:
+    if image_size < MIN_IMAGE_SIZE:
         raise ValueError(
-            f"image_size must be at least {_MIN_IMAGE_SIZE} pixels, got {image_size}; "
+            f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {image_size}; "
             "smaller images leave no room for crop augmentation and network strides"
         )
     for name, value in (
@@ -35,7 +35,7 @@ def _check_split_arguments(
         raise ValueError(f"subset must be a positive image count or None, got {subset}")
 
 
-def _stratified_split(
+def stratified_split(
     labels: np.ndarray,
     class_names: Sequence[str],
     seed: int,
@@ -64,7 +64,7 @@ def _stratified_split(
             "use a smaller subset, or subset=None for all images"
         )
     else:
-        keep = _balanced_quota(counts, subset)
+        keep = balanced_quota(counts, subset)
     rng = np.random.default_rng(seed)
     train, val, test = [], [], []
     for c in range(num_classes):
@@ -97,7 +97,7 @@ def _round_half_up(x: float) -> int:
     return int(np.floor(x + 0.5))
 
 
-def _balanced_quota(counts: np.ndarray, total: int) -> np.ndarray:
+def balanced_quota(counts: np.ndarray, total: int) -> np.ndarray:
     """Spread ``total`` images over classes as evenly as class sizes allow.
 
     Classes too small for an equal share give all their images and the shortfall

@@ -91,7 +91,7 @@ def categorical_sampler(space: SearchSpace, X: np.ndarray) -> Callable[[np.rando
     return sample
 
 
-def _sample_feasible(
+def sample_feasible(
     budgets: Budgets, n: int, rng: np.random.Generator, exclude: Archive
 ) -> np.ndarray:
     """Up to ``n`` distinct random encodings within budget and not in ``exclude``."""
@@ -231,7 +231,7 @@ class NATSearch:
         groups.append(("largest", self.space.encode(self.budgets.largest())[None]))
         groups.append(("heuristic", self.heuristic_seeds()))
         doe_size = self.budget.doe_size if self.budget is not None else self.config.doe_size
-        groups.append(("doe", _sample_feasible(self.budgets, doe_size, self.rng, self.archive)))
+        groups.append(("doe", sample_feasible(self.budgets, doe_size, self.rng, self.archive)))
         seen: set[tuple] = set()
         for source, X in groups:
             keep = []
@@ -293,7 +293,7 @@ class NATSearch:
         problem = SurrogateProblem(self.budgets, surrogate.predict, cfg.metrics)
         front = self.archive.front(cfg.metrics)
         X0 = self.archive.X[front][: cfg.population]
-        fill = _sample_feasible(self.budgets, cfg.population - len(X0), self.rng, self.archive)
+        fill = sample_feasible(self.budgets, cfg.population - len(X0), self.rng, self.archive)
         X0 = np.vstack([X0, fill]) if len(fill) else X0
         X, F, G = run_nsga2(
             problem, X0, cfg.generations, cfg.seed * 1000 + iteration, cfg.population
@@ -320,7 +320,7 @@ class NATSearch:
         X_new, predicted = X[chosen], 1.0 - F[chosen, 0]
         missing = cfg.candidates - len(X_new)
         if missing > 0:  # the optimiser found too few new feasible designs: explore at random
-            extra = _sample_feasible(self.budgets, missing, self.rng, self.archive)
+            extra = sample_feasible(self.budgets, missing, self.rng, self.archive)
             extra = np.array([x for x in extra if not any((x == X_new).all(1))]).reshape(
                 -1, self.space.n_var
             )

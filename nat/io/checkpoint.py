@@ -25,6 +25,7 @@ __all__ = [
     "load_supernet",
     "load_training_state",
     "load_weights",
+    "read_supernet_header",
     "save_supernet",
 ]
 
@@ -55,18 +56,7 @@ def save_supernet(
     return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
-def load_supernet(
-    path: str | os.PathLike,
-    num_classes: int | None = None,
-    space: str | None = None,
-    map_location: str | torch.device = "cpu",
-) -> tuple[Supernet, dict]:
-    """Load a supernet saved by :func:`save_supernet`; returns it with its metadata.
-
-    ``space``: the space name the caller expects (a mismatch is an error). ``num_classes``:
-    when it differs from the checkpoint's, the classifier is rebuilt for the new task and
-    every other weight is kept (transfer to another dataset).
-    """
+def _supernet_payload(path: str | os.PathLike, map_location: str | torch.device) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found: train one with `nat train-supernet`")
@@ -79,6 +69,36 @@ def load_supernet(
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a supernet checkpoint of this engine (format {FORMAT})")
+    return payload
+
+
+def read_supernet_header(path: str | os.PathLike) -> dict:
+    """What a later search checks a supernet checkpoint against, without building it: its
+    ``space`` name and ``space_options``, ``num_classes`` and ``metadata`` (data, classes,
+    recipe, epochs, budgets covered; see ``nat train-supernet``)."""
+    payload = _supernet_payload(path, "cpu")
+    return {
+        "format": payload["format"],
+        "space": payload["space"],
+        "space_options": json.loads(payload["space_options"]),
+        "num_classes": int(payload["num_classes"]),
+        "metadata": json.loads(payload["metadata"]),
+    }
+
+
+def load_supernet(
+    path: str | os.PathLike,
+    num_classes: int | None = None,
+    space: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[Supernet, dict]:
+    """Load a supernet saved by :func:`save_supernet`; returns it with its metadata.
+
+    ``space``: the space name the caller expects (a mismatch is an error). ``num_classes``:
+    when it differs from the checkpoint's, the classifier is rebuilt for the new task and
+    every other weight is kept (transfer to another dataset).
+    """
+    payload = _supernet_payload(path, map_location)
     if space is not None and payload["space"] != space:
         raise ValueError(
             f"checkpoint {path} holds a supernet of space {payload['space']!r}, not {space!r}: "

@@ -22,7 +22,7 @@ import torch
 import supernets
 from nat.data import DataSplits
 from nat.engine.archive import Archive
-from nat.engine.loop import SearchResult, _sample_feasible
+from nat.engine.loop import SearchResult, sample_feasible
 from nat.engine.problem import Budgets
 from nat.io.checkpoint import load_supernet, save_supernet
 from nat.io.files import atomic_write, markdown_table, save_figure, write_json
@@ -386,7 +386,7 @@ class Bench:
         if self._pool is None or len(self._pool["accuracy"]) < n:
             net = self.pretrained()
             rng = np.random.default_rng(1234)
-            X = _sample_feasible(self.budgets, n, rng, Archive(self.space, 10))
+            X = sample_feasible(self.budgets, n, rng, Archive(self.space, 10))
             evaluator = self.evaluator(0)
             accuracy, chunk_s = [], []
             for i in range(0, len(X), 10):

@@ -10,7 +10,7 @@ import torch
 
 import supernets
 from nat.engine.archive import Archive
-from nat.engine.loop import _sample_feasible
+from nat.engine.loop import sample_feasible
 from nat.engine.surrogate import rank_metrics
 from nat.training.evaluate import SubnetEvaluator
 from nat.training.train import evaluate, finetune
@@ -20,7 +20,7 @@ from .common import Bench, Result, Table
 
 def bench_fidelity(bench: Bench) -> Result:
     s, space, data = bench.s, bench.space, bench.data
-    X = _sample_feasible(bench.budgets, 4000, np.random.default_rng(99), Archive(space, 10))
+    X = sample_feasible(bench.budgets, 4000, np.random.default_rng(99), Archive(space, 10))
     params = space.complexity(X, data.num_classes)[0]
     order = np.argsort(params, kind="stable")
     picks = order[np.unique(np.round(np.linspace(0, len(order) - 1, s.fidelity_archs)).astype(int))]

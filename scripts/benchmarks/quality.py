@@ -103,7 +103,7 @@ def _row(method: str, model: nn.Module, resolution: int, seconds: float, epochs:
     }
 
 
-def _handed(folder: Path) -> list[dict]:
+def handed_configs(folder: Path) -> list[dict]:
     """The run's handed-back models (front/NN/config.json), smallest target first."""
     return [
         json.loads(p.read_text()) | {"folder": f"front/{p.parent.name}"}
@@ -111,7 +111,7 @@ def _handed(folder: Path) -> list[dict]:
     ]
 
 
-def _search(bench: Bench, base: RunSpec, budget: float, seed: int, seconds: float):
+def search_run(bench: Bench, base: RunSpec, budget: float, seed: int, seconds: float):
     """(folder, wall seconds) of ``nat search --time-limit`` at ``budget``, cached."""
     spec = RunSpec.from_options(base, max_params=budget, time_limit=seconds, seed=seed)
     return bench.cached_run(f"quality-{budget / 1e3:.0f}k-{seconds:.0f}s-seed{seed}", spec)
@@ -208,15 +208,15 @@ def bench_quality(bench: Bench) -> Result:
         curve = curves.setdefault(label, {"(a)": [], "(c)": [], "(c')": []})
         first = None
         for seed in s.quality_seeds if b == 0 else s.quality_seeds[:1]:
-            folder, wall = _search(bench, base, budget, seed, limit)
-            handed = _handed(folder)
+            folder, wall = search_run(bench, base, budget, seed, limit)
+            handed = handed_configs(folder)
             first = first or handed
             rows += _searched_rows(label, handed, seed, wall, limit)
             best = max(handed, key=lambda c: c["val_accuracy"])
             curve["(a)"].append((wall / 60, best["test_accuracy"]))
         for fraction in s.quality_curve_fractions if b == 0 else ():
-            folder, wall = _search(bench, base, budget, 0, fraction * limit)
-            best = max(_handed(folder), key=lambda c: c["val_accuracy"])
+            folder, wall = search_run(bench, base, budget, 0, fraction * limit)
+            best = max(handed_configs(folder), key=lambda c: c["val_accuracy"])
             curve["(a)"].append((wall / 60, best["test_accuracy"]))
         for peer in s.quality_peers:
             model, width = feillet_peer(peer, budget, data.num_classes)

@@ -23,14 +23,14 @@ from nat.training.train import evaluate
 from nat.training.trainer import Trainer
 
 from .common import Bench, Result, Table
-from .quality import _handed, _search, quality_base
+from .quality import handed_configs, quality_base, search_run
 
 
 def _variant(
     options: dict, base: RunSpec, folder, data, budget: float, epochs: float, batches
 ) -> dict:
     spec = RunSpec.from_options(base, **options)
-    top = _handed(folder)[-1]  # the model at the full budget
+    top = handed_configs(folder)[-1]  # the model at the full budget
     arch = search_spaces.Arch.from_dict(top["arch"])
     supernet, _ = load_supernet(folder / "supernet.pt")
     evaluator = SubnetEvaluator(data, spec.search.bn_batches, spec.batch_size, 0)
@@ -72,8 +72,8 @@ def bench_recipe(bench: Bench) -> Result:
     data = load_data(base)
     batches = (SubnetEvaluator.batches(data.val), SubnetEvaluator.batches(data.test))
     budget, limit = s.quality_budgets[0], s.quality_limits[0]
-    folder, _ = _search(bench, base, budget, 0, limit)
-    top = _handed(folder)[-1]
+    folder, _ = search_run(bench, base, budget, 0, limit)
+    top = handed_configs(folder)[-1]
     rows = []
     for name, options in s.recipe_variants.items():
         key = {"run": str(folder), "arch": top["arch"], "options": options, "e": s.recipe_epochs}

@@ -16,7 +16,7 @@ from pymoo.termination.default import DefaultMultiObjectiveTermination
 
 from nat.engine.archive import Archive
 from nat.engine.heuristic import depth_only, feillet, width_only
-from nat.engine.loop import _sample_feasible, hypervolume
+from nat.engine.loop import hypervolume, sample_feasible
 from nat.engine.problem import Budgets, make_nsga2
 from nat.io.files import mean_std
 
@@ -81,7 +81,7 @@ def nsga2_on_real_evaluations(bench: Bench, n: int, seed: int) -> Archive:
     evaluator = bench.evaluator(seed)
     problem = RealProblem(budgets, bench.pretrained(), evaluator, n)
     rng = np.random.default_rng(seed + 20_000)
-    X0 = _sample_feasible(budgets, bench.s.real_population, rng, Archive(bench.space, 10))
+    X0 = sample_feasible(budgets, bench.s.real_population, rng, Archive(bench.space, 10))
     algorithm = make_nsga2(bench.space, X0, len(X0))
     algorithm.setup(
         problem, termination=DefaultMultiObjectiveTermination(n_max_gen=10**6), seed=seed
@@ -151,7 +151,7 @@ def _measured(bench: Bench, X: np.ndarray, source: str, seed: int) -> Archive:
 def random_search(bench: Bench, n: int, seed: int) -> Archive:
     """``n`` distinct random feasible subnets, measured with the pre-trained supernet."""
     empty = Archive(bench.space, bench.data.num_classes)
-    X = _sample_feasible(bench.budgets, n, np.random.default_rng(seed + 10_000), empty)
+    X = sample_feasible(bench.budgets, n, np.random.default_rng(seed + 10_000), empty)
     return _measured(bench, X, "random", seed)
 
 

@@ -17,7 +17,7 @@ import supernets
 from nat.backends.ray import RayRunner, ray_session
 from nat.engine.archive import Archive
 from nat.engine.heuristic import reference_arch
-from nat.engine.loop import _sample_feasible
+from nat.engine.loop import sample_feasible
 from nat.profile import profile
 
 from .common import Bench, Result, Settings, Table
@@ -245,7 +245,7 @@ def ray_throughput(bench: Bench) -> dict:
 
     s, space = bench.s, bench.space
     net = bench.pretrained()
-    X = _sample_feasible(
+    X = sample_feasible(
         bench.budgets, 2 * s.ray_archs, np.random.default_rng(7), Archive(space, 10)
     )
     warm, archs = ([space.decode(x) for x in X[i::2]] for i in (0, 1))

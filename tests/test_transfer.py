@@ -1,0 +1,75 @@
+"""Train once, search many: a supernet trained for a range of budgets records what a later
+search checks, and a search from it takes its space, refuses another, and says when its
+budget lies outside what the supernet covers."""
+
+import json
+
+import pytest
+from test_probe import _digest, _fails
+
+from nat.cli import main
+from nat.io.checkpoint import read_supernet_header
+
+SOURCE = ["--space", "shufflenetv2", "--resolutions", "12,16", "--data", "digits"]
+SEARCH = ["--subset", "300", "--pretrain-epochs", "1", "--iterations", "0", "--doe-size", "4"]
+SEARCH += ["--population", "8", "--generations", "2", "--finetune-epochs", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    out = tmp_path_factory.mktemp("source") / "source.pt"
+    argv = ["train-supernet", *SOURCE, "--subset", "300", "--epochs", "1", "--quiet"]
+    assert (
+        main([*argv, "--budgets", "60k,150k", "--classes", "0,1,2,3,4,5", "--out", str(out)]) == 0
+    )
+    return out
+
+
+def test_the_checkpoint_records_what_a_search_checks(source):
+    header = read_supernet_header(source)
+    meta = header["metadata"]
+    assert header["space"] == "shufflenetv2" and header["num_classes"] == 6
+    assert meta["budgets"] == [60e3, 150e3] and meta["epochs"] == 1
+    assert meta["recipe"]["epochs"] == 1 and meta["data"]["source"] == "digits"
+    assert meta["class_names"] == [str(c) for c in range(6)]
+    # widths fitted to each budget: more than the three one budget gets
+    assert len(header["space_options"]["width_mults"]) > 3
+
+
+def test_a_search_from_it_takes_its_space_and_reports_the_source(source, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["search", "--checkpoint", str(source), "--data", "digits", *SEARCH]
+    assert main([*argv, "--max-params", "100k", "--out", str(out)]) == 0
+    spec = json.loads((out / "run.json").read_text())
+    assert spec["space"] == "shufflenetv2"
+    assert spec["space_options"] == read_supernet_header(source)["space_options"]
+    report = (out / "report.md").read_text()
+    assert f"Source supernet: `{source}`" in report and "budgets 60,000, 150,000" in report
+    assert "outside what" not in capsys.readouterr().err
+
+
+def test_a_budget_outside_the_covered_range_is_warned(source, tmp_path, capsys):
+    argv = ["search", "--checkpoint", str(source), "--data", "digits", *SEARCH]
+    assert main([*argv, "--max-params", "1M", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "--max-params 1,000,000 is outside what" in err and "trained for budgets 60k, 150k" in err
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--space", "mbv2"], "--space mbv2 conflicts with --checkpoint"),
+        (["--resolutions", "8"], "--resolutions: resolutions [8] against [12, 16]"),
+    ],
+)
+def test_a_conflicting_space_is_refused_before_anything(source, tmp_path, capsys, extra, expected):
+    before = _digest(source.parent)
+    out = tmp_path / "run"
+    _fails(
+        ["search", "--checkpoint", str(source), *SEARCH, *extra, "--out", str(out)],
+        capsys,
+        expected,
+    )
+    assert not out.exists() and _digest(source.parent) == before
