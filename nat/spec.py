@@ -110,6 +110,13 @@ class SearchConfig:
             "budgets of the Feillet seeds (default 1/4, 1/2 and all of the budget)", size=True
         ),
     )
+    warm_start: str | None = field(
+        default=None,
+        metadata=option_help(
+            "a previous run's folder: its archive's front seeds this search's archive, "
+            "scored again on this data (those outside this space are left out)"
+        ),
+    )
     bn_batches: int = field(
         default=20, metadata=option_help("training batches for BatchNorm recalibration")
     )
@@ -392,10 +399,17 @@ class RunSpec:
                 if not Path(table).is_file():
                     raise OptionError("latency_table", f"{table} not found")
                 table = str(Path(table).resolve())
+            warm = self.search.warm_start
+            if warm is not None:
+                if not (Path(warm) / "archive.json").is_file():
+                    raise OptionError(
+                        "warm_start", f"{warm} holds no archive.json: give a nat search run folder"
+                    )
+                warm = str(Path(warm).resolve())
             return replace(
                 self,
                 data=replace(self.data, source=source),
-                search=replace(self.search, latency_table=table),
+                search=replace(self.search, latency_table=table, warm_start=warm),
                 checkpoint=checkpoint,
             )
 

@@ -73,3 +73,36 @@ def test_a_conflicting_space_is_refused_before_anything(source, tmp_path, capsys
         expected,
     )
     assert not out.exists() and _digest(source.parent) == before
+
+
+def test_warm_start_seeds_the_archive_with_a_previous_front(tmp_path):
+    from nat.engine.archive import Archive
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = [*SOURCE, "--width-mults", "0.25,0.5", *SEARCH, "--max-params", "300k"]
+    assert main(["search", *common, "--out", str(first)]) == 0
+    # A front of several subnets, as a longer run would have: accuracy rising with size.
+    doc = json.loads((first / "archive.json").read_text())
+    for entry in doc["entries"]:
+        entry["accuracy"] = entry["params"] / 1e6
+    (first / "archive.json").write_text(json.dumps(doc))
+    assert (
+        main(["search", *common, "--seed", "1", "--warm-start", str(first), "--out", str(second)])
+        == 0
+    )
+    previous, archive = Archive.load(first / "archive.json"), Archive.load(second / "archive.json")
+    front = {tuple(previous.entries[i].x) for i in previous.front(("params",))}
+    seeded = {tuple(e.x) for e in archive.entries if e.source == "warm-start"}
+    # every front member not already taken by an earlier group (smallest, largest, heuristic)
+    earlier = {
+        tuple(e.x) for e in archive.entries if e.source in ("smallest", "largest", "heuristic")
+    }
+    assert seeded and seeded == front - earlier
+
+
+def test_warm_start_needs_a_run_folder(tmp_path, capsys):
+    _fails(
+        ["search", *SOURCE, "--warm-start", str(tmp_path), "--out", str(tmp_path / "r")],
+        capsys,
+        "--warm-start",
+    )

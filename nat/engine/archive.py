@@ -35,7 +35,7 @@ class Entry:
     accuracy: float
     params: int
     macs: int
-    source: str  # "doe", "smallest", "largest", "heuristic", "search"
+    source: str  # "doe", "smallest", "largest", "heuristic", "warm-start", "search"
     iteration: int
     latency: float | None = None
 

@@ -219,6 +219,24 @@ class NATSearch:
                 seeds.append(x)
         return np.array(seeds, dtype=np.int64).reshape(-1, self.space.n_var)
 
+    def warm_start_seeds(self) -> np.ndarray:
+        """The front (error against params) of the run in ``config.warm_start``, encoded in
+        this space; its architectures this space cannot hold are left out. Scored again on
+        this data by :meth:`initialise`, as Archai's initial population and Optuna's
+        ``enqueue_trial`` do."""
+        X = np.zeros((0, self.space.n_var), dtype=np.int64)
+        if self.config.warm_start is None:
+            return X
+        previous = Archive.load(Path(self.config.warm_start) / "archive.json")
+        seeds = []
+        for i in previous.front(("params",)):
+            try:
+                arch = previous.space.decode(np.asarray(previous.entries[i].x))
+                seeds.append(self.space.encode(arch))
+            except ValueError:
+                continue  # a choice this space does not offer
+        return np.array(seeds, dtype=np.int64).reshape(-1, self.space.n_var) if seeds else X
+
     def initialise(self) -> None:
         """Design of experiments: random feasible subnets, the smallest, the largest within
         the budgets (the space's largest when it fits) and the heuristic's; evaluated for
@@ -230,6 +248,7 @@ class NATSearch:
         # (on the README's digits run the largest drawn was 234k-398k of 400k, 1-5 points below).
         groups.append(("largest", self.space.encode(self.budgets.largest())[None]))
         groups.append(("heuristic", self.heuristic_seeds()))
+        groups.append(("warm-start", self.warm_start_seeds()))
         doe_size = self.budget.doe_size if self.budget is not None else self.config.doe_size
         groups.append(("doe", sample_feasible(self.budgets, doe_size, self.rng, self.archive)))
         seen: set[tuple] = set()
