@@ -5,7 +5,8 @@ import sys
 import pytest
 import torch
 
-from nat.cli import main
+from nat.cli import build_parser, main
+from nat.cli.options import spec_from_args
 from nat.data import load_dataset, resize_batch
 from nat.io.checkpoint import load_subnet
 from nat.io.deploy import onnx_session, sample_images
@@ -140,3 +141,14 @@ def test_help_documents_units():
         ).returncode
         == 2
     )
+
+
+def test_help_keeps_the_recipe_detail_behind_help_all(capsys):
+    for flag, shown in (("--help", False), ("--help-all", True)):
+        with pytest.raises(SystemExit):
+            main(["search", flag])
+        text = capsys.readouterr().out
+        assert ("--momentum" in text) is shown and "--pretrain-epochs" in text
+        assert ("recipe flags more: --help-all" in text) is not shown
+    spec = spec_from_args(build_parser().parse_args(["search", "--momentum", "0.8"]))
+    assert spec.pretrain.momentum == 0.8  # hidden, still accepted

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from ..spec import OptionError
+from ..fields import OptionError
 
 __all__ = ["check_address", "split_address"]
 

@@ -7,7 +7,17 @@ import argparse
 import json
 import sys
 
-from . import cil, compare, latency_table, multi_exit, prune, sample, search, train_supernet
+from . import (
+    cil,
+    compare,
+    latency_table,
+    multi_exit,
+    options,
+    prune,
+    sample,
+    search,
+    train_supernet,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; errors are one line on stderr with exit code 2 (130 when interrupted),
     never a traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    options.SHOW_ALL = "--help-all" in argv  # --help with the expert flags listed too
+    argv = [("--help" if a == "--help-all" else a) for a in argv]
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args)

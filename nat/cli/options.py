@@ -213,11 +213,24 @@ def add_spec_options(
         chosen = [o for o in OPTIONS.values() if in_group(o) and select(o)]
         if not chosen:
             continue
-        group = parser.add_argument_group(title)
+        hidden = [o for o in chosen if _expert(o)] if not SHOW_ALL else []
+        note = f"{len(hidden)} recipe flags more: --help-all" if hidden else None
+        group = parser.add_argument_group(title, note)
         for option in chosen:
-            group.add_argument(
-                rename.get(option.name, option.flag), dest=option.name, **_argument(option)
-            )
+            argument = _argument(option)
+            if option in hidden:
+                argument["help"] = argparse.SUPPRESS  # still accepted, and in run.json
+            group.add_argument(rename.get(option.name, option.flag), dest=option.name, **argument)
+
+
+# Whether --help lists the expert flags too (``nat COMMAND --help-all``).
+SHOW_ALL = False
+
+
+def _expert(option: Option) -> bool:
+    """The supernet recipe's detail a user rarely changes: every pre-training setting but
+    its length and peak learning rate."""
+    return option.path[0] == "pretrain" and option.path[-1] not in ("epochs", "lr")
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
