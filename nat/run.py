@@ -258,9 +258,16 @@ def _run(
     with _backends(spec, budgets.space, data.num_classes, out, progress) as (runner, adapter):
         if resuming_search:
             search = NATSearch.resume(
-                out, data, spec.search, runner, progress, metadata, device_of(spec)
+                out,
+                data,
+                spec.search,
+                runner,
+                progress,
+                metadata,
+                device_of(spec),
+                adapter,
+                spec.pretrain,
             )
-            search.adapter = adapter
             if spec.plan.time_limit is not None:
                 clock.begin("measure")
                 plan = _plan(spec, data, search.supernet, False, clock, say)
@@ -287,8 +294,8 @@ def _run(
                 metadata,
                 adapter,
                 device_of(spec),
+                spec.pretrain,
             )
-        search.pretrain = spec.pretrain
         clock.begin("search")
         if plan is not None:
             say(

@@ -277,10 +277,7 @@ class RunSpec:
     )
     data: DataSpec = field(default_factory=DataSpec)
     search: SearchConfig = field(default_factory=SearchConfig)
-    # Three epochs: the hand-back fine-tunes what they start; on CIFAR-10 at 300k, 18 epochs of
-    # fine-tuning from them beat the rule's architecture trained 15 from scratch by 4.2 points
-    # on test, within 30 minutes in all (docs/benchmarks.md §7).
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     plan: PlanSpec = field(default_factory=PlanSpec)
     backend: BackendSpec = field(default_factory=BackendSpec)

@@ -62,6 +62,7 @@ def _other_value(option):
         "classes": "3,7",
         "latency_runtime": "torch",
         "latency_table": "table.json",
+        "warm_start": "runs/previous",
         "max_latency": "5ms",
     }
     if option.name in special:

@@ -148,6 +148,7 @@ class NATSearch:
         metadata: dict | None = None,
         adapter: Adapter | None = None,
         device: torch.device | None = None,
+        pretrain: TrainConfig | None = None,
     ) -> None:
         self.supernet, self.data, self.config = supernet, data, config
         self.device = device or torch.device("cpu")  # of adaptation and evaluation
@@ -172,9 +173,9 @@ class NATSearch:
         self.history: list[dict] = []
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
-        # The pre-training recipe (run() sets the spec's): adaptation and hand-back distil
-        # from the same teacher, and adaptation trains the same anchors, as pre-training did.
-        self.pretrain = TrainConfig()
+        # The pre-training recipe: adaptation and hand-back distil from the same teacher, and
+        # adaptation trains the same anchors, as pre-training did.
+        self.pretrain = pretrain or TrainConfig()
         self.budget: SearchBudget | None = None  # run() sets it under a time limit
         self.adapt_seconds = 0.0  # under a time limit, this iteration's adaptation
         self.evaluations, self.evaluation_seconds = 0, 0.0  # as measured in this process
@@ -445,11 +446,22 @@ class NATSearch:
         progress: bool = True,
         metadata: dict | None = None,
         device: torch.device | None = None,
+        adapter: Adapter | None = None,
+        pretrain: TrainConfig | None = None,
     ) -> NATSearch:
         """The search saved in ``out_dir`` with ``config``, at its last completed iteration."""
         saved = read_snapshot(Path(out_dir) / "resume")
         search = cls(
-            saved.supernet, data, config, out_dir, runner, progress, metadata, device=device
+            saved.supernet,
+            data,
+            config,
+            out_dir,
+            runner,
+            progress,
+            metadata,
+            adapter,
+            device,
+            pretrain,
         )
         saved.archive.attach_latency(search.latency)
         search.archive = saved.archive
