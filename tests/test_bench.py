@@ -24,6 +24,7 @@ NAMES = (
     "latency",
     "pruning",
     "multiexit",
+    "transfer",
 )
 
 
@@ -110,6 +111,11 @@ def test_quick_suite_writes_every_table(tmp_path):
     transfer = pruning["transfer"]
     assert [t["method"] for t in transfer] == ["fine-tuned, unpruned", "pruned-taylor to 200,000"]
     assert transfer[1]["params"] <= 2e5 < transfer[0]["params"]
+
+    # train once, search many: both searches and both peers, on the target's own test split
+    rows = json.loads((out / "transfer.json").read_text())["rows"]
+    assert [r["method"].split(" ")[0] for r in rows] == ["(i)", "(ii)", "(iii)", "(iv)"]
+    assert all(0 <= r["test"] <= 1 and r["params"] <= 3e5 for r in rows)
 
     multiexit_doc = json.loads((out / "multiexit.json").read_text())
     (multiexit,) = multiexit_doc["runs"]

@@ -22,6 +22,7 @@ from .recipe import bench_recipe
 from .search import bench_search
 from .speed import bench_speed
 from .surrogate import bench_surrogate
+from .transfer import bench_transfer
 
 __all__ = ["BENCHES", "run_suite"]
 
@@ -39,6 +40,7 @@ BENCHES = {
     "latency": bench_latency,
     "pruning": bench_pruning,
     "multiexit": bench_multiexit,
+    "transfer": bench_transfer,
 }
 
 

@@ -90,6 +90,15 @@ class Settings:
     quality_epochs: int = 15  # (b): the peers' 15 epochs, which time their epochs
     quality_max_epochs: int = 1000  # cap of (c)
     quality_options: dict = field(default_factory=dict)  # flat run options beyond the defaults
+    # train once, search many (section 13): a source supernet on six CIFAR-10 classes, the
+    # other four as the target at 1,000 training images, every target row given the same time
+    source_classes: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog")
+    source_subset: int | None = 30_000  # of the whole archive: 18,000 source images
+    source_epochs: int = 2
+    source_budgets: tuple[float, ...] = (3e5,)
+    target_classes: tuple[str, ...] = ("frog", "horse", "ship", "truck")
+    target_subset: int | None = 5_000  # 2,000 target images: 1,000 train, 500 val, 500 test
+    target_limit: float = 300.0  # seconds on the target, every row
     # the final recipe's ablation: one subnet trained from inherited weights per variant
     recipe_epochs: float = 20.0
     recipe_variants: dict = field(
@@ -226,6 +235,12 @@ QUICK = Settings(
     pruning_importances=("taylor",),  # L1 runs in the tests
     transfer_subset=300,
     transfer_epochs=1,
+    source_classes=("0", "1", "2", "3", "4", "5"),
+    source_subset=None,
+    source_epochs=1,
+    target_classes=("6", "7", "8", "9"),
+    target_subset=None,
+    target_limit=30.0,
     multiexit_seeds=(0,),
     multiexit_epochs=1,
     multiexit_points=4,

@@ -89,7 +89,7 @@ def train_recipe(
     return time.perf_counter() - start
 
 
-def _row(method: str, model: nn.Module, resolution: int, seconds: float, epochs: float, batches):
+def row_of(method: str, model: nn.Module, resolution: int, seconds: float, epochs: float, batches):
     params, macs = profile(model, resolution)
     val, test = (evaluate(model, b, resolution) for b in batches)
     return {
@@ -123,7 +123,7 @@ def _stock(peer: str, budget: float, span: float, per_epoch: float, data, s, bat
     model, width = feillet_peer(peer, budget, data.num_classes)
     seconds = train_recipe(model, data, s.quality_resolution, epochs)
     method = f"(c) {peer} w{width}, stock recipe, {span / 60:.0f} min ({epochs} ep)"
-    return _row(method, model, s.quality_resolution, seconds, epochs, batches)
+    return row_of(method, model, s.quality_resolution, seconds, epochs, batches)
 
 
 def _engine_row(
@@ -135,7 +135,7 @@ def _engine_row(
         model, data, resolution, base.finetune, batch_size=base.batch_size, seed=0, **length
     )
     run.train()
-    return _row(method, run.finish(), resolution, run.seconds, run.epochs, batches)
+    return row_of(method, run.finish(), resolution, run.seconds, run.epochs, batches)
 
 
 def _ours(peer: str, budget: float, span: float, base: RunSpec, data, s, batches) -> dict:
@@ -222,7 +222,7 @@ def bench_quality(bench: Bench) -> Result:
             model, width = feillet_peer(peer, budget, data.num_classes)
             seconds = train_recipe(model, data, s.quality_resolution, s.quality_epochs)
             method = f"(b) {peer} w{width}, stock recipe, {s.quality_epochs} ep"
-            row = _row(method, model, s.quality_resolution, seconds, s.quality_epochs, batches)
+            row = row_of(method, model, s.quality_resolution, seconds, s.quality_epochs, batches)
             rows.append({"budget": label, **row})
             per_epoch = seconds / s.quality_epochs
             curved = b == 0 and peer == s.quality_peers[0]
