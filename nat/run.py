@@ -24,7 +24,7 @@ from supernets import Supernet, build_supernet
 from .data import DataSplits, data_settings, load_from_settings
 from .engine.heuristic import budget_width_mults
 from .engine.loop import NATSearch, SearchResult
-from .engine.problem import Budgets
+from .engine.problem import BudgetError, Budgets
 from .folder import (
     PRETRAIN_FILE,
     RUN_FILE,
@@ -423,21 +423,19 @@ def _budget_widths(spec: RunSpec, num_classes: int) -> tuple[float, ...]:
 
 
 def _budgets(spec: RunSpec, num_classes: int, progress: bool = False) -> Budgets:
+    """The run's budgets, with the latency table they need; an error names the setting."""
+    space, search = spec.build_space(), spec.search
     try:
-        space = spec.build_space()
-        search = spec.search
         table = latency_table_of(search, space, num_classes, log=print if progress else None)
+    except ValueError as err:  # a --latency-table file that does not fit, or no table
+        option = "latency_table" if search.latency_table else "max_latency"
+        raise OptionError(option, str(err)) from None
+    try:
         return Budgets(
             space, num_classes, search.max_params, search.max_macs, search.max_latency, table
         )
-    except ValueError as err:
-        message = str(err)
-        option = "max_params"
-        if " MACs" in message:
-            option = "max_macs"
-        elif "latency" in message:
-            option = "latency_table" if "table" in message else "max_latency"
-        raise OptionError(option, message) from None
+    except BudgetError as err:
+        raise OptionError(f"max_{err.metric}", str(err)) from None
 
 
 @contextmanager

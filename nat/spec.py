@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import search_spaces
+from search_spaces.base import SpaceOptionError
 
 from .fields import (
     MAX_COUNT,
@@ -354,11 +355,12 @@ class RunSpec:
             )
         try:
             return search_spaces.get(self.space, **self.space_options)
-        except ValueError as err:  # messages start with the option's name: "width_mults: ..."
-            key = str(err).split(":", 1)[0].split("[", 1)[0]
-            option = key if key in ("resolutions", "width_mults") else "space_options"
-            message = str(err).split(": ", 1)[-1] if option != "space_options" else str(err)
-            raise OptionError(option, message) from None
+        except SpaceOptionError as err:  # resolutions and width_mults have flags of their own
+            if err.option in ("resolutions", "width_mults"):
+                raise OptionError(err.option, err.message) from None
+            raise OptionError("space_options", str(err)) from None
+        except ValueError as err:
+            raise OptionError("space_options", str(err)) from None
 
     def validate(self) -> RunSpec:
         """Check everything that can be checked without loading data or training; returns the

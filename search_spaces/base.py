@@ -21,6 +21,7 @@ from .arch import MAX_SIDE, STEMS, Arch, ArchArrays
 __all__ = [
     "MAX_SIDE",
     "SearchSpace",
+    "SpaceOptionError",
     "complexity",
     "from_dict",
     "get",
@@ -90,19 +91,28 @@ def complexity(arch: Arch | Sequence[Arch], num_classes: int) -> tuple[Any, Any]
     return params, macs
 
 
+class SpaceOptionError(ValueError):
+    """A space option out of range; ``option`` names it ("resolutions", "kernel_sizes", ...),
+    so that a caller can name its own flag without reading the message."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option, self.message = option, message
+
+
 def _sorted_choices(name: str, values: Sequence, kind: type = int) -> tuple:
     if isinstance(values, (str, bytes)):  # "357" would silently mean (3, 5, 7)
-        raise ValueError(f"{name}: expected a list of numbers, got the string {values!r}")
+        raise SpaceOptionError(name, f"expected a list of numbers, got the string {values!r}")
     try:
         choices = tuple(sorted({kind(v) for v in values}))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: expected a list of numbers, got {values!r}") from err
+        raise SpaceOptionError(name, f"expected a list of numbers, got {values!r}") from err
     if not choices:
-        raise ValueError(f"{name}: needs at least one choice")
+        raise SpaceOptionError(name, "needs at least one choice")
     if not all(np.isfinite(c) for c in choices):
-        raise ValueError(f"{name}: choices must be finite numbers, got {list(values)}")
+        raise SpaceOptionError(name, f"choices must be finite numbers, got {list(values)}")
     if any(c <= 0 for c in choices):
-        raise ValueError(f"{name}: choices must be positive, got {choices}")
+        raise SpaceOptionError(name, f"choices must be positive, got {choices}")
     return choices
 
 
@@ -137,14 +147,14 @@ class SearchSpace:
         self.stem = stem
         self.resolutions = _sorted_choices("resolutions", resolutions)
         if not 8 <= self.resolutions[0] <= self.resolutions[-1] <= MAX_SIDE:
-            raise ValueError(
-                f"resolutions: must be 8 to {MAX_SIDE} px, got {list(self.resolutions)}"
+            raise SpaceOptionError(
+                "resolutions", f"must be 8 to {MAX_SIDE} px, got {list(self.resolutions)}"
             )
         self.width_mults = _sorted_choices("width_mults", width_mults, float)
         self.depth_choices = tuple(_sorted_choices(f"depths[{s}]", d) for s, d in enumerate(depths))
         self.kernel_sizes = _sorted_choices("kernel_sizes", kernel_sizes)
         if any(k % 2 == 0 for k in self.kernel_sizes):
-            raise ValueError(f"kernel_sizes must be odd, got {self.kernel_sizes}")
+            raise SpaceOptionError("kernel_sizes", f"must be odd, got {self.kernel_sizes}")
         self.expand_ratios = (
             None
             if expand_ratios is None

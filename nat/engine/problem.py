@@ -21,9 +21,25 @@ from ..spec import METRICS
 if TYPE_CHECKING:
     from ..latency import LatencyTable
 
-__all__ = ["Budgets", "SpaceRepair", "SurrogateProblem", "make_nsga2", "run_nsga2"]
+__all__ = [
+    "BudgetError",
+    "Budgets",
+    "SpaceRepair",
+    "SurrogateProblem",
+    "make_nsga2",
+    "run_nsga2",
+]
 
 _UNITS = {"params": "parameters", "macs": "MACs", "latency": "ms latency"}
+
+
+class BudgetError(ValueError):
+    """A budget no subnet of the space can meet; ``metric`` ("params", "macs" or "latency")
+    says which, so that a caller names its own setting without reading the message."""
+
+    def __init__(self, metric: str, message: str) -> None:
+        super().__init__(message)
+        self.metric = metric
 
 
 class Budgets:
@@ -43,7 +59,9 @@ class Budgets:
     ) -> None:
         self.space, self.num_classes, self.latency = space, num_classes, latency
         if max_latency is not None and latency is None:
-            raise ValueError("a latency budget needs a latency table (nat.latency.load_or_build)")
+            raise BudgetError(
+                "latency", "a latency budget needs a latency table (nat.latency.load_or_build)"
+            )
         self.limits = {"params": max_params, "macs": max_macs, "latency": max_latency}
         ends = self.values(
             np.stack([space.encode(space.largest()), space.encode(space.smallest())])
@@ -51,9 +69,10 @@ class Budgets:
         for metric, limit in self.limits.items():
             if limit is not None and limit < ends[metric][1]:
                 smallest = ends[metric][1]
-                raise ValueError(
+                raise BudgetError(
+                    metric,
                     f"budget of {_amount(limit, metric)} is below the smallest {space.name} "
-                    f"subnet's {_amount(smallest, metric)}: raise it or use a smaller space"
+                    f"subnet's {_amount(smallest, metric)}: raise it or use a smaller space",
                 )
         self.scale = {m: float(self.limits[m] or ends[m][0]) for m in ends}
 
