@@ -134,10 +134,12 @@ def pretrain_supernet(
     resume: bool = False,
     progress: bool = True,
     seconds: float | None = None,
+    **training: Any,
 ) -> Supernet:
     """Pre-train ``supernet`` with ``spec.pretrain`` for its epochs, or for ``seconds``
     (a run's time budget). ``checkpoint``: where training is saved after every epoch, and
-    continued from with ``resume``."""
+    continued from with ``resume``. ``training``: further keywords of :func:`train_supernet`
+    (a device, data-parallel hooks), over those fitted to the budget."""
     config = spec.pretrain
     if seconds is not None and seconds <= 0:
         return supernet.cpu()
@@ -152,7 +154,7 @@ def pretrain_supernet(
         progress=progress,
         resume=resume,
         seconds=seconds,
-        **_pretraining(spec, data.num_classes),
+        **(_pretraining(spec, data.num_classes) | training),
     )
     return supernet.cpu()
 
@@ -448,7 +450,8 @@ def _backends(
     if backend.in_process:
         yield None, None
         return
-    from .backends.ray import RayRunner, RayTrainAdapter, check_workers, ray_session
+    from .backends.ray import RayRunner, check_workers, ray_session
+    from .backends.ray_train import RayTrainAdapter
 
     workers = check_workers(backend.workers) if backend.workers is not None else None
     settings = data_settings_of(spec)

@@ -389,6 +389,13 @@ class RunSpec:
                 check_writable_dir(self.data.cache_dir, "cache_dir")
             elif os.environ.get("NAT_CACHE_DIR"):  # the default, checked as early
                 check_writable_dir(os.environ["NAT_CACHE_DIR"], "NAT_CACHE_DIR")
+            adapt_workers = self.backend.adapt_workers
+            if adapt_workers and self.search.batch_size % adapt_workers:
+                raise OptionError(
+                    "adapt_workers",
+                    f"{adapt_workers} workers cannot share the batch of {self.search.batch_size} "
+                    "equally: give a batch size that is a multiple of it",
+                )
             if self.backend.address is not None:
                 from .backends.address import check_address  # no Ray import needed
 

@@ -201,6 +201,14 @@ class Supernet(nn.Module):
                 if bn is not None:
                     bn.weight.zero_()
 
+    def sync_batch_norm(self, synced: bool = True) -> None:
+        """With ``synced``, every BatchNorm of this supernet sums its training statistics over
+        the processes of ``torch.distributed``'s default group (data-parallel training, where
+        each process holds a share of one batch): the result is the single process's."""
+        for module in self.modules():
+            if isinstance(module, DynamicBatchNorm2d):
+                module.synced = synced
+
     def sort_channels(self) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
         """OFA's channel sorting before width shrinks, in every block with hidden channels of
         its own (MBConv's expansion; the other families' widths are their stages' and are left

@@ -175,11 +175,18 @@ _SIDES = ("top", "bottom", "left", "right")
 
 class DynamicBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm over the first C channels of its input; running statistics are updated in
-    place in the slices, with the same momentum rule as ``nn.BatchNorm2d``."""
+    place in the slices, with the same momentum rule as ``nn.BatchNorm2d``.
+
+    ``synced`` (set by :meth:`supernets.Supernet.sync_batch_norm`): in training, the batch
+    statistics are summed over every process of ``torch.distributed``'s default group, so that
+    data-parallel workers, each holding a share of one batch, normalise as one process holding
+    the whole batch would (SyncBatchNorm, for the sliced channels)."""
+
+    synced = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        if c == self.num_features:
+        if c == self.num_features and not (self.synced and self.training):
             return super().forward(x)
         factor = 0.0
         if self.training and self.track_running_stats:
@@ -187,6 +194,8 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
             factor = (
                 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
             )
+        if self.synced and self.training:
+            return self._synced_forward(x, factor)
         use_batch_stats = self.training or self.running_mean is None
         return F.batch_norm(
             x,
@@ -198,6 +207,54 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
             factor,
             self.eps,
         )
+
+    def _synced_forward(self, x: torch.Tensor, factor: float) -> torch.Tensor:
+        c = x.shape[1]
+        # Each process's mean and squared deviations, gathered in one collective (a step
+        # makes hundreds, each a round trip) and pooled as Chan et al.'s parallel variance,
+        # as SyncBatchNorm does: E[x^2] - E[x]^2 would lose the variance of activations whose
+        # mean is large against their spread.
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+        count = x.numel() / c
+        gathered = _all_gather(torch.cat([mean, var * count, mean.new_full((1,), count)]))
+        counts, means, squares = gathered[:, -1:], gathered[:, :c], gathered[:, c : 2 * c]
+        total = counts.sum()
+        mean = (counts * means).sum(0) / total
+        var = (squares.sum(0) + (counts * (means - mean) ** 2).sum(0)) / total
+        if factor:
+            with torch.no_grad():
+                unbiased = var * (total / (total - 1).clamp(min=1))
+                self.running_mean[:c].mul_(1 - factor).add_(factor * mean)
+                self.running_var[:c].mul_(1 - factor).add_(factor * unbiased)
+        scale = self.weight[:c] * torch.rsqrt(var + self.eps)
+        bias = self.bias[:c] - mean * scale
+        return x * scale.view(1, c, 1, 1) + bias.view(1, c, 1, 1)
+
+
+class _AllGather(torch.autograd.Function):
+    """Every process's ``tensor``, stacked, over ``torch.distributed``'s default group, with
+    gradients: each process's piece gets the sum of every process's gradient for it."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        pieces = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(pieces, tensor.contiguous())
+        ctx.rank = dist.get_rank()
+        return torch.stack(pieces)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total[ctx.rank]
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    return _AllGather.apply(tensor)
 
 
 class DynamicConvBN(nn.Module):

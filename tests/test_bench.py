@@ -25,6 +25,7 @@ NAMES = (
     "pruning",
     "multiexit",
     "transfer",
+    "scaling",
 )
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -87,41 +89,97 @@ def test_ray_workers_give_the_local_results_and_survive_a_killed_worker(evaluati
         assert np.array_equal(runner(net, archs[:3]), local[:3])  # the pool is usable again
 
 
-def test_search_on_a_two_node_loopback_cluster_matches_single_process(reference, tmp_path):
+@contextmanager
+def _two_node_cluster() -> Iterator[str]:
+    """A Ray cluster of two nodes, one CPU each, on loopback addresses; yields its address.
+    Token authentication with the machine's token (``~/.ray/auth_token``, made when missing:
+    ``ray start`` with auth on does not make one, and a local ``ray.init`` earlier in this
+    process already uses it)."""
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-    head = [
-        RAY,
-        "start",
-        "--head",
-        "--node-ip-address",
-        "127.0.0.2",
-        "--port",
-        str(port),
-        "--num-cpus",
-        "1",
-        "--include-dashboard=false",
-    ]
-    worker = [
-        RAY,
-        "start",
-        "--address",
-        f"127.0.0.2:{port}",
-        "--node-ip-address",
-        "127.0.0.3",
-        "--num-cpus",
-        "1",
-    ]
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"
+    head = [RAY, "start", "--head", "--node-ip-address", "127.0.0.2", "--port", str(port)]
+    head += ["--num-cpus", "1", "--include-dashboard=false"]
+    worker = [RAY, "start", "--address", f"127.0.0.2:{port}", "--node-ip-address", "127.0.0.3"]
+    worker += ["--num-cpus", "1"]
     try:
         subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
         subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
-        result = nat.search(
-            max_params=_budget(), seed=0, out=tmp_path, address=f"127.0.0.2:{port}", **TINY
-        )
+        yield f"127.0.0.2:{port}"
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+
+
+def test_search_on_a_two_node_loopback_cluster_matches_single_process(reference, tmp_path):
+    with _two_node_cluster() as address:
+        result = nat.search(max_params=_budget(), seed=0, out=tmp_path, address=address, **TINY)
     assert _entries(result) == _entries(reference[0])
     assert _exported(tmp_path) == _exported(reference[1])
+
+
+def test_data_parallel_pretraining_matches_one_process_and_resumes_a_killed_worker(tmp_path):
+    """Two Ray Train workers on two loopback nodes, each on half of every batch, train what
+    one process trains on whole batches (up to float rounding, amplified by training: see
+    test_train's test of the same without Ray); a run whose worker dies in the middle of the
+    second epoch resumes from the first epoch's checkpoint and ends with the same weights as
+    the run that was not killed."""
+    import torch.distributed as dist
+    from test_train import _relative_gap
+
+    from nat.backends.ray_train import pretrain_data_parallel
+    from nat.run import initial_supernet, load_data, pretrain_supernet
+
+    spec = RunSpec.from_options(
+        space="resnet",
+        data="digits",
+        subset=120,
+        pretrain_epochs=2,
+        pretrain_lr=0.01,
+        pretrain_batch_size=48,  # two steps an epoch: rounding grows with every step
+        seed=0,
+        space_options={"resolutions": [16], "width_mults": [0.125, 0.25]},
+    ).validate()
+    data = load_data(spec)
+    supernet, _ = initial_supernet(spec, data)
+    start = {k: v.clone() for k, v in supernet.state_dict().items()}
+    # One process, with BatchNorm's sums taken over a group of one: the same arithmetic.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
+    try:
+        supernet.sync_batch_norm()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        reference = pretrain_supernet(spec, data, supernet, progress=False).state_dict()
+    finally:
+        torch.set_num_threads(threads)
+        dist.destroy_process_group()
+    steps_per_epoch = len(data.train) // spec.pretrain.batch_size
+
+    def from_start():
+        net = supernets.build_supernet(spec.build_space(), data.num_classes)
+        net.load_state_dict(start)
+        return net
+
+    with _two_node_cluster() as address, ray_session(address=address):
+        with pytest.raises(Exception, match="(?i)fail"):  # the kill happens: without retries
+            pretrain_data_parallel(
+                spec, from_start(), 2, tmp_path / "no-retry", max_failures=0, fail_at_step=2
+            )
+        whole, _ = pretrain_data_parallel(spec, from_start(), 2, tmp_path / "whole")
+        killed, metadata = pretrain_data_parallel(
+            spec, from_start(), 2, tmp_path / "killed", fail_at_step=steps_per_epoch + 1
+        )
+    assert [r["epoch"] for r in metadata["history"]] == [1, 2]
+    whole, killed = whole.state_dict(), killed.state_dict()
+    for key, value in killed.items():
+        torch.testing.assert_close(value, whole[key], atol=1e-6, rtol=1e-6, msg=key)
+    assert _relative_gap(reference, whole, start, statistics=False) < 0.1
+    assert _relative_gap(reference, whole, start, statistics=True) < 1e-4
 
 
 def _exported(out: Path) -> list:
@@ -235,7 +293,7 @@ def test_resume_errors_are_clear(tmp_path):
 def test_data_parallel_adaptation_with_ray_train(evaluation_setup, tmp_path):
     from dataclasses import asdict
 
-    from nat.backends.ray import RayTrainAdapter
+    from nat.backends.ray_train import RayTrainAdapter
     from nat.training.train import TrainConfig
 
     settings, space, _, _, _ = evaluation_setup

@@ -272,3 +272,32 @@ def test_sorting_hidden_channels_keeps_the_function_and_puts_the_important_first
             if block.expand is not None:
                 importance = block.project.conv.weight.abs().sum(dim=(0, 2, 3))
                 assert torch.all(importance[:-1] >= importance[1:])
+
+
+def test_synced_batch_norm_in_one_process_computes_what_plain_batch_norm_does(tmp_path):
+    """The statistics summed over a group of one are the plain ones: outputs, gradients and
+    running statistics agree, for the whole layer and for a slice of its channels."""
+    import torch.distributed as dist
+
+    from supernets.ops import DynamicBatchNorm2d
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
+    try:
+        for channels in (8, 5):
+            results = []
+            for synced in (False, True):
+                torch.manual_seed(0)
+                bn = DynamicBatchNorm2d(8)
+                torch.nn.init.uniform_(bn.weight)
+                torch.nn.init.uniform_(bn.bias, -1, 1)
+                bn.synced = synced
+                x = (torch.randn(16, channels, 5, 5) * 3 + 1).requires_grad_()
+                y = bn(x.contiguous(memory_format=torch.channels_last))
+                (y * torch.randn_like(y)).sum().backward()
+                results.append(
+                    [y, x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var]
+                )
+            for plain, synced in zip(*results, strict=True):
+                torch.testing.assert_close(synced, plain, atol=2e-5, rtol=1e-5)
+    finally:
+        dist.destroy_process_group()

@@ -106,3 +106,13 @@ def test_warm_start_needs_a_run_folder(tmp_path, capsys):
         capsys,
         "--warm-start",
     )
+
+
+def test_data_parallel_source_training_checks_its_flags_first(tmp_path, capsys):
+    out = tmp_path / "source.pt"
+    argv = ["train-supernet", *SOURCE, "--subset", "300", "--epochs", "1", "--out", str(out)]
+    _fails([*argv, "--workers", "0"], capsys, "--workers: must be at least 1")
+    # A killed data-parallel training leaves its checkpoints beside --out: never overwritten.
+    (tmp_path / "source.pt.ray-train").mkdir()
+    _fails([*argv, "--workers", "2"], capsys, "unfinished data-parallel training", "--resume")
+    assert not out.exists()

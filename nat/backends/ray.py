@@ -20,7 +20,6 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,7 +30,7 @@ from supernets import Supernet
 from ..training.evaluate import EvaluationError
 from .address import check_address, split_address
 
-__all__ = ["RayRunner", "RayTrainAdapter", "check_workers", "ray_session"]
+__all__ = ["RayRunner", "check_workers", "ray_session"]
 
 # A loopback address other than 127.0.0.1, which Ray would rewrite to the host's network
 # address: a local run then never listens beyond this machine.
@@ -212,125 +211,3 @@ class RayRunner:
                     ) from err
                 bar.update(1)
         return results
-
-
-def _adapt_loop(config: dict) -> None:
-    """One Ray Train worker: train on its shard of the training split, averaging gradients
-    with the others before every step (all workers draw the same subnets from the same
-    seed, so the same parameters have gradients on every rank)."""
-    import dataclasses
-    import tempfile
-
-    import ray.train
-    import torch
-    import torch.distributed as dist
-    from torch.utils.data import Subset
-
-    import search_spaces
-    from supernets import build_supernet
-
-    from ..data import load_from_settings
-    from ..engine.loop import categorical_sampler
-    from ..io.checkpoint import save_supernet
-    from ..training.train import TrainConfig, train_supernet
-
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(config["threads"])
-    data = load_from_settings(config["data"])
-    shard = len(data.train) // world  # equal shards: every rank takes as many steps
-    data = dataclasses.replace(data, train=Subset(data.train, range(rank, shard * world, world)))
-    space = search_spaces.from_dict(config["space"])
-    supernet = build_supernet(space, config["num_classes"])
-    supernet.load_state_dict(config["state"])
-
-    def average_gradients(net: Supernet) -> None:
-        # One all-reduce of every gradient flattened together: one per tensor would pay the
-        # transport's latency a few hundred times a step.
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= world
-        for g, averaged in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-            g.copy_(averaged.view_as(g))
-
-    train_supernet(
-        supernet,
-        data,
-        TrainConfig(**config["train"]),
-        sampler=categorical_sampler(space, np.array(config["top"])),
-        teacher=space.decode(np.array(config["teacher"])),
-        anchor=None if config["anchor"] is None else space.decode(np.array(config["anchor"])),
-        device=torch.device("cpu"),
-        progress=False,
-        before_step=average_gradients,
-    )
-    if rank == 0:
-        with tempfile.TemporaryDirectory() as folder:
-            save_supernet(Path(folder) / "supernet.pt", supernet)
-            ray.train.report({"rank": rank}, checkpoint=ray.train.Checkpoint.from_directory(folder))
-    else:
-        ray.train.report({"rank": rank})
-
-
-class RayTrainAdapter:
-    """Supernet adaptation data-parallel over ``workers`` Ray Train workers (gloo, CPU).
-    ``storage`` must be a folder every node can reach (Ray Train keeps the result there)."""
-
-    def __init__(
-        self,
-        data_settings: dict,
-        workers: int,
-        storage: str | Path,
-        cpus_per_worker: float = 1,
-        threads: int = 1,
-    ) -> None:
-        if workers < 2:
-            raise ValueError(f"data-parallel adaptation needs at least 2 workers, got {workers}")
-        self.data_settings, self.workers = data_settings, workers
-        self.storage, self.cpus_per_worker = Path(storage).resolve(), cpus_per_worker
-        self.threads = threads
-        self.calls = 0
-
-    def __call__(
-        self,
-        supernet: Supernet,
-        top: np.ndarray,
-        train: dict,
-        teacher: np.ndarray,
-        anchor: np.ndarray | None = None,
-    ) -> None:
-        import torch
-        from ray.train import RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
-
-        from ..io.checkpoint import load_supernet
-
-        self.calls += 1
-        config = {
-            "data": self.data_settings,
-            "space": supernet.space.to_dict(),
-            "num_classes": supernet.num_classes,
-            "state": {k: v.detach().cpu() for k, v in supernet.state_dict().items()},
-            "top": top.tolist(),
-            "teacher": np.asarray(teacher).tolist(),
-            "anchor": None if anchor is None else np.asarray(anchor).tolist(),
-            "train": train,
-            "threads": self.threads,
-        }
-        trainer = TorchTrainer(
-            _adapt_loop,
-            train_loop_config=config,
-            torch_config=TorchConfig(backend="gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=self.workers,
-                use_gpu=False,
-                resources_per_worker={"CPU": self.cpus_per_worker},
-            ),
-            run_config=RunConfig(storage_path=str(self.storage), name=f"adapt-{self.calls:04d}"),
-        )
-        result = trainer.fit()
-        with result.checkpoint.as_directory() as folder:
-            adapted, _ = load_supernet(Path(folder) / "supernet.pt")
-        with torch.no_grad():
-            supernet.load_state_dict(adapted.state_dict())

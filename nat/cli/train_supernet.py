@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -45,6 +46,22 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "to each (unless --width-mults is given), its sampling and teacher to the largest, and "
         "the checkpoint records them so that a search at another budget is warned",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train data-parallel on N >= 2 Ray Train workers (a local Ray, or the cluster "
+        "at --address), with the same result as one process; checkpoints go to OUT.ray-train "
+        "beside --out, which every node must reach",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="train on the Ray cluster at ADDR (auto, host:port or ray://host:port), on "
+        "--workers workers (default: one per CPU of the cluster)",
+    )
     p.add_argument("--resume", action="store_true", help="continue training saved in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -59,19 +76,29 @@ def run(args: argparse.Namespace) -> int:
     device = device_of(spec)
     out = Path(args.out or f"runs/supernet-{spec.space}.pt")
     if out.is_dir():
-        raise OptionError("out", f"--out {out} is a folder: give a checkpoint file name")
+        raise OptionError("out", f"{out} is a folder: give a checkpoint file name").named("--out")
     spec_error_names(lambda: check_writable_dir(out.parent, "out"))
     if out.exists() and not args.resume:
         raise OptionError(
-            "out", f"--out {out} exists: pass --resume to continue it, or choose another file"
-        )
+            "out", f"{out} exists: pass --resume to continue it, or choose another file"
+        ).named("--out")
     run_folder = next((p for p in out.resolve().parents if (p / RUN_FILE).is_file()), None)
     if run_folder is not None:
         raise OptionError(
             "out",
-            f"--out {out} is inside the run folder {run_folder}, whose files belong to that "
+            f"{out} is inside the run folder {run_folder}, whose files belong to that "
             "run (nat search --resume continues its training): choose a file elsewhere",
-        )
+        ).named("--out")
+    if args.workers is not None and args.workers < 1:
+        raise OptionError("workers", f"must be at least 1, got {args.workers}")
+    parallel = (args.workers or 0) >= 2 or args.address is not None
+    storage = out.with_name(out.name + ".ray-train")
+    if parallel and storage.exists() and not args.resume:
+        raise OptionError(
+            "out",
+            f"{storage} holds an unfinished data-parallel training of {out}: pass --resume "
+            "to continue it, or remove it",
+        ).named("--out")
     if args.resume:
         load_training_state(out, None)  # a file that cannot be continued is refused now
     data = load_data(spec)
@@ -82,9 +109,12 @@ def run(args: argparse.Namespace) -> int:
         f"{len(data.val)} val images, {data.num_classes} classes) on {device}"
     )
     start = time.perf_counter()
-    supernet = prepare_supernet(
-        spec, data, out, args.resume, progress=not args.quiet, always_train=True
-    )
+    if parallel:
+        supernet = _data_parallel(spec, data, out, storage, args)
+    else:
+        supernet = prepare_supernet(
+            spec, data, out, args.resume, progress=not args.quiet, always_train=True
+        )
     seconds = time.perf_counter() - start
     evaluator = SubnetEvaluator(data, spec.search.bn_batches, spec.batch_size, spec.seed)
     space, results = supernet.space, {}
@@ -106,8 +136,40 @@ def run(args: argparse.Namespace) -> int:
         recipe=jsonable(asdict(spec.pretrain)),
         budgets=args.budgets,
     )
+    if parallel:
+        shutil.rmtree(storage, ignore_errors=True)  # its last epoch is now --out
     print(f"trained {spec.pretrain.epochs} epochs in {seconds:.1f} s; checkpoint: {out}")
     return 0
+
+
+def _data_parallel(spec, data, out: Path, storage: Path, args: argparse.Namespace):
+    """The supernet trained on Ray Train workers; continued, with ``--resume``, from the
+    checkpoints in ``storage`` (Ray Train finds them) or else from ``out``'s training state."""
+    from ..backends.ray import ray_session
+    from ..backends.ray_train import checkpointed_epochs, pretrain_data_parallel
+    from ..run import initial_supernet
+
+    supernet, _ = initial_supernet(spec, data, always_train=True)
+    resume_from = out if args.resume and not storage.exists() and out.exists() else None
+    done = checkpointed_epochs(storage) if args.resume else 0
+    if done:
+        print(f"continuing after epoch {done}, checkpointed in {storage}")
+    with ray_session(args.workers, args.address) as cpus:
+        workers = args.workers or cpus
+        if workers < 2:
+            raise OptionError(
+                "workers", f"the cluster at {args.address} has {cpus} CPU: give --workers 2 or more"
+            )
+        trained, _ = pretrain_data_parallel(
+            spec,
+            supernet,
+            workers,
+            storage,
+            cpus_per_worker=min(1, cpus / workers),
+            threads=max(1, cpus // workers),
+            resume_from=resume_from,
+        )
+    return trained
 
 
 def _for_budgets(spec, budgets: list[float], num_classes: int):

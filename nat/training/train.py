@@ -174,6 +174,8 @@ def train_supernet(
     teacher: Arch | None = None,
     anchor: Arch | None = None,
     seconds: float | None = None,
+    shard: tuple[int, int] = (0, 1),
+    after_epoch: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Train with the sandwich rule: each step back-propagates the ``teacher`` subnet
     (default: the space's largest) on the labels, then the ``anchor`` (default: the space's
@@ -192,7 +194,11 @@ def train_supernet(
     optimiser's, the schedule's and the random generators' states: with ``resume``, training
     continues from the checkpoint's last epoch and ends with the weights an uninterrupted run
     would have. ``before_step`` sees the gradients before each optimiser step (data-parallel
-    training averages them there).
+    training averages them there). ``shard``: (rank, world) of data-parallel training, where
+    every process draws the same batches and subnets and trains on its share of each batch
+    (``images[rank::world]``): with the gradients averaged and BatchNorm synchronised, that is
+    one process's training, whatever the world size. ``after_epoch`` sees the history after
+    each epoch, once the checkpoint is written.
 
     ``seconds``: train for this many seconds instead of ``config.epochs`` epochs (a run's time
     budget): the learning rate follows the time spent (warm-up over ``config.warmup_epochs``
@@ -201,6 +207,12 @@ def train_supernet(
     Returns one record per epoch (loss, seconds, learning rate).
     """
     device = device or default_device()
+    rank, world = shard
+    if config.batch_size % world:
+        raise ValueError(
+            f"a batch of {config.batch_size} cannot be shared equally by {world} workers: "
+            "choose a batch size that is a multiple of the worker count"
+        )
     space = supernet.space
     supernet.to(device, memory_format=_LAYOUT).train()
     rng = np.random.default_rng(config.seed)
@@ -282,7 +294,7 @@ def train_supernet(
             if seconds is not None and spent() >= seconds:
                 break
             step = epoch * len(loader) + batch
-            images, labels = images.to(device), labels.to(device)
+            images, labels = images[rank::world].to(device), labels[rank::world].to(device)
             lr = schedule.get_last_lr()[0]
             optimizer.zero_grad(set_to_none=True)
             if config.progressive_shrinking:
@@ -352,6 +364,8 @@ def train_supernet(
                 history=history,
                 training_state=state,
             )
+        if after_epoch is not None:
+            after_epoch(history)
     supernet.to(memory_format=torch.contiguous_format)
     return history
 

@@ -19,6 +19,7 @@ from .multiexit import bench_multiexit
 from .pruning import bench_pruning
 from .quality import bench_quality
 from .recipe import bench_recipe
+from .scaling import bench_scaling
 from .search import bench_search
 from .speed import bench_speed
 from .surrogate import bench_surrogate
@@ -41,6 +42,7 @@ BENCHES = {
     "pruning": bench_pruning,
     "multiexit": bench_multiexit,
     "transfer": bench_transfer,
+    "scaling": bench_scaling,
 }
 
 

@@ -99,6 +99,9 @@ class Settings:
     target_classes: tuple[str, ...] = ("frog", "horse", "ship", "truck")
     target_subset: int | None = 5_000  # 2,000 target images: 1,000 train, 500 val, 500 test
     target_limit: float = 300.0  # seconds on the target, every row
+    # source training on Ray Train: one epoch of the source classes, timed
+    scaling_subset: int | None = 4_000
+    scaling_batch: int = 64
     # the final recipe's ablation: one subnet trained from inherited weights per variant
     recipe_epochs: float = 20.0
     recipe_variants: dict = field(
@@ -241,6 +244,8 @@ QUICK = Settings(
     target_classes=("6", "7", "8", "9"),
     target_subset=None,
     target_limit=30.0,
+    scaling_subset=400,
+    scaling_batch=32,
     multiexit_seeds=(0,),
     multiexit_epochs=1,
     multiexit_points=4,

@@ -1,0 +1,117 @@
+"""14. Source training on a cluster: steps per second of supernet pre-training in one process
+and on two Ray Train workers (``nat train-supernet --workers 2``), the gradient all-reduce
+against the step, and from those the step time to expect on 8 workers. This machine has two
+cores, so two workers share them with nothing to spare: it cannot show a speed-up, only
+what data parallelism costs."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import torch
+
+from nat.backends.ray import ray_session
+from nat.backends.ray_train import pretrain_data_parallel
+from nat.run import initial_supernet, load_data, pretrain_supernet
+from nat.spec import RunSpec
+
+from .common import Bench, Result, Table
+from .transfer import _data_spec
+
+# Gloo's ring all-reduce moves 2(W-1)/W of the gradients per worker (bandwidth) in 2(W-1)
+# hops (latency): from W=2 to W=8, 1.75x the bytes and 7x the hops.
+_BYTES_8, _HOPS_8 = 1.75, 7.0
+
+
+def _spec(bench: Bench) -> RunSpec:
+    s = bench.s
+    spec = _data_spec(bench, s.source_classes, s.scaling_subset, None)
+    return RunSpec.from_options(
+        spec, max_params=max(s.source_budgets), pretrain_epochs=1, batch_size=s.scaling_batch
+    )
+
+
+def _one_process(spec: RunSpec, threads: int) -> float:
+    """Median seconds of a pre-training step in this process on ``threads`` threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        data = load_data(spec)
+        supernet, _ = initial_supernet(spec, data)
+        marks: list[float] = []
+
+        def mark(_: object) -> None:
+            marks.append(time.perf_counter())
+
+        pretrain_supernet(spec, data, supernet, progress=False, before_step=mark)
+    finally:
+        torch.set_num_threads(before)
+    return float(np.median(np.diff(marks)))
+
+
+def _two_workers(bench: Bench, spec: RunSpec) -> dict:
+    data = load_data(spec)
+    supernet, _ = initial_supernet(spec, data)
+    storage = bench.out / "cache" / "scaling-ray-train"
+    shutil.rmtree(storage, ignore_errors=True)
+    with ray_session(workers=2):
+        _, metadata = pretrain_data_parallel(spec, supernet, 2, storage, threads=1)
+    shutil.rmtree(storage, ignore_errors=True)
+    return metadata["last_epoch_timing"]
+
+
+def bench_scaling(bench: Bench) -> Result:
+    spec = _spec(bench)
+    data = load_data(spec)
+    steps = len(data.train) // spec.pretrain.batch_size
+    single = _one_process(spec, 1)
+    both_cores = _one_process(spec, 2)
+    parallel = _two_workers(bench, spec)
+    step2, reduce2 = parallel["step_seconds"], parallel["allreduce_seconds"]
+    # The model: a step on W workers = the one-thread step / W + communication; of that, the
+    # gradient all-reduce grows with the bytes, the rest (BatchNorm's small all-reduces, each
+    # worker loading the whole batch) is counted as growing with the hops: an upper bound.
+    rest2 = max(0.0, step2 - single / 2 - reduce2)
+    step8 = single / 8 + reduce2 * _BYTES_8 + rest2 * _HOPS_8
+    rows = [
+        ["one process, 1 thread", 1, f"{single:.3f}", f"{1 / single:.2f}", "", ""],
+        ["one process, 2 threads", 1, f"{both_cores:.3f}", f"{1 / both_cores:.2f}", "", ""],
+        [
+            "Ray Train, 2 workers of 1 thread",
+            2,
+            f"{step2:.3f}",
+            f"{1 / step2:.2f}",
+            f"{reduce2:.3f}",
+            f"{rest2:.3f}",
+        ],
+        [
+            "Ray Train, 8 workers (projected)",
+            8,
+            f"{step8:.3f}",
+            f"{1 / step8:.2f}",
+            f"{reduce2 * _BYTES_8:.3f}",
+            f"{rest2 * _HOPS_8:.3f}",
+        ],
+    ]
+    data_doc = {
+        "steps_per_epoch": steps,
+        "batch_size": spec.pretrain.batch_size,
+        "one_thread_step_s": single,
+        "two_thread_step_s": both_cores,
+        "two_worker_step_s": step2,
+        "two_worker_allreduce_s": reduce2,
+        "two_worker_other_communication_s": rest2,
+        "eight_worker_step_s_projected": step8,
+        "eight_worker_speedup_projected": single / step8,
+    }
+    text = (
+        f"{steps} steps of batch {spec.pretrain.batch_size} at {max(bench.s.source_budgets):,.0f} "
+        f"parameters. Projected speed-up of 8 workers over one single-thread process: "
+        f"{single / step8:.1f}x (the all-reduce taken to grow {_BYTES_8}x, the other "
+        f"communication {_HOPS_8:.0f}x from 2 workers). Two workers on these two cores cannot "
+        "be faster than one process using both."
+    )
+    headers = ["setting", "workers", "step s", "steps/s", "gradient all-reduce s", "other comm. s"]
+    return Result(data_doc, [Table("Supernet pre-training steps", headers, rows), text])
