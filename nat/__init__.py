@@ -17,7 +17,7 @@ def search(progress: bool = True, resume: bool = False, overwrite: bool = False,
     """Search the Pareto front of accuracy against parameters / MACs on a dataset; returns a
     :class:`~nat.engine.loop.SearchResult`.
 
-    Keywords are the flat options of :data:`nat.options.OPTIONS`, the same names as ``nat
+    Keywords are the flat options of :data:`nat.spec.OPTIONS`, the same names as ``nat
     search``'s flags (``max_params=300_000``, ``iterations=3``, ``data="digits"``...); an
     unknown one is an error naming the nearest known one. With ``out``, the run folder gets
     run.json, archive.json, pareto.csv, pareto.png, history.csv, the front's subnets,

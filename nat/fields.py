@@ -1,8 +1,12 @@
 """The pieces every settings dataclass of a run uses: the error that names a bad setting, and
-the field metadata and range checks the command line is derived from."""
+the field metadata and range checks the command line is derived from, and the checks of
+names and folders that errors about settings share."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from search_spaces.arch import MAX_SIDE as MAX_IMAGE_SIDE
@@ -13,7 +17,9 @@ __all__ = [
     "MAX_SEED",
     "OptionError",
     "at_least",
+    "check_writable_dir",
     "option_help",
+    "unknown_option",
     "within",
 ]
 
@@ -57,3 +63,39 @@ def within(obj: Any, minimum: float, maximum: float | None, *names: str) -> None
             raise OptionError(name, f"must be at least {minimum:g}, got {value}")
         if maximum is not None and value > maximum:
             raise OptionError(name, f"must be at most {maximum:,}, got {value:,}")
+
+
+def unknown_option(
+    name: str, known: Iterable[str], where: str, listed: bool = False
+) -> OptionError:
+    """The error for an unknown ``name``: the nearest of ``known``, and all of them with
+    ``listed``."""
+    import difflib
+
+    known = list(known)
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    listing = f" (known: {', '.join(known)})" if listed else ""
+    return OptionError(name, f"unknown {where}{hint}{listing}")
+
+
+def check_writable_dir(folder: str | os.PathLike, option: str) -> Path:
+    """``folder`` is a directory, or can be made one, that accepts files: tried with a
+    temporary file in its nearest existing ancestor, removed at once (so a read-only file
+    system is caught even for root). Errors name ``option``."""
+    import tempfile
+
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OptionError(option, f"{path} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OptionError(option, f"{path} cannot be made: {probe} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise OptionError(option, f"{path} is not writable ({err.strerror})") from None
+    return path

@@ -13,8 +13,8 @@ from filelock import FileLock, Timeout
 
 import search_spaces
 
-from .options import check_writable_dir, spec_error_names
-from .spec import OptionError, RunSpec
+from .fields import check_writable_dir
+from .spec import OptionError, RunSpec, spec_error_names
 
 __all__ = [
     "LOCK_FILE",

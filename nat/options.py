@@ -1,31 +1,19 @@
-"""Flat options: one name per setting of a :class:`~nat.spec.RunSpec`, shared by the command
-line (``--doe-size``), ``nat.search()``'s keywords (``doe_size=``) and ``run.json``; and the
-checked conversion of JSON documents into the spec's dataclasses."""
+"""Flat options: one name per setting of a tree of dataclasses (:func:`options_of`; the
+:class:`~nat.spec.RunSpec`'s are :data:`nat.spec.OPTIONS`), shared by the command line
+(``--doe-size``), ``nat.search()``'s keywords (``doe_size=``) and ``run.json``; and the
+checked conversion of JSON documents into those dataclasses (:func:`build`)."""
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import typing
 from dataclasses import dataclass, fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
-import search_spaces
+from .fields import OptionError, unknown_option
 
-from .spec import OptionError, RunSpec
-
-__all__ = [
-    "OPTIONS",
-    "Option",
-    "build",
-    "check_writable_dir",
-    "flag_of",
-    "space_keys",
-    "spec_error_names",
-    "unknown_option",
-]
+__all__ = ["Option", "build", "options_of"]
 
 
 # -- flat options: one name per setting, shared by the CLI, nat.search() and JSON -------------
@@ -57,30 +45,16 @@ class Option:
             doc[leaf] = value
 
 
-# Flat names differing from the field's own name; the rest keep it.
-_RENAMED = {
-    ("data", "source"): "data",
-    ("search", "metrics"): "objectives",
-    ("search", "lr"): "adapt_lr",
-    ("pretrain", "epochs"): "pretrain_epochs",
-    ("pretrain", "lr"): "pretrain_lr",
-    ("pretrain", "batch_size"): "pretrain_batch_size",
-    ("finetune", "epochs"): "finetune_epochs",
-    ("finetune", "label_smoothing"): "finetune_label_smoothing",
-    ("finetune", "lr"): "finetune_lr",
-    ("finetune", "weight_decay"): "finetune_weight_decay",
-    ("finetune", "distill_weight"): "finetune_distill_weight",
-}
-_DERIVED = {
-    ("search", "seed"),
-    ("search", "batch_size"),
-    ("pretrain", "seed"),
-}
-
-
-def _options() -> dict[str, Option]:
+def options_of(
+    root: type,
+    renamed: dict[tuple[str, ...], str],
+    derived: set[tuple[str, ...]],
+) -> dict[str, Option]:
+    """The flat options of the dataclass ``root`` (its defaults from ``root()``), one per
+    field path: named as the field, or as ``renamed`` says; none for the paths in
+    ``derived`` (set from other settings)."""
     options: dict[str, Option] = {}
-    defaults = RunSpec()
+    defaults = root()
 
     def walk(cls: type, prefix: tuple[str, ...], instance: Any) -> None:
         hints = typing.get_type_hints(cls)
@@ -90,9 +64,9 @@ def _options() -> dict[str, Option]:
             if is_dataclass(value):
                 walk(type(value), path, value)
                 continue
-            if path in _DERIVED:
+            if path in derived:
                 continue
-            name = _RENAMED.get(path, f.name)
+            name = renamed.get(path, f.name)
             assert name not in options, f"two settings are called {name}"
             options[name] = Option(
                 name,
@@ -115,7 +89,7 @@ def _options() -> dict[str, Option]:
                         key, (*path, key), kind | None, None, help_text + " (default: the space's)"
                     )
 
-    walk(RunSpec, (), defaults)
+    walk(root, (), defaults)
     return options
 
 
@@ -186,74 +160,3 @@ def _coerce(name: str | tuple[str, ...], kind: Any, value: Any) -> Any:
             raise OptionError(name, f"must be a string, got {value!r}")
         return value
     return value
-
-
-def spec_error_names(build: typing.Callable[[], Any]) -> Any:
-    """Run ``build``; an OptionError from it is raised again naming the flag, not the field."""
-    try:
-        return build()
-    except OptionError as err:
-        raise err.named(flag_of(err.option)) from None
-
-
-def flag_of(option: str | tuple[str, ...]) -> str:
-    """The user's name for a setting: ``--doe-size`` for ``doe_size`` or its path
-    ``("search", "doe_size")``, ``--data`` for ``("data", "source")``."""
-    if isinstance(option, tuple):
-        matches = [o for o in OPTIONS.values() if o.path == option]
-        if not matches:  # a section, e.g. ("search",)
-            return option[-1]
-        return matches[0].flag
-    if option in OPTIONS:
-        return OPTIONS[option].flag
-    matches = [o for o in OPTIONS.values() if o.path[-1] == option]
-    return matches[0].flag if len(matches) == 1 else option
-
-
-OPTIONS: dict[str, Option] = _options()
-
-
-def unknown_option(
-    name: str, known: typing.Iterable[str], where: str, listed: bool = False
-) -> OptionError:
-    """The error for an unknown ``name``: the nearest of ``known``, and all of them with
-    ``listed``."""
-    known = list(known)
-    near = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    listing = f" (known: {', '.join(known)})" if listed else ""
-    return OptionError(name, f"unknown {where}{hint}{listing}")
-
-
-def check_writable_dir(folder: str | os.PathLike, option: str) -> Path:
-    """``folder`` is a directory, or can be made one, that accepts files: tried with a
-    temporary file in its nearest existing ancestor, removed at once (so a read-only file
-    system is caught even for root)."""
-    import tempfile
-
-    path = Path(folder).expanduser()
-    if path.exists() and not path.is_dir():
-        raise OptionError(option, f"{path} is a file, not a folder")
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise OptionError(option, f"{path} cannot be made: {probe} is a file")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise OptionError(option, f"{path} is not writable ({err.strerror})") from None
-    return path
-
-
-def space_keys(name: str) -> list[str]:
-    """The option names the search space ``name`` takes."""
-    import inspect
-
-    if name not in search_spaces.list_spaces():
-        raise OptionError(
-            "space", f"unknown space {name!r}: choose one of {search_spaces.list_spaces()}"
-        )
-    cls = type(search_spaces.get(name))
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]

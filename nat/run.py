@@ -40,9 +40,8 @@ from .handback import hand_back
 from .io.checkpoint import load_supernet, read_supernet_header, save_supernet
 from .io.files import write_json
 from .latency import latency_table_of
-from .options import spec_error_names
 from .planner import Plan, RunClock, SearchBudget, StepTimes, plan_run
-from .spec import OptionError, RunSpec
+from .spec import OptionError, RunSpec, spec_error_names
 from .training.evaluate import SubnetEvaluator
 from .training.train import measure_pretrain_epoch, train_supernet
 from .transfer import budget_warning, source_summary

@@ -2,7 +2,7 @@
 
 A RunSpec round-trips to JSON (``run.json`` in every run folder). Its defaults are written
 here once: the command line's flags, ``nat.search()``'s keywords and the JSON keys are all
-derived from these dataclasses (:data:`nat.options.OPTIONS`). Nothing here imports torch,
+derived from these dataclasses (:data:`OPTIONS`). Nothing here imports torch,
 so building the command line stays fast, and :meth:`RunSpec.validate` checks a whole run
 before any work.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,17 @@ from .fields import (
     MAX_SEED,
     OptionError,
     at_least,
+    check_writable_dir,
     option_help,
+    unknown_option,
     within,
 )
 from .io.files import jsonable
+from .options import Option, build, options_of
 from .recipes import FinetuneSpec, PlanSpec, TrainConfig
 
 __all__ = [
+    "OPTIONS",
     "BackendSpec",
     "DataSpec",
     "FinetuneSpec",
@@ -39,6 +44,8 @@ __all__ = [
     "RunSpec",
     "SearchConfig",
     "TrainConfig",
+    "flag_of",
+    "spec_error_names",
 ]
 
 SPEC_FORMAT = "nat-run/1"
@@ -325,16 +332,12 @@ class RunSpec:
         finetune = doc.get("finetune")
         if isinstance(finetune, dict):  # settings of older versions, now the race's to decide
             doc["finetune"] = {k: v for k, v in finetune.items() if k not in _RETIRED}
-        from .options import build, spec_error_names
-
         return spec_error_names(lambda: build(cls, doc, where))
 
     @classmethod
     def from_options(cls, base: RunSpec | None = None, **options: Any) -> RunSpec:
         """A spec from flat options (``nat.search()``'s keywords, the CLI's flags), on top of
         ``base``; unknown names are errors that suggest the nearest known one."""
-        from .options import OPTIONS, unknown_option
-
         doc = (base or cls()).to_dict()
         for name, value in options.items():
             if name not in OPTIONS:
@@ -345,9 +348,7 @@ class RunSpec:
     # -- checks ------------------------------------------------------------------------------
     def build_space(self) -> search_spaces.SearchSpace:
         """The search space, or an error naming the option at fault."""
-        from .options import space_keys
-
-        known = space_keys(self.space)
+        known = _space_keys(self.space)
         unknown = sorted(set(self.space_options) - set(known))
         if unknown:
             raise OptionError(
@@ -365,8 +366,6 @@ class RunSpec:
     def validate(self) -> RunSpec:
         """Check everything that can be checked without loading data or training; returns the
         spec with paths made absolute. Errors name the user's flag."""
-
-        from .options import check_writable_dir, spec_error_names
 
         def check() -> RunSpec:
             self.build_space()
@@ -420,3 +419,59 @@ class RunSpec:
             )
 
         return spec_error_names(check)
+
+
+def _space_keys(name: str) -> list[str]:
+    """The option names the search space ``name`` takes."""
+    import inspect
+
+    if name not in search_spaces.list_spaces():
+        raise OptionError(
+            "space", f"unknown space {name!r}: choose one of {search_spaces.list_spaces()}"
+        )
+    cls = type(search_spaces.get(name))
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+# Flat names differing from the field's own name; the rest keep it.
+_FLAT_NAMES = {
+    ("data", "source"): "data",
+    ("search", "metrics"): "objectives",
+    ("search", "lr"): "adapt_lr",
+    ("pretrain", "epochs"): "pretrain_epochs",
+    ("pretrain", "lr"): "pretrain_lr",
+    ("pretrain", "batch_size"): "pretrain_batch_size",
+    ("finetune", "epochs"): "finetune_epochs",
+    ("finetune", "label_smoothing"): "finetune_label_smoothing",
+    ("finetune", "lr"): "finetune_lr",
+    ("finetune", "weight_decay"): "finetune_weight_decay",
+    ("finetune", "distill_weight"): "finetune_distill_weight",
+}
+_DERIVED_SETTINGS = {
+    ("search", "seed"),
+    ("search", "batch_size"),
+    ("pretrain", "seed"),
+}
+OPTIONS: dict[str, Option] = options_of(RunSpec, _FLAT_NAMES, _DERIVED_SETTINGS)
+
+
+def flag_of(option: str | tuple[str, ...]) -> str:
+    """The user's name for a setting: ``--doe-size`` for ``doe_size`` or its path
+    ``("search", "doe_size")``, ``--data`` for ``("data", "source")``."""
+    if isinstance(option, tuple):
+        matches = [o for o in OPTIONS.values() if o.path == option]
+        if not matches:  # a section, e.g. ("search",)
+            return option[-1]
+        return matches[0].flag
+    if option in OPTIONS:
+        return OPTIONS[option].flag
+    matches = [o for o in OPTIONS.values() if o.path[-1] == option]
+    return matches[0].flag if len(matches) == 1 else option
+
+
+def spec_error_names(build: Callable[[], Any]) -> Any:
+    """Run ``build``; an OptionError from it is raised again naming the flag, not the field."""
+    try:
+        return build()
+    except OptionError as err:
+        raise err.named(flag_of(err.option)) from None

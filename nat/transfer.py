@@ -21,6 +21,24 @@ __all__ = ["budget_warning", "source_summary", "spec_for_checkpoint"]
 _COVERED_BELOW, _COVERED_ABOVE = 0.5, 1.5
 
 
+def spec_for_budgets(spec: RunSpec, budgets: Iterable[float], num_classes: int) -> RunSpec:
+    """``spec`` for a supernet that serves every parameter budget of ``budgets`` (``nat
+    train-supernet --budgets``): width choices fitted to each budget (their union; given
+    ``width_mults`` win), the sampling and teacher within the largest (``max_params``)."""
+    from .engine.heuristic import budget_width_mults
+
+    budgets = list(budgets)
+    options: dict = {"max_params": max(budgets)}
+    if "width_mults" not in spec.space_options:
+        space = spec.build_space()
+        try:
+            fitted = {w for b in budgets for w in budget_width_mults(space, num_classes, b)}
+        except ValueError as err:
+            raise OptionError("budgets", str(err)).named("--budgets") from None
+        options["width_mults"] = sorted(fitted)
+    return RunSpec.from_options(spec, **options)
+
+
 def spec_for_checkpoint(spec: RunSpec, given: Iterable[str], header: dict) -> RunSpec:
     """``spec`` with the space and space options of the checkpoint ``header``
     (:func:`nat.io.checkpoint.read_supernet_header`) where the user gave none. A ``--space``

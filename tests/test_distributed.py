@@ -124,11 +124,11 @@ def test_search_on_a_two_node_loopback_cluster_matches_single_process(reference,
 
 
 def test_data_parallel_pretraining_matches_one_process_and_resumes_a_killed_worker(tmp_path):
-    """Two Ray Train workers on two loopback nodes, each on half of every batch, train what
-    one process trains on whole batches (up to float rounding, amplified by training: see
-    test_train's test of the same without Ray); a run whose worker dies in the middle of the
-    second epoch resumes from the first epoch's checkpoint and ends with the same weights as
-    the run that was not killed."""
+    """Two Ray Train workers on two loopback nodes, each on half of every batch with
+    BatchNorm statistics pooled, train what one process trains on whole batches (up to float
+    rounding, amplified by training: see test_train's test of the same without Ray); a run
+    whose worker dies in the middle of the second epoch resumes from the first epoch's
+    checkpoint and ends with the same weights as the run that was not killed."""
     import torch.distributed as dist
     from test_train import _relative_gap
 
@@ -170,11 +170,13 @@ def test_data_parallel_pretraining_matches_one_process_and_resumes_a_killed_work
             pretrain_data_parallel(
                 spec, from_start(), 2, tmp_path / "no-retry", max_failures=0, fail_at_step=2
             )
-        whole, _ = pretrain_data_parallel(spec, from_start(), 2, tmp_path / "whole")
+        pooled = {"sync_batch_norm": True}
+        whole, _ = pretrain_data_parallel(spec, from_start(), 2, tmp_path / "whole", **pooled)
         killed, metadata = pretrain_data_parallel(
-            spec, from_start(), 2, tmp_path / "killed", fail_at_step=steps_per_epoch + 1
+            spec, from_start(), 2, tmp_path / "killed", fail_at_step=steps_per_epoch + 1, **pooled
         )
     assert [r["epoch"] for r in metadata["history"]] == [1, 2]
+    assert metadata["last_epoch_timing"]["resumed_after_epoch"] == 1  # killed in epoch 2
     whole, killed = whole.state_dict(), killed.state_dict()
     for key, value in killed.items():
         torch.testing.assert_close(value, whole[key], atol=1e-6, rtol=1e-6, msg=key)

@@ -9,8 +9,7 @@ import pytest
 import nat
 from nat.cli import build_parser
 from nat.cli.options import spec_from_args
-from nat.options import OPTIONS
-from nat.spec import OptionError, RunSpec
+from nat.spec import OPTIONS, OptionError, RunSpec
 
 
 def test_a_spec_round_trips_through_json():

@@ -4,11 +4,12 @@ during a search (``--adapt-workers``).
 
 Every worker loads the same data, draws the same batches and subnets from the same seeds,
 and trains on its share of each batch (``images[rank::world]``). Gradients are averaged
-with one all-reduce per step, and BatchNorm sums its statistics over the workers
-(:meth:`supernets.Supernet.sync_batch_norm`), so N workers train what one process would, up
-to float rounding, with the same recipe (the batch size is the whole batch's). The price:
-each worker loads and augments the whole batch, small beside the sandwich rule's four or
-five forward and backward passes a step.
+with one all-reduce per step, so the recipe (the batch size is the whole batch's) means the
+same for any worker count. BatchNorm normalises each share by its own statistics, unless
+they are pooled over the workers (:meth:`supernets.Supernet.sync_batch_norm`): then N
+workers train what one process would, up to float rounding, at the cost of hundreds of small
+collectives a step. Each worker loads and augments the whole batch, small beside the
+sandwich rule's four or five forward and backward passes a step.
 
 ``storage`` must be a folder every node can reach: Ray Train keeps its checkpoints there.
 Pre-training reports one after every epoch; a worker or node that dies resumes from the last
@@ -69,7 +70,7 @@ def _supernet(config: dict, space: object) -> Supernet:
 
     supernet = build_supernet(space, config["num_classes"])
     supernet.load_state_dict(config["state"])
-    supernet.sync_batch_norm()
+    supernet.sync_batch_norm(config["sync_batch_norm"])
     return supernet
 
 
@@ -127,15 +128,21 @@ def _pretrain_loop(config: dict) -> None:
     supernet = _supernet(config, spec.build_space())
     restored = ray.train.get_checkpoint()
     average, steps = _gradient_average(world), 0
-    # For the resume test: the last worker dies at this step of its first attempt.
-    fail_at = config["fail_at_step"] if restored is None and rank == world - 1 else None
+    # For the resume test: the last worker dies at this step, once (the marker says it did).
+    fail_at = config["fail_at_step"] if rank == world - 1 else None
     marks: list[float] = []  # when each step's gradients were ready
     averaging: list[float] = []  # seconds of each step's gradient all-reduce
+    first_epoch: list[int] = []  # the first epoch this attempt trained
 
     def before_step(net: Supernet) -> None:
         nonlocal steps
         steps += 1
-        if steps == fail_at:
+        marker = Path(config["storage"]) / "injected-fault"
+        if steps == fail_at and not marker.exists():
+            marker.touch()
+            # Ray Train polls its workers every 2 s: the last epoch's checkpoint is registered
+            # by then, as it would be for a worker killed later in a long epoch.
+            time.sleep(5)
             os._exit(1)  # as a killed process: no cleanup, no report
         marks.append(time.perf_counter())
         average(net)
@@ -148,8 +155,10 @@ def _pretrain_loop(config: dict) -> None:
                 shutil.copyfile(Path(saved) / CHECKPOINT_FILE, local)
 
         def after_epoch(history: list[dict]) -> None:
+            first_epoch[:] = first_epoch or [len(history)]
             metrics = {
                 "epoch": len(history),
+                "resumed_after_epoch": first_epoch[0] - 1,
                 "loss": history[-1]["loss"],
                 # medians over the epoch: the step (compute and communication) and its
                 # gradient all-reduce (BatchNorm's all-reduces are inside the step)
@@ -200,6 +209,7 @@ def pretrain_data_parallel(
     resume_from: str | Path | None = None,
     max_failures: int = 3,
     fail_at_step: int | None = None,
+    sync_batch_norm: bool = False,
 ) -> tuple[Supernet, dict]:
     """Pre-train ``supernet`` as ``spec`` (a :class:`~nat.spec.RunSpec`) says, data-parallel
     over ``workers`` Ray Train workers. ``storage``: where Ray Train keeps one checkpoint per
@@ -207,8 +217,13 @@ def pretrain_data_parallel(
     epoch. ``resume_from``: a checkpoint file with training state to continue instead (one
     saved by single-process training). Returns the trained supernet and the metadata of its
     last checkpoint (``history``, ``train_config``...) and, as ``last_epoch_timing``, rank
-    0's median step and gradient all-reduce seconds over the last epoch. ``fail_at_step``:
-    for tests, the last worker exits at that step of its first attempt, as a killed one."""
+    0's median step and gradient all-reduce seconds over the last epoch, and the epoch its
+    last attempt resumed after. ``fail_at_step``: for tests, the last worker exits once at
+    that step, as a killed one.
+    BatchNorm normalises each worker's share by its own statistics (as DDP without
+    SyncBatchNorm); ``sync_batch_norm`` pools them over the workers, which makes the training
+    one process's up to float rounding, at two round trips per BatchNorm layer and subnet
+    each step (docs/benchmarks.md, section 14: 2.5x slower a step here)."""
     from ..io.checkpoint import load_supernet
 
     if workers < 2:
@@ -220,6 +235,8 @@ def pretrain_data_parallel(
         "threads": threads,
         "use_gpu": spec.device == "cuda",
         "fail_at_step": fail_at_step,
+        "storage": str(Path(storage).resolve()),
+        "sync_batch_norm": sync_batch_norm,
     }
     with tempfile.TemporaryDirectory(prefix="nat-resume-") as start:
         if resume_from is not None:
@@ -320,6 +337,7 @@ class RayTrainAdapter:
             "train": train,
             "threads": self.threads,
             "use_gpu": False,
+            "sync_batch_norm": False,
         }
         result = _fit(
             _adapt_loop,

@@ -9,8 +9,7 @@ import numpy as np
 
 import search_spaces
 
-from ..fields import OptionError
-from ..options import check_writable_dir
+from ..fields import OptionError, check_writable_dir
 from ..spec import LATENCY_RUNTIMES
 from .options import parse_json_object, parse_list, parse_number
 

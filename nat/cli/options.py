@@ -9,8 +9,8 @@ import re
 import typing
 from typing import Any
 
-from ..options import OPTIONS, Option
-from ..spec import RunSpec
+from ..options import Option
+from ..spec import OPTIONS, RunSpec
 
 __all__ = [
     "GROUPS",

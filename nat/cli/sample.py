@@ -10,8 +10,8 @@ import numpy as np
 
 from search_spaces import Arch
 
-from ..options import check_writable_dir, spec_error_names
-from ..spec import OptionError
+from ..fields import check_writable_dir
+from ..spec import OptionError, spec_error_names
 from .options import add_spec_options, given_options
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..fields import check_writable_dir
 from ..io.files import jsonable
-from ..options import check_writable_dir, spec_error_names
-from ..spec import OptionError
+from ..spec import OptionError, spec_error_names
 from .options import add_spec_options, parse_sizes, spec_from_args
 
+# Fewer images than this per worker make BatchNorm statistics of its own noisy.
+_MIN_SHARE = 16
 _FLAGS = {"pretrain_epochs": "--epochs", "pretrain_lr": "--lr", "checkpoint": "--init"}
 
 
@@ -62,6 +65,13 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         help="train on the Ray cluster at ADDR (auto, host:port or ray://host:port), on "
         "--workers workers (default: one per CPU of the cluster)",
     )
+    p.add_argument(
+        "--sync-batch-norm",
+        action="store_true",
+        help="with --workers: pool BatchNorm statistics over the workers, so that training is "
+        "one process's up to float rounding; costs two round trips per BatchNorm layer and "
+        "subnet each step (2.5x slower a step on 2 CPUs); default: each worker's own",
+    )
     p.add_argument("--resume", action="store_true", help="continue training saved in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -71,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.checkpoint import load_training_state, save_supernet
     from ..run import load_data, prepare_supernet
     from ..training.evaluate import SubnetEvaluator
+    from ..transfer import spec_for_budgets
 
     spec = spec_from_args(args).validate()
     device = device_of(spec)
@@ -103,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         load_training_state(out, None)  # a file that cannot be continued is refused now
     data = load_data(spec)
     if args.budgets:
-        spec = spec_error_names(lambda: _for_budgets(spec, args.budgets, data.num_classes))
+        spec = spec_error_names(lambda: spec_for_budgets(spec, args.budgets, data.num_classes))
     print(
         f"training {spec.build_space()!r} on {spec.data.source} ({len(data.train)} train / "
         f"{len(data.val)} val images, {data.num_classes} classes) on {device}"
@@ -160,6 +171,15 @@ def _data_parallel(spec, data, out: Path, storage: Path, args: argparse.Namespac
             raise OptionError(
                 "workers", f"the cluster at {args.address} has {cpus} CPU: give --workers 2 or more"
             )
+        share = spec.pretrain.batch_size // workers
+        if share < _MIN_SHARE and not args.sync_batch_norm:
+            print(
+                f"warning: each worker normalises {share} images of the batch of "
+                f"{spec.pretrain.batch_size} by their own BatchNorm statistics: raise "
+                f"--pretrain-batch-size to {_MIN_SHARE * workers} or more, or pass "
+                "--sync-batch-norm",
+                file=sys.stderr,
+            )
         trained, _ = pretrain_data_parallel(
             spec,
             supernet,
@@ -168,22 +188,6 @@ def _data_parallel(spec, data, out: Path, storage: Path, args: argparse.Namespac
             cpus_per_worker=min(1, cpus / workers),
             threads=max(1, cpus // workers),
             resume_from=resume_from,
+            sync_batch_norm=args.sync_batch_norm,
         )
     return trained
-
-
-def _for_budgets(spec, budgets: list[float], num_classes: int):
-    """``spec`` trained to serve every budget: width choices fitted to each budget (their
-    union; ``--width-mults`` wins), the sampling within the largest (``max_params``)."""
-    from ..engine.heuristic import budget_width_mults
-    from ..spec import RunSpec
-
-    options: dict = {"max_params": max(budgets)}
-    if "width_mults" not in spec.space_options:
-        space = spec.build_space()
-        try:
-            fitted = {w for b in budgets for w in budget_width_mults(space, num_classes, b)}
-        except ValueError as err:
-            raise OptionError("budgets", str(err)).named("--budgets") from None
-        options["width_mults"] = sorted(fitted)
-    return RunSpec.from_options(spec, **options)
