@@ -99,3 +99,17 @@ def check_writable_dir(folder: str | os.PathLike, option: str) -> Path:
     except OSError as err:
         raise OptionError(option, f"{path} is not writable ({err.strerror})") from None
     return path
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """The validation and test shares of each class: each strictly between 0 and 1, and
+    together leaving training images. Errors name the setting."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < value < 1:
+            raise OptionError(name, f"must be strictly between 0 and 1, got {value}")
+    if val_fraction + test_fraction >= 1:
+        raise OptionError(
+            "val_fraction",
+            f"with test_fraction it must leave training images, got "
+            f"{val_fraction} + {test_fraction}",
+        )

@@ -20,11 +20,10 @@ class TrainConfig:
     """Supernet training (sandwich rule, in-place distillation). ``lr`` is the peak learning
     rate of SGD with Nesterov momentum: linear warm-up, then cosine decay to 0."""
 
-    # Three epochs: the hand-back fine-tunes what they start; on CIFAR-10 at 300k, 18 epochs of
-    # fine-tuning from them beat the rule's architecture trained 15 from scratch by 4.2 points
-    # on test, within 30 minutes in all (docs/benchmarks.md §7).
+    # Three epochs: the hand-back fine-tunes what they start, and more would not leave it its
+    # time in a 30-minute run (docs/benchmarks.md, section 7).
     epochs: int = field(default=3, metadata=option_help("training epochs"))
-    # Twice the steps of batch 64 for the same time on a CPU: +6 points median on digits.
+    # Twice the steps of batch 64 for the same time on a CPU, which short schedules need.
     batch_size: int = field(default=32, metadata=option_help("images per batch"))
     lr: float = field(default=0.1, metadata=option_help("peak learning rate"))
     momentum: float = field(default=0.9, metadata=option_help("SGD momentum"))
@@ -61,10 +60,8 @@ class TrainConfig:
             "this multiple of it (0: the space's largest)"
         ),
     )
-    # On the quality split at 300k (3 epochs) the smallest as anchor left inherited accuracy
-    # falling with size (Spearman -0.14 over 19 subnets); the largest within the budget made
-    # it rise (+0.32) and the median 1 point higher, for 25 % more pre-training time. At 1M
-    # the smallest handed back 75.7 % test against 74.8 % (validation 74.2 against 73.9 %).
+    # The largest within the budget, not the space's smallest: with the smallest as anchor,
+    # inherited accuracy fell with size at 300k (docs/benchmarks.md, section 7).
     anchor_multiple: float = field(
         default=1.0,
         metadata=option_help(
@@ -72,9 +69,8 @@ class TrainConfig:
             "largest within this multiple of it (0: the space's smallest, BigNAS's sandwich)"
         ),
     )
-    # On CIFAR-10 at 1M it lifted the model handed back from 74.8 to 75.4 % (test); at 300k
-    # and on digits it pulled the front down to the smallest subnets, and the 300k run over
-    # 30 minutes (docs/benchmarks.md).
+    # Off: it helped at 1M but pulled the front down to the smallest subnets at 300k and on
+    # digits, and cost the 300k run its time (docs/benchmarks.md, section 7).
     smallest_anchor: bool = field(
         default=False,
         metadata=option_help(
@@ -123,8 +119,8 @@ class FinetuneSpec:
     (successive halving at equal training time, :mod:`nat.race`), each trained from its
     inherited weights with this recipe."""
 
-    # On CIFAR-10 at 300k (docs/benchmarks.md, section 7) the front's 294k subnet reached
-    # 68.0 % validation accuracy after 15 epochs from inherited weights and 70.7 % after 18.
+    # Without a time limit: enough epochs for inherited weights to settle at 300k on CIFAR-10
+    # (docs/benchmarks.md, section 7); with one, the plan sets the training time instead.
     epochs: int = field(
         default=18,
         metadata=option_help(
@@ -146,17 +142,13 @@ class FinetuneSpec:
             "the front's most accurate (1: no race, the heuristic's subnet)"
         ),
     )
-    # The peer's from-scratch recipe (lr 0.1, weight decay 5e-4), labels only: on CIFAR-10 at
-    # 300k after 4 pre-training epochs it took the chosen subnet from 44.8 % to 63.0 % in 8
-    # epochs, where lr 0.01, weight decay 4e-5 and half distillation from the teacher (49 %)
-    # reached 48.3 % (docs/benchmarks.md, section 7).
+    # The peer's from-scratch recipe on labels only: inherited weights are a start, not a
+    # finished model, and a fine-tuning rate of 0.01 left them where they were
+    # (docs/benchmarks.md, section 7).
     lr: float = field(default=0.1, metadata=option_help("peak learning rate of fine-tuning"))
     weight_decay: float = field(default=5e-4, metadata=option_help("weight decay of fine-tuning"))
-    # The recipe's parts below measured no better on CIFAR-10 at 300k (the handed-back 296k
-    # subnet, 20 epochs from inherited weights, one seed; test % against 72.5 for flip and
-    # crop alone): label smoothing 0.1 72.3, an EMA of the weights 72.2, TrivialAugmentWide
-    # 69.5, random erasing 71.1, MixUp / CutMix 69.8 (docs/benchmarks.md, section 7). They
-    # stay available, off.
+    # The recipe's parts below measured no better than flip and crop alone over the epochs a
+    # handed-back model gets (the ablation in docs/benchmarks.md, section 7): available, off.
     label_smoothing: float = field(
         default=0.0, metadata=option_help("label smoothing of the cross-entropy")
     )

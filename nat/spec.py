@@ -25,6 +25,7 @@ from .fields import (
     MAX_SEED,
     OptionError,
     at_least,
+    check_fractions,
     check_writable_dir,
     option_help,
     unknown_option,
@@ -51,7 +52,8 @@ __all__ = [
 SPEC_FORMAT = "nat-run/1"
 METRICS = ("params", "macs", "latency")
 LATENCY_RUNTIMES = ("onnxruntime", "torch")
-SURROGATES = ("adaptive", "rbf", "gp", "mlp", "trees")
+SURROGATE_MODELS = ("rbf", "gp", "mlp", "trees")  # nat.engine.surrogate's, by name
+SURROGATES = ("adaptive", *SURROGATE_MODELS)  # "adaptive": the best of them by cross-validation
 # Fine-tuning settings of older run.json files that the race and the trained front replaced.
 _RETIRED = ("top", "heuristic")
 
@@ -213,16 +215,7 @@ class DataSpec:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         if len(self.classes) == 1:
             raise OptionError("classes", "give at least 2 classes, or none for all")
-        for name in ("val_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0 < value < 1:
-                raise OptionError(name, f"must be strictly between 0 and 1, got {value}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise OptionError(
-                "val_fraction",
-                f"with test_fraction it must leave training images, got "
-                f"{self.val_fraction} + {self.test_fraction}",
-            )
+        check_fractions(self.val_fraction, self.test_fraction)
         if self.subset is not None:
             at_least(self, 2, "subset")
         if self.split_seed is not None:

@@ -184,12 +184,12 @@ def test_digits_are_never_flipped(digits: DataSplits) -> None:
 @pytest.mark.parametrize(
     ("val_fraction", "test_fraction", "message"),
     [
-        (0.0, 0.1, "val_fraction must be strictly between 0 and 1"),
-        (1.0, 0.1, "val_fraction must be strictly between 0 and 1"),
-        (0.1, -0.2, "test_fraction must be strictly between 0 and 1"),
-        (0.1, 1.5, "test_fraction must be strictly between 0 and 1"),
-        (0.5, 0.5, r"val_fraction \+ test_fraction must be below 1"),
-        (0.6, 0.7, r"val_fraction \+ test_fraction must be below 1"),
+        (0.0, 0.1, "val_fraction: must be strictly between 0 and 1"),
+        (1.0, 0.1, "val_fraction: must be strictly between 0 and 1"),
+        (0.1, -0.2, "test_fraction: must be strictly between 0 and 1"),
+        (0.1, 1.5, "test_fraction: must be strictly between 0 and 1"),
+        (0.5, 0.5, "val_fraction: with test_fraction it must leave training images"),
+        (0.6, 0.7, "val_fraction: with test_fraction it must leave training images"),
     ],
 )
 def test_bad_fractions(val_fraction: float, test_fraction: float, message: str) -> None:

@@ -298,3 +298,10 @@ def test_registry():
     assert set(SURROGATES) == {"rbf", "gp", "mlp", "trees", "adaptive"}
     for name, cls in SURROGATES.items():
         assert issubclass(cls, Surrogate) and cls.name == name
+
+
+def test_the_run_spec_offers_exactly_the_surrogates_there_are():
+    from nat import spec
+
+    assert set(spec.SURROGATES) == set(SURROGATES)
+    assert AdaptiveSurrogate.candidates == spec.SURROGATE_MODELS

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..fields import check_fractions
 from .sources import MIN_IMAGE_SIZE
 
 
@@ -19,18 +20,7 @@ def check_split_arguments(
             f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {image_size}; "
             "smaller images leave no room for crop augmentation and network strides"
         )
-    for name, value in (
-        ("val_fraction", val_fraction),
-        ("test_fraction", test_fraction),
-    ):
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"{name} must be strictly between 0 and 1, got {value}")
-    total = val_fraction + test_fraction
-    if total >= 1.0:
-        raise ValueError(
-            "val_fraction + test_fraction must be below 1 to leave training images, "
-            f"got {val_fraction} + {test_fraction} = {total}"
-        )
+    check_fractions(val_fraction, test_fraction)
     if subset is not None and subset < 1:
         raise ValueError(f"subset must be a positive image count or None, got {subset}")
 

@@ -47,6 +47,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import ThreadpoolController
 
+from ..spec import SURROGATE_MODELS
+
 __all__ = [
     "MIN_POINTS",
     "SURROGATES",
@@ -335,7 +337,7 @@ class AdaptiveSurrogate(Surrogate):
     """
 
     name = "adaptive"
-    candidates: tuple[str, ...] = ("rbf", "gp", "mlp", "trees")
+    candidates: tuple[str, ...] = SURROGATE_MODELS
     max_folds: int = 10
 
     def __init__(self, space: Any, seed: int = 0) -> None:
