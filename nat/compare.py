@@ -27,6 +27,7 @@ from .io.checkpoint import load_supernet
 from .io.files import atomic_write, markdown_table, mean_std, save_figure, write_json
 from .profile import profile
 from .pruning import PruningError, prune_to_budget
+from .recipes import COMPARE
 from .run import load_data
 from .training.evaluate import SubnetEvaluator
 from .training.train import evaluate, finetune
@@ -66,14 +67,14 @@ def _candidates(
 def compare(
     run_dir: str | Path,
     budgets: list[float],
-    seeds: tuple[int, ...] = (0, 1, 2),
-    finetune_epochs: int = 1,
-    metric: str = "params",
-    lr: float = 0.01,
-    bn_batches: int = 20,
+    seeds: tuple[int, ...] = COMPARE.seeds,
+    finetune_epochs: int = COMPARE.finetune_epochs,
+    metric: str = COMPARE.metric,
+    lr: float = COMPARE.lr,
+    bn_batches: int = COMPARE.bn_batches,
     progress: bool = True,
     scratch: bool = False,
-    methods: tuple[str, ...] = (*METHODS, "searched"),
+    methods: tuple[str, ...] = COMPARE.methods,
 ) -> list[dict]:
     """Compare ``methods`` (of :data:`KNOWN`) at each budget, plus the heuristic trained
     from scratch with ``scratch``; writes compare.md, compare.json and compare.png into

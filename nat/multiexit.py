@@ -27,6 +27,7 @@ from .io.checkpoint import load_weights
 from .io.deploy import export_onnx, sample_images
 from .io.files import atomic_write, markdown_table, save_figure, write_json
 from .pruning import params_of
+from .recipes import MULTI_EXIT
 from .training.evaluate import SubnetEvaluator
 from .training.train import evaluate, finetune, resized
 
@@ -241,12 +242,12 @@ def judge_multi_exit(
     data: DataSplits,
     out: Path,
     exits: Sequence[int] | None = None,
-    epochs: int = 5,
-    lr: float = 0.05,
-    points: int = 12,
+    epochs: int = MULTI_EXIT.epochs,
+    lr: float = MULTI_EXIT.lr,
+    points: int = MULTI_EXIT.points,
     front: Sequence[dict] = (),
     onnx: bool = True,
-    seed: int = 0,
+    seed: int = MULTI_EXIT.seed,
     progress: bool = True,
 ) -> dict:
     """Put exits on ``net`` (trained weights) after the stages ``exits`` (default

@@ -241,3 +241,35 @@ class PlanSpec:
                 f"with pretrain_share it must leave at least 0.1 for final training, got "
                 f"{self.pretrain_share} + {self.search_share}",
             )
+
+
+@dataclass(frozen=True)
+class CompareDefaults:
+    """The defaults of ``nat compare`` (:func:`nat.compare.compare` and its flags): seeds to
+    average over, fine-tuning epochs (0: inherited weights) and learning rate, the metric the
+    budgets bound, BatchNorm recalibration batches, and the methods compared."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    finetune_epochs: int = 1
+    lr: float = 0.01
+    metric: str = "params"
+    bn_batches: int = 20
+    methods: tuple[str, ...] = ("heuristic", "width-only", "depth-only", "searched")
+
+
+COMPARE = CompareDefaults()
+
+
+@dataclass(frozen=True)
+class MultiExitDefaults:
+    """The defaults of ``nat multi-exit`` (:func:`nat.multiexit.judge_multi_exit` and its
+    flags): training epochs and peak learning rate of the exits, expected-MACs targets on
+    the accuracy curve, and the training seed."""
+
+    epochs: int = 5
+    lr: float = 0.05
+    points: int = 12
+    seed: int = 0
+
+
+MULTI_EXIT = MultiExitDefaults()

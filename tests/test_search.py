@@ -368,3 +368,11 @@ def test_multi_exit_on_the_front_writes_its_curve_and_model(run, capsys):
     assert "no stage 5 to put an exit after" in capsys.readouterr().err
     assert main(["multi-exit", "--run", str(out), "--config", "x"]) == 2
     assert "either --run DIR" in capsys.readouterr().err
+
+
+def test_compares_default_methods_are_the_heuristics_and_the_search():
+    from nat.compare import KNOWN, METHODS
+    from nat.recipes import COMPARE
+
+    assert COMPARE.methods == (*METHODS, "searched")
+    assert set(COMPARE.methods) <= set(KNOWN)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..recipes import COMPARE
 from .options import parse_ints, parse_names, parse_sizes
 
 
@@ -27,40 +28,44 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     )
     p.add_argument(
         "--metric",
-        default="params",
+        default=COMPARE.metric,
         choices=["params", "macs"],
-        help="what the budgets bound (default params)",
+        help=f"what the budgets bound (default {COMPARE.metric})",
     )
     p.add_argument(
         "--seeds",
         type=parse_ints,
-        default=[0, 1, 2],
+        default=list(COMPARE.seeds),
         metavar="S,S,...",
-        help="seeds to average over (default 0,1,2)",
+        help=f"seeds to average over (default {','.join(map(str, COMPARE.seeds))})",
     )
     p.add_argument(
         "--finetune-epochs",
         type=int,
-        default=1,
+        default=COMPARE.finetune_epochs,
         metavar="N",
-        help="equal fine-tuning for every method, in epochs; 0: inherited weights (default 1)",
+        help="equal fine-tuning for every method, in epochs; 0: inherited weights "
+        f"(default {COMPARE.finetune_epochs})",
     )
     p.add_argument(
-        "--lr", type=float, default=0.01, help="fine-tuning learning rate (default 0.01)"
+        "--lr",
+        type=float,
+        default=COMPARE.lr,
+        help=f"fine-tuning learning rate (default {COMPARE.lr})",
     )
     p.add_argument(
         "--bn-batches",
         type=int,
-        default=20,
+        default=COMPARE.bn_batches,
         metavar="N",
-        help="training batches for BatchNorm recalibration (default 20)",
+        help=f"training batches for BatchNorm recalibration (default {COMPARE.bn_batches})",
     )
     p.add_argument(
         "--methods",
         type=parse_names,
-        default=["heuristic", "width-only", "depth-only", "searched"],
+        default=list(COMPARE.methods),
         metavar="NAME,...",
-        help="what to compare (default heuristic,width-only,depth-only,searched): heuristic "
+        help=f"what to compare (default {','.join(COMPARE.methods)}): heuristic "
         "(Feillet: shallowest depth, then the widest width within the budget), width-only "
         "(full depth), depth-only (full width), searched (the archive's most accurate subnet "
         "within the budget), pruned-l1 and pruned-taylor (the space's largest subnet, "

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .compare import parse_ints
+from ..recipes import MULTI_EXIT
+from .options import parse_ints
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -42,12 +43,18 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         help="stages (0-based) to put an exit after (default: the last stage of each spatial "
         "scale but the last)",
     )
-    p.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    d = MULTI_EXIT
     p.add_argument(
-        "--points", type=int, default=12, help="expected-MACs targets on the curve (default 12)"
+        "--epochs", type=int, default=d.epochs, help=f"training epochs (default {d.epochs})"
     )
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
+    p.add_argument(
+        "--points",
+        type=int,
+        default=d.points,
+        help=f"expected-MACs targets on the curve (default {d.points})",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help=f"training seed (default {d.seed})")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip model.onnx")
     p.add_argument(
         "--out", default=None, help="output folder (default: the run's or the subnet's multi-exit/)"
