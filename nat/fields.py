@@ -25,15 +25,17 @@ __all__ = [
 
 
 class OptionError(ValueError):
-    """A setting is out of range or inconsistent. ``option`` is the setting's field name, or
-    its path in the spec; :class:`RunSpec` rewrites the message to name the user's flag."""
+    """A setting is out of range or inconsistent. ``option`` is the user's flag where the
+    raiser knows it (``--out``), else the setting's field name or its path in the spec:
+    :func:`nat.spec.spec_error_names` then rewrites the message to name the flag."""
 
     def __init__(self, option: str | tuple[str, ...], message: str) -> None:
         super().__init__(f"{option}: {message}")
         self.option, self.message = option, message
 
     def named(self, name: str) -> OptionError:
-        """The same error, its message starting with ``name`` (a flag) instead."""
+        """The same error, its message starting with ``name`` (a flag) instead: how
+        :func:`nat.spec.spec_error_names` renames a field's error."""
         self.args = (f"{name}: {self.message}",)
         return self
 

@@ -124,10 +124,10 @@ def locked_run_folder(out: Path, resume: bool) -> Iterator[None]:
         lock.acquire(timeout=0)
     except Timeout:
         raise OptionError(
-            "out",
+            "--out",
             f"another nat search is writing to {out} (it holds {out / LOCK_FILE}): wait for "
             "it to end, or choose another --out",
-        ).named("--out") from None
+        ) from None
     try:
         yield
     except BaseException:
@@ -174,16 +174,16 @@ def check_free_space(out: Path, supernet) -> None:
     free = shutil.disk_usage(out if out.exists() else out.parent).free
     if free < needed:
         raise OptionError(
-            "out",
+            "--out",
             f"the disk of {out} has {free / 2**20:,.0f} MB free and this run writes about "
             f"{needed / 2**20:,.0f} MB of checkpoints: free some space or choose another --out",
-        ).named("--out")
+        )
 
 
 def fits_widths_to_budget(spec: RunSpec) -> bool:
     """Whether the run's width choices are derived from its budget: a budget is given and
     ``--width-mults`` is not (explicit choices always win)."""
-    budget = spec.search.max_params is not None or spec.search.max_macs is not None
+    budget = any(v is not None for v in spec.search.cost_limits.values())
     return budget and "width_mults" not in spec.space_options
 
 
@@ -193,9 +193,7 @@ def device_of(spec: RunSpec):
     import torch
 
     if spec.device == "cuda" and not torch.cuda.is_available():
-        raise OptionError("device", "cuda asked for, but torch sees no CUDA device").named(
-            "--device"
-        )
+        raise OptionError("--device", "cuda asked for, but torch sees no CUDA device")
     if spec.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec.device)
@@ -209,7 +207,7 @@ def preflight(spec: RunSpec, resume: bool = False, overwrite: bool = False) -> R
     if spec.out is not None:
         spec_error_names(lambda: check_run_folder(Path(spec.out), resume, overwrite))
     elif resume:
-        raise OptionError("out", "resuming needs the run folder").named("--out")
+        raise OptionError("--out", "resuming needs the run folder")
     if spec.device == "cuda":  # torch only loads for this one check
         device_of(spec)
     space = spec.build_space()
@@ -219,17 +217,16 @@ def preflight(spec: RunSpec, resume: bool = False, overwrite: bool = False) -> R
         space = search_spaces.get(space.name, **{**space.options, "width_mults": [WIDTH_GRID[0]]})
     # The classifier's size depends on the class count, known once the data is loaded;
     # at two classes (the fewest) a budget below the smallest subnet can never fit.
-    smallest = space.complexity(space.smallest(), 2)
-    for option, limit, count, unit in (
-        ("--max-params", spec.search.max_params, smallest[0], "params"),
-        ("--max-macs", spec.search.max_macs, smallest[1], "MACs"),
-    ):
+    smallest = space.costs(space.smallest(), 2)
+    units = {"params": "params", "macs": "MACs", "peak_memory": "bytes", "model_size": "bytes"}
+    for metric, limit in spec.search.cost_limits.items():
+        count = int(smallest.metric(metric, spec.search.precision)[0])
         if limit is not None and limit < count:
             raise OptionError(
-                option,
-                f"budget of {limit:,.0f} {unit} is below the smallest {space.name} subnet "
-                f"(at least {count:,} {unit}): raise it or use a smaller space",
-            ).named(option)
+                "--max-" + metric.replace("_", "-"),
+                f"budget of {limit:,.0f} {units[metric]} is below the smallest {space.name} "
+                f"subnet (at least {count:,} {units[metric]}): raise it or use a smaller space",
+            )
     return spec
 
 

@@ -63,10 +63,15 @@ class StaleTableError(ValueError):
     """A latency table measured on another machine, runtime, thread count or library version."""
 
 
-def machine(runtime: str, threads: int) -> dict[str, Any]:
-    """What a table's figures depend on besides the units: CPU, threads, runtime, versions."""
+def machine(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
+    """What a table's figures depend on besides the units: CPU, threads, runtime, versions,
+    and the precision of the models timed (recorded when int8: fp32 tables predate it)."""
     if runtime not in LATENCY_RUNTIMES:
         raise ValueError(f"unknown latency runtime {runtime!r}: choose {LATENCY_RUNTIMES}")
+    if precision == "int8" and runtime != "onnxruntime":
+        raise ValueError(
+            "int8 latency is measured with onnxruntime: use --latency-runtime onnxruntime"
+        )
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     record = {
@@ -81,6 +86,8 @@ def machine(runtime: str, threads: int) -> dict[str, Any]:
 
         record["onnxruntime"] = onnxruntime.__version__
         record["onnx"] = onnx.__version__
+    if precision != "fp32":
+        record["precision"] = precision
     return record
 
 
@@ -175,10 +182,11 @@ def load_table(
     num_classes: int | None = None,
     runtime: str | None = None,
     threads: int | None = None,
+    precision: str | None = None,
 ) -> LatencyTable:
     """The table at ``path``, refused (:class:`StaleTableError`) when it was measured on
-    another machine or library version, or with another runtime, thread count, space or class
-    count than the ones given (None: the table's own)."""
+    another machine or library version, or with another runtime, thread count, precision,
+    space or class count than the ones given (None: the table's own)."""
     try:
         table = LatencyTable.from_dict(json.loads(Path(path).read_text()))
     except (KeyError, TypeError, json.JSONDecodeError) as err:
@@ -186,10 +194,14 @@ def load_table(
     here = machine(
         runtime or table.machine.get("runtime", "onnxruntime"),
         threads or table.machine.get("threads", 1),
+        precision or table.machine.get("precision", "fp32"),
     )
     if table.machine != here:
+        keys = {**table.machine, **here}
         diff = {
-            k: (table.machine.get(k), here.get(k)) for k in here if table.machine.get(k) != here[k]
+            k: (table.machine.get(k), here.get(k))
+            for k in keys
+            if table.machine.get(k) != here.get(k)
         }
         what = ", ".join(f"{k} {a!r}, here {b!r}" for k, (a, b) in diff.items())
         raise StaleTableError(
@@ -208,9 +220,12 @@ def load_table(
     return table
 
 
-def default_path(space: SearchSpace, num_classes: int, runtime: str, threads: int) -> Path:
+def default_path(
+    space: SearchSpace, num_classes: int, runtime: str, threads: int, precision: str = "fp32"
+) -> Path:
     """Where the cache keeps the table of this space on this machine."""
-    key = json.dumps([space.to_dict(), num_classes, machine(runtime, threads)], sort_keys=True)
+    record = machine(runtime, threads, precision)
+    key = json.dumps([space.to_dict(), num_classes, record], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return resolve_cache_dir(None) / "latency" / f"{space.name}-{digest}.json"
 
@@ -232,6 +247,7 @@ def latency_table_of(
         config.latency_threads,
         config.latency_table,
         log,
+        config.precision,
     )
 
 
@@ -242,20 +258,21 @@ def load_or_build(
     threads: int = 1,
     path: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
+    precision: str = "fp32",
 ) -> LatencyTable:
     """The cached table of ``space`` on this machine, built (and cached) when there is none or
     the cached one is stale. An explicit ``path`` must hold a valid table: it is never
-    overwritten."""
+    overwritten. ``precision``: of the models timed (int8: quantised as a run exports them)."""
     if path is not None:
-        return load_table(path, space, num_classes, runtime, threads)
-    path = default_path(space, num_classes, runtime, threads)
+        return load_table(path, space, num_classes, runtime, threads, precision)
+    path = default_path(space, num_classes, runtime, threads, precision)
     if path.exists():
         try:
-            return load_table(path, space, num_classes, runtime, threads)
+            return load_table(path, space, num_classes, runtime, threads, precision)
         except StaleTableError as err:
             if log:
                 log(f"rebuilding the latency table: {err}")
-    table = build_table(space, num_classes, runtime, threads, log=log)
+    table = build_table(space, num_classes, runtime, threads, log=log, precision=precision)
     table.save(path)
     return table
 
@@ -269,6 +286,7 @@ def build_table(
     calibration: int = CALIBRATION,
     log: Callable[[str], None] | None = None,
     dynamo: bool = True,
+    precision: str = "fp32",
 ) -> LatencyTable:
     """Measure every distinct unit of ``space`` (see ``SearchSpace.covering_population``),
     and ``calibration`` random whole subnets (0: none) to fit the map from the units' sum to
@@ -280,7 +298,7 @@ def build_table(
     onnxruntime and 25-75 % in torch (more cache misses, more allocation), growing with size.
     A power law ``scale * sum ** power`` fitted on random subnets, exported as ``nat search``
     exports them, takes the median error from up to 43 % to under 10 % (docs/benchmarks.md)."""
-    record = machine(runtime, threads)
+    record = machine(runtime, threads, precision)
     start = time.perf_counter()
     rows, active = space.units(space.covering_population(), num_classes)
     unique = np.unique(rows[active], axis=0)
@@ -292,8 +310,10 @@ def build_table(
         calls = [runner(nn.ReLU(), (1, 3, 8, 8), runtime, threads)]
         for row in unique:
             module, shape = build_unit(space.family, space.stem, row)
-            calls.append(runner(module, shape, runtime, threads))
-        X, whole = reference_calls(space, num_classes, runtime, threads, calibration, dynamo)
+            calls.append(runner(module, shape, runtime, threads, precision=precision))
+        X, whole = reference_calls(
+            space, num_classes, runtime, threads, calibration, dynamo, precision
+        )
         calls += whole
         if log:
             log(f"  built in {time.perf_counter() - start:.0f} s; timing {rounds} rounds")
@@ -322,6 +342,7 @@ def reference_calls(
     threads: int = 1,
     count: int = CALIBRATION,
     dynamo: bool = True,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, list[Callable[[], Any]]]:
     """The whole subnets a table of ``space`` is calibrated on (the same ``count`` encodings
     every time), and a call running each (see :func:`runner`)."""
@@ -331,7 +352,8 @@ def reference_calls(
         arch = space.decode(x)
         model = build_static(arch, num_classes).eval()
         side = arch.resolution
-        calls.append(runner(model, (1, 3, side, side), runtime, threads, dynamo=dynamo))
+        shape = (1, 3, side, side)
+        calls.append(runner(model, shape, runtime, threads, dynamo=dynamo, precision=precision))
     return X, calls
 
 
@@ -361,13 +383,16 @@ def runner(
     threads: int = 1,
     onnx_bytes: bytes | None = None,
     dynamo: bool = False,
+    precision: str = "fp32",
 ) -> Callable[[], Any]:
     """A call running ``model`` once on a fixed random input of ``shape``: in onnxruntime
     (``threads`` intra-op threads) or torch eager (run it inside ``torch.inference_mode``
     with ``threads`` threads, as :func:`fastest_ms` does). ``onnx_bytes``: run that ONNX
     model instead of exporting ``model``. The export is TorchScript-based, 30x faster than the
     dynamo path for a unit, unless ``dynamo``: then as :func:`nat.io.deploy.export_onnx`
-    makes it (dynamic batch), the file a run ships."""
+    makes it (dynamic batch), the file a run ships. ``precision`` int8: the model quantised
+    as a run's ``model.int8.onnx`` is (calibrated on random inputs: ranges do not change
+    the time)."""
     x = torch.randn(shape)
     if runtime == "torch":
         model = model.eval()
@@ -378,6 +403,10 @@ def runner(
 
     if onnx_bytes is None:
         onnx_bytes = _export(model.eval(), x, legacy=not dynamo)
+    if precision == "int8":
+        from .io.footprint import quantize_int8
+
+        onnx_bytes = quantize_int8(onnx_bytes, [torch.randn(shape).numpy() for _ in range(4)])
     session = onnx_session(onnx_bytes, threads)
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)

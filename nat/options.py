@@ -27,9 +27,9 @@ class Option:
     default: Any
     help: str
     choices: tuple | None = None
-    size: bool = False  # accepts 500k / 2.5M
-    time: bool = False  # accepts 5ms / 800us, read as milliseconds
-    duration: bool = False  # accepts 30m / 2h / 1h30m / 90s, read as seconds
+    # "count": accepts 500k / 2.5M; "ms": 5ms / 800us, read as milliseconds; "s": 30m / 2h /
+    # 1h30m / 90s, read as seconds; "bytes": 256KB / 1.5MB, read as bytes; "": plain numbers.
+    unit: str = ""
 
     @property
     def flag(self) -> str:
@@ -75,9 +75,7 @@ def options_of(
                 value,
                 f.metadata.get("help", ""),
                 f.metadata.get("choices"),
-                f.metadata.get("size", False),
-                f.metadata.get("time", False),
-                f.metadata.get("duration", False),
+                f.metadata.get("unit", ""),
             )
             if path == ("space_options",):  # the common space options get flags of their own
                 for key, help_text in (

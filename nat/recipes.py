@@ -212,7 +212,7 @@ class PlanSpec:
         metadata=option_help(
             "wall-clock limit of the whole run, from data loading to the last export, e.g. "
             "30m, 2h, 1h30m, 900s (default: none; epoch counts hold)",
-            duration=True,
+            unit="s",
         ),
     )
     pretrain_share: float = field(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -14,8 +15,10 @@ from matplotlib.figure import Figure
 from .engine.loop import NATSearch, SearchResult
 from .io.checkpoint import export_subnet
 from .io.deploy import INPUT_FORMAT, sample_images
-from .io.files import atomic_write, save_figure
+from .io.files import atomic_write, save_figure, write_json
+from .quantize import INT8_CALIBRATION_IMAGES, quantize_subnet
 from .report_text import report_text
+from .training.evaluate import SubnetEvaluator
 
 __all__ = ["handed_back", "pareto_rows", "write_outputs"]
 
@@ -62,6 +65,8 @@ def pareto_rows(result: SearchResult) -> list[dict]:
                 "params": e.params,
                 "macs": e.macs,
                 "latency_ms": e.latency,
+                "peak_memory_bytes": e.peak_memory,
+                "model_size_bytes": e.model_size,
                 "resolution": arch.resolution,
                 "depths": " ".join(map(str, arch.depths)),
                 "source": e.source,
@@ -152,6 +157,11 @@ def write_outputs(
     if exports_only is True:
         return
     rows = pareto_rows(result)
+    for row in rows:  # the int8 exports' own scores, as their config.json records them
+        config = out_dir / row["folder"] / "config.json"
+        int8 = json.loads(config.read_text()).get("int8") if row["folder"] else None
+        if int8:
+            row.update({f"int8_{k}": v for k, v in int8.items() if k not in ("file", "method")})
     _write_csv(out_dir / "pareto.csv", rows)
     _write_csv(out_dir / "history.csv", result.history)
     _plot(out_dir / "pareto.png", result, rows)
@@ -162,9 +172,13 @@ def write_outputs(
 def _export(search: NATSearch, result: SearchResult, out_dir: Path, onnx: bool) -> None:
     space, supernet = result.archive.space, search.supernet
     images = sample_images(search.data.val) if onnx else None
+    int8 = onnx and search.config.precision == "int8"
+    if int8:  # calibrated on training images; scored on the splits the float model was
+        calibration = sample_images(search.data.train_eval, INT8_CALIBRATION_IMAGES)
+        splits = {s: SubnetEvaluator.batches(getattr(search.data, s)) for s in ("val", "test")}
     for folder, m in handed_back(result):
         entry = result.archive.entries[m.index]
-        export_subnet(
+        path = export_subnet(
             m.model,
             m.arch,
             out_dir / folder,
@@ -173,6 +187,9 @@ def _export(search: NATSearch, result: SearchResult, out_dir: Path, onnx: bool) 
                 "num_classes": supernet.num_classes,
                 "params": entry.params,
                 "macs": entry.macs,
+                "precision": result.archive.precision,
+                "peak_memory_bytes": entry.peak_memory,
+                "model_size_bytes": entry.model_size,
                 **({"predicted_latency_ms": entry.latency} if entry.latency is not None else {}),
                 "target": m.target,
                 "source": entry.source,
@@ -190,3 +207,8 @@ def _export(search: NATSearch, result: SearchResult, out_dir: Path, onnx: bool) 
             },
             images,
         )
+        if int8:
+            scores = {"val": m.val_accuracy, "test": m.test_accuracy}
+            quantized = quantize_subnet(path, m.arch.resolution, calibration, splits, scores)
+            config = json.loads((path / "config.json").read_text())
+            write_json(path / "config.json", {**config, "int8": quantized})

@@ -5,6 +5,7 @@ heuristic against the search, and the iterations."""
 from __future__ import annotations
 
 from .engine.loop import NATSearch, SearchResult
+from .quantize import INT8_METHOD
 
 __all__ = ["report_text", "time_lines"]
 
@@ -110,16 +111,42 @@ def _race_lines(result: SearchResult) -> list[str]:
     return lines
 
 
+def _limit(metric: str, value: float, precision: str) -> str:
+    if metric == "latency":
+        return f"latency ≤ {value:.3g} ms"
+    if metric in ("peak_memory", "model_size"):
+        return f"{metric} ≤ {value:,.0f} bytes at {precision}"
+    return f"{metric} ≤ {value:,.0f}"
+
+
+def _int8_lines(handed: list[dict]) -> list[str]:
+    """The int8 exports beside their float models (``--precision int8``)."""
+    quantized = [r for r in handed if "int8_test_accuracy" in r]
+    if not quantized:
+        return []
+    lines = [
+        "",
+        "## int8 models (`model.int8.onnx`; " + INT8_METHOD + ")",
+        "",
+        "| folder | float test | int8 val | int8 test | test drop (points) | int8 bytes | "
+        "peak int8 activations (bytes) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in quantized:
+        lines.append(
+            f"| {r['folder']} | {r['test_accuracy']:.2%} | {r['int8_val_accuracy']:.2%} | "
+            f"{r['int8_test_accuracy']:.2%} | {r['int8_test_drop_points']:.2f} | "
+            f"{r['int8_model_size_bytes']:,} | {r['int8_peak_memory_bytes']:,} |"
+        )
+    return lines
+
+
 def report_text(result: SearchResult, search: NATSearch, rows: list[dict]) -> str:
     """report.md of ``result``, with ``rows`` from :func:`nat.report.pareto_rows`."""
     cfg, archive = search.config, result.archive
     names = search.data.class_names
     budgets = (
-        ", ".join(
-            f"{m} ≤ {v:.3g} ms" if m == "latency" else f"{m} ≤ {v:,.0f}"
-            for m, v in search.budgets.limits.items()
-            if v
-        )
+        ", ".join(_limit(m, v, cfg.precision) for m, v in search.budgets.limits.items() if v)
         or "none"
     )
     latency = archive.latency is not None
@@ -177,6 +204,7 @@ def report_text(result: SearchResult, search: NATSearch, rows: list[dict]) -> st
             f"{best['test_accuracy']:.2%} test, {best['params']:,} params).",
         ]
     lines += _race_lines(result)
+    lines += _int8_lines(handed)
     rest = [r for r in rows if not r["folder"]]
     if rest:
         lines += [

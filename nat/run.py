@@ -97,10 +97,10 @@ def initial_supernet(
         supernet, _ = load_supernet(spec.checkpoint, space=spec.space)
         if spec.space_options and space != supernet.space:
             raise OptionError(
-                "checkpoint",
+                "--checkpoint",
                 f"{spec.checkpoint} was trained on another {spec.space} space "
                 f"({supernet.space!r}); drop the space options or retrain",
-            ).named("--checkpoint")
+            )
         if supernet.num_classes == data.num_classes and not always_train:
             return supernet, False
         if supernet.num_classes != data.num_classes:
@@ -368,7 +368,7 @@ def _plan(
             adapt=search.adapt_epochs > 0,
         )
     except ValueError as err:
-        raise OptionError("time_limit", str(err)).named("--time-limit") from None
+        raise OptionError("--time-limit", str(err)) from None
     say(
         f"plan for {spec.plan.time_limit:.0f} s: pre-training {plan.pretrain:.0f} s (about "
         f"{plan.pretrain_epochs:.1f} epochs at {times.pretrain_epoch:.0f} s), search "
@@ -416,11 +416,10 @@ def _budget_widths(spec: RunSpec, num_classes: int) -> tuple[float, ...]:
     search = spec.search
     try:
         return budget_width_mults(
-            spec.build_space(), num_classes, search.max_params, search.max_macs
+            spec.build_space(), num_classes, search.cost_limits, precision=search.precision
         )
-    except ValueError as err:
-        option = "max_params" if search.max_params is not None else "max_macs"
-        raise OptionError(option, str(err)) from None
+    except BudgetError as err:
+        raise OptionError(f"max_{err.metric}", str(err)) from None
 
 
 def _budgets(spec: RunSpec, num_classes: int, progress: bool = False) -> Budgets:
@@ -432,9 +431,7 @@ def _budgets(spec: RunSpec, num_classes: int, progress: bool = False) -> Budgets
         option = "latency_table" if search.latency_table else "max_latency"
         raise OptionError(option, str(err)) from None
     try:
-        return Budgets(
-            space, num_classes, search.max_params, search.max_macs, search.max_latency, table
-        )
+        return Budgets.of(search, space, num_classes, table)
     except BudgetError as err:
         raise OptionError(f"max_{err.metric}", str(err)) from None
 

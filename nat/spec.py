@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import search_spaces
+from search_spaces import PRECISIONS
 from search_spaces.base import SpaceOptionError
 
 from .fields import (
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 SPEC_FORMAT = "nat-run/1"
-METRICS = ("params", "macs", "latency")
+METRICS = ("params", "macs", "latency", "peak_memory", "model_size")
 LATENCY_RUNTIMES = ("onnxruntime", "torch")
 SURROGATE_MODELS = ("rbf", "gp", "mlp", "trees")  # nat.engine.surrogate's, by name
 SURROGATES = ("adaptive", *SURROGATE_MODELS)  # "adaptive": the best of them by cross-validation
@@ -69,15 +70,30 @@ class SearchConfig:
     # images within 30 minutes on 2 cores, hand-back included (docs/benchmarks.md §7).
     iterations: int = field(default=2, metadata=option_help("NAT iterations"))
     max_params: float | None = field(
-        default=None, metadata=option_help("parameter budget, e.g. 500k or 2.5M", size=True)
+        default=None, metadata=option_help("parameter budget, e.g. 500k or 2.5M", unit="count")
     )
     max_macs: float | None = field(
         default=None,
-        metadata=option_help("budget of multiply-accumulates per image, e.g. 60M", size=True),
+        metadata=option_help("budget of multiply-accumulates per image, e.g. 60M", unit="count"),
     )
     max_latency: float | None = field(
         default=None,
-        metadata=option_help("latency budget at batch 1 on this machine, e.g. 5ms", time=True),
+        metadata=option_help("latency budget at batch 1 on this machine, e.g. 5ms", unit="ms"),
+    )
+    max_peak_memory: float | None = field(
+        default=None,
+        metadata=option_help("peak activations (SRAM) at --precision, e.g. 256KB", unit="bytes"),
+    )
+    max_model_size: float | None = field(
+        default=None,
+        metadata=option_help("model bytes (flash) at --precision, e.g. 300KB", unit="bytes"),
+    )
+    precision: str = field(
+        default="fp32",
+        metadata=option_help(
+            "deployed precision: memory budgets count its bytes; int8 exports model.int8.onnx",
+            choices=PRECISIONS,
+        ),
     )
     metrics: tuple[str, ...] = field(
         default=("params",),
@@ -117,7 +133,7 @@ class SearchConfig:
     heuristic_budgets: tuple[float, ...] = field(
         default=(),
         metadata=option_help(
-            "budgets of the Feillet seeds (default 1/4, 1/2 and all of the budget)", size=True
+            "budgets of the Feillet seeds (default 1/4, 1/2 and all of the budget)", unit="count"
         ),
     )
     warm_start: str | None = field(
@@ -133,6 +149,11 @@ class SearchConfig:
     batch_size: int = field(default=64, metadata=option_help("images per batch"))
     lr: float = field(default=0.01, metadata=option_help("learning rate of supernet adaptation"))
     seed: int = field(default=0, metadata=option_help("seed of sampling and NSGA-II"))
+
+    @property
+    def cost_limits(self) -> dict[str, float | None]:
+        """The budgets that are analytic in the architecture, by metric (None: unbounded)."""
+        return {m: getattr(self, f"max_{m}") for m in search_spaces.COST_METRICS}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(self.metrics))
@@ -153,7 +174,9 @@ class SearchConfig:
         at_least(self, 1, "latency_threads")
         if not self.lr > 0:
             raise OptionError("lr", f"must be positive, got {self.lr}")
-        for name in ("max_params", "max_macs", "max_latency"):
+        if self.precision not in PRECISIONS:
+            raise OptionError("precision", f"choose one of {list(PRECISIONS)}")
+        for name in ("max_params", "max_macs", "max_latency", "max_peak_memory", "max_model_size"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise OptionError(name, f"must be a positive number, got {value}")
@@ -292,8 +315,13 @@ class RunSpec:
             choices=("auto", "cpu", "cuda"),
         ),
     )
-    seed: int = field(default=0, metadata=option_help("seed of splits, sampling and training"))
-    batch_size: int = field(default=64, metadata=option_help("images per batch"))
+    # Their defaults are the search's: __post_init__ hands the run's values down to it.
+    seed: int = field(
+        default=SearchConfig.seed, metadata=option_help("seed of splits, sampling and training")
+    )
+    batch_size: int = field(
+        default=SearchConfig.batch_size, metadata=option_help("images per batch")
+    )
     out: str | None = field(
         default=None, metadata=option_help("run folder (default runs/search-SPACE)")
     )
@@ -450,7 +478,7 @@ OPTIONS: dict[str, Option] = options_of(RunSpec, _FLAT_NAMES, _DERIVED_SETTINGS)
 
 def flag_of(option: str | tuple[str, ...]) -> str:
     """The user's name for a setting: ``--doe-size`` for ``doe_size`` or its path
-    ``("search", "doe_size")``, ``--data`` for ``("data", "source")``."""
+    ``("search", "doe_size")``, ``--data`` for ``("data", "source")``; a flag stays one."""
     if isinstance(option, tuple):
         matches = [o for o in OPTIONS.values() if o.path == option]
         if not matches:  # a section, e.g. ("search",)
@@ -463,7 +491,8 @@ def flag_of(option: str | tuple[str, ...]) -> str:
 
 
 def spec_error_names(build: Callable[[], Any]) -> Any:
-    """Run ``build``; an OptionError from it is raised again naming the flag, not the field."""
+    """Run ``build``; an OptionError from it is raised again naming the flag, not the field:
+    the one renaming (code that knows the flag raises ``OptionError("--out", ...)``)."""
     try:
         return build()
     except OptionError as err:

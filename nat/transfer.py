@@ -32,9 +32,11 @@ def spec_for_budgets(spec: RunSpec, budgets: Iterable[float], num_classes: int) 
     if "width_mults" not in spec.space_options:
         space = spec.build_space()
         try:
-            fitted = {w for b in budgets for w in budget_width_mults(space, num_classes, b)}
+            fitted = {
+                w for b in budgets for w in budget_width_mults(space, num_classes, {"params": b})
+            }
         except ValueError as err:
-            raise OptionError("budgets", str(err)).named("--budgets") from None
+            raise OptionError("--budgets", str(err)) from None
         options["width_mults"] = sorted(fitted)
     return RunSpec.from_options(spec, **options)
 
@@ -47,10 +49,10 @@ def spec_for_checkpoint(spec: RunSpec, given: Iterable[str], header: dict) -> Ru
     source = f"--checkpoint {spec.checkpoint}"
     if "space" in given and spec.space != header["space"]:
         raise OptionError(
-            "space",
+            "--space",
             f"--space {spec.space} conflicts with {source}, a supernet of space "
             f"{header['space']!r}: drop --space, or give a {spec.space} checkpoint",
-        ).named("--space")
+        )
     saved = search_spaces.get(header["space"], **header["space_options"])
     try:
         asked = search_spaces.get(header["space"], **{**saved.options, **spec.space_options})
@@ -60,10 +62,10 @@ def spec_for_checkpoint(spec: RunSpec, given: Iterable[str], header: dict) -> Ru
     if differ:
         shown = "; ".join(f"{k} {asked.options[k]} against {saved.options[k]}" for k in differ)
         raise OptionError(
-            "space_options",
+            "--" + differ[0].replace("_", "-"),
             f"{shown} in {source}: drop them to search the supernet's own space, or train "
             "a supernet for this one",
-        ).named("--" + differ[0].replace("_", "-"))
+        )
     return RunSpec.from_options(spec, space=header["space"], space_options=saved.options)
 
 

@@ -1,15 +1,18 @@
 """Search spaces: integer encodings of architectures, sampling, repair and analytic
-parameter / MAC counts. Numpy only; nothing here imports torch."""
+parameter, MAC, peak-memory and model-size counts. Numpy only; nothing here imports torch."""
 
 from . import mbv2, resnet, shufflenetv2  # noqa: F401  (fill the registry)
 from .arch import STEM_STRIDES, STEMS, Arch, ArchArrays, Block, Stage, make_divisible
-from .base import SearchSpace, complexity, from_dict, get, list_spaces, register
+from .base import SearchSpace, complexity, costs, from_dict, get, list_spaces, register
+from .counting import COST_METRICS, PRECISIONS, Tally
 from .units import BLOCK, FIRST_BLOCK, HEAD, STEM, UNIT_FIELDS, units_of_arrays
 
 __all__ = [
     "BLOCK",
+    "COST_METRICS",
     "FIRST_BLOCK",
     "HEAD",
+    "PRECISIONS",
     "STEM",
     "STEMS",
     "STEM_STRIDES",
@@ -19,7 +22,9 @@ __all__ = [
     "Block",
     "SearchSpace",
     "Stage",
+    "Tally",
     "complexity",
+    "costs",
     "from_dict",
     "get",
     "list_spaces",

@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from .arch import MAX_SIDE, STEMS, Arch, ArchArrays
+from .counting import Tally
 
 __all__ = [
     "MAX_SIDE",
     "SearchSpace",
     "SpaceOptionError",
     "complexity",
+    "costs",
     "from_dict",
     "get",
     "list_spaces",
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 _SPACES: dict[str, type[SearchSpace]] = {}
-_COMPLEXITY: dict[str, Callable[[ArchArrays, int], tuple[np.ndarray, np.ndarray]]] = {}
+_COSTS: dict[str, Callable[[ArchArrays, int], Tally]] = {}
 
 
 def register(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]]:
@@ -41,7 +43,7 @@ def register(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]]:
             raise ValueError(f"search space {name!r} is registered twice")
         cls.name = name
         _SPACES[name] = cls
-        _COMPLEXITY[cls.family] = cls.complexity_of_arrays
+        _COSTS[cls.family] = cls.costs_of_arrays
         return cls
 
     return add
@@ -71,24 +73,30 @@ def from_dict(doc: dict[str, Any]) -> SearchSpace:
     return get(name, **options)
 
 
+def costs(archs: Sequence[Arch], num_classes: int) -> Tally:
+    """Analytic costs (:class:`~search_spaces.counting.Tally`) of static architectures of
+    one registered family."""
+    archs = list(archs)
+    if not archs:
+        raise ValueError("no architecture given")
+    family = archs[0].family
+    if family not in _COSTS:
+        raise ValueError(f"unknown family {family!r}: choose one of {sorted(_COSTS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    return _COSTS[family](ArchArrays.from_archs(archs), num_classes)
+
+
 def complexity(arch: Arch | Sequence[Arch], num_classes: int) -> tuple[Any, Any]:
     """(parameters, MACs) of static architectures of any registered family, analytically.
 
     MACs are multiply-accumulates of convolutions and linear layers for one image, as
     torchvision counts them. Scalars for one ``Arch``, int64 arrays for a sequence.
     """
-    archs = [arch] if isinstance(arch, Arch) else list(arch)
-    if not archs:
-        raise ValueError("no architecture given")
-    family = archs[0].family
-    if family not in _COMPLEXITY:
-        raise ValueError(f"unknown family {family!r}: choose one of {sorted(_COMPLEXITY)}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    params, macs = _COMPLEXITY[family](ArchArrays.from_archs(archs), num_classes)
+    tally = costs([arch] if isinstance(arch, Arch) else arch, num_classes)
     if isinstance(arch, Arch):
-        return int(params[0]), int(macs[0])
-    return params, macs
+        return int(tally.params[0]), int(tally.macs[0])
+    return tally.params, tally.macs
 
 
 class SpaceOptionError(ValueError):
@@ -118,7 +126,7 @@ def _sorted_choices(name: str, values: Sequence, kind: type = int) -> tuple:
 
 class SearchSpace:
     """A family's architectures as integer vectors. Subclasses set ``family``, build their
-    stage table in ``__init__`` and implement ``_assemble`` and ``complexity_of_arrays``."""
+    stage table in ``__init__`` and implement ``_assemble`` and ``costs_of_arrays``."""
 
     name: str = ""
     family: str = ""
@@ -223,8 +231,8 @@ class SearchSpace:
         raise NotImplementedError
 
     @staticmethod
-    def complexity_of_arrays(arrays: ArchArrays, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        """(parameters, MACs) as int64 arrays of shape (n,)."""
+    def costs_of_arrays(arrays: ArchArrays, num_classes: int) -> Tally:
+        """The costs of ``arrays``' networks, counted along their forward pass."""
         raise NotImplementedError
 
     # -- the encoding --------------------------------------------------------------------------
@@ -427,28 +435,35 @@ class SearchSpace:
         """The architecture with the largest choice everywhere."""
         return self.decode(self.upper)
 
-    def complexity(self, cfg_or_x: Any, num_classes: int) -> tuple[Any, Any]:
-        """(parameters, MACs per image) computed analytically, without building a model.
-
-        Takes an ``Arch``, a list of them, one encoding (n_var,) or a population
-        (n, n_var); returns ints for one architecture, int64 arrays for a population.
-        """
-        if isinstance(cfg_or_x, Arch) or (
-            isinstance(cfg_or_x, (list, tuple)) and cfg_or_x and isinstance(cfg_or_x[0], Arch)
-        ):
-            archs = [cfg_or_x] if isinstance(cfg_or_x, Arch) else cfg_or_x
+    def costs(self, cfg_or_x: Any, num_classes: int) -> Tally:
+        """Analytic costs of an ``Arch``, a list of them, one encoding (n_var,) or a
+        population (n, n_var), without building a model: parameters, MACs, peak activation
+        memory and model size (see :class:`search_spaces.counting.Tally`), as (n,) arrays."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        if _is_archs(cfg_or_x):
+            archs = [cfg_or_x] if isinstance(cfg_or_x, Arch) else list(cfg_or_x)
             for a in archs:
                 if a.family != self.family:
                     raise ValueError(
                         f"architecture of family {a.family!r} given to space {self.name!r}"
                     )
-            return complexity(cfg_or_x, num_classes)
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-        params, macs = self.complexity_of_arrays(self.to_arrays(cfg_or_x), num_classes)
-        if np.asarray(cfg_or_x).ndim == 1:
-            return int(params[0]), int(macs[0])
-        return params, macs
+            return self.costs_of_arrays(ArchArrays.from_archs(archs), num_classes)
+        return self.costs_of_arrays(self.to_arrays(cfg_or_x), num_classes)
+
+    def complexity(self, cfg_or_x: Any, num_classes: int) -> tuple[Any, Any]:
+        """(parameters, MACs per image) computed analytically, without building a model.
+
+        Takes what :meth:`costs` takes; returns ints for one architecture or one encoding,
+        int64 arrays for a list or a population.
+        """
+        tally = self.costs(cfg_or_x, num_classes)
+        one = isinstance(cfg_or_x, Arch) or (
+            not _is_archs(cfg_or_x) and np.asarray(cfg_or_x).ndim == 1
+        )
+        if one:
+            return int(tally.params[0]), int(tally.macs[0])
+        return tally.params, tally.macs
 
     def units(self, x: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows, active) of a population's units (stem, block slots, head): see
@@ -460,36 +475,17 @@ class SearchSpace:
         )
 
     def covering_population(self) -> np.ndarray:
-        """Encodings whose units, together, include every unit of every subnet of the space.
+        """Encodings whose units, together, include every unit of every subnet of the space
+        (see :func:`search_spaces.units.covering_population`)."""
+        from .units import covering_population
 
-        A unit depends on its own choices, its stage's width and the previous stage's, and the
-        resolution; depth only adds copies of a stage's later block, and kernels and expand
-        ratios of different slots never interact. So: every stage at its deepest, one kernel
-        and one expand ratio everywhere, and every resolution and width pair of adjacent
-        stages."""
-        n_width = self._width.stop - self._width.start
-        n_expand = len(self.expand_ratios) if self.expand_ratios is not None else 1
-        if n_width == 1:
-            widths = [np.array([w]) for w in range(len(self.width_mults))]
-        else:
-            widths = []
-            for a in range(len(self.width_mults)):
-                for b in range(len(self.width_mults)):
-                    for s in range(n_width):
-                        w = np.full(n_width, a)
-                        w[s] = b
-                        widths.append(w)
-        rows = []
-        for r in range(len(self.resolutions)):
-            for w in widths:
-                for k in range(len(self.kernel_sizes)):
-                    for e in range(n_expand):
-                        x = self.upper.copy()
-                        x[0], x[self._width], x[self._kernel] = r, w, k
-                        if self.expand_ratios is not None:
-                            x[self._expand] = e
-                        rows.append(x)
-        return np.unique(self.repair(np.array(rows)), axis=0)
+        return covering_population(self)
+
+
+def _is_archs(cfg_or_x: Any) -> bool:
+    return isinstance(cfg_or_x, Arch) or (
+        isinstance(cfg_or_x, (list, tuple)) and bool(cfg_or_x) and isinstance(cfg_or_x[0], Arch)
+    )
 
 
 def _index(choices: tuple, value: Any, what: str) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .arch import STEM_STRIDES, ArchArrays, make_divisible
 from .base import SearchSpace, register
-from .counting import conv, head, out_size
+from .counting import Tally, out_size
 
 __all__ = ["MBv2Space"]
 
@@ -87,25 +87,39 @@ class MBv2Space(SearchSpace):
         )
 
     @staticmethod
-    def complexity_of_arrays(arrays: ArchArrays, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        a = arrays
+    def costs_of_arrays(arrays: ArchArrays, num_classes: int) -> Tally:
+        a, tally = arrays, Tally(arrays.n)
         size = out_size(a.resolution, STEM_STRIDES[a.stem])
-        params, macs = conv(3, a.stem_channels, 3, size)
+        tally.conv(True, 3, a.stem_channels, 3, a.resolution, size)
         c_in = a.stem_channels
         for s in range(len(a.strides)):
             c_out = a.channels[:, s]
             for j in range(a.kernel.shape[2]):
                 active = j < a.depth[:, s]
                 block_in = c_in if j == 0 else c_out
-                size_out = out_size(size, a.strides[s]) if j == 0 else size
+                stride = a.strides[s] if j == 0 else 1
+                size_out = out_size(size, stride)
                 expand = a.expand[:, s, j]
                 hidden = np.rint(block_in * expand).astype(np.int64)
-                p_exp, m_exp = conv(block_in, hidden, 1, size)
-                p_dw, m_dw = conv(hidden, hidden, a.kernel[:, s, j], size_out, depthwise=True)
-                p_proj, m_proj = conv(hidden, c_out, 1, size_out)
                 has_exp = expand != 1
-                params = params + active * (has_exp * p_exp + p_dw + p_proj)
-                macs = macs + active * (has_exp * m_exp + m_dw + m_proj)
+                residual = (stride == 1) & (block_in == c_out)
+                # A residual block keeps its input alive until the final addition.
+                kept = residual * block_in * size * size
+                tally.conv(active & has_exp, block_in, hidden, 1, size, size)
+                tally.conv(
+                    active,
+                    hidden,
+                    hidden,
+                    a.kernel[:, s, j],
+                    size,
+                    size_out,
+                    depthwise=True,
+                    alive=has_exp * kept,  # without expansion the input is the conv's own
+                )
+                tally.conv(active, hidden, c_out, 1, size_out, size_out, alive=kept)
+                tally.op(active & residual, 3 * c_out * size_out * size_out)
                 size = size_out
             c_in = c_out
-        return head(params, macs, c_in, a.head_channels, size, num_classes)
+        tally.head(c_in, a.head_channels, size, num_classes)
+        tally.float_constant_bytes = tally.float_constant_bytes + 2 * 4  # ReLU6's 0 and 6
+        return tally

@@ -13,7 +13,7 @@ import numpy as np
 
 from .arch import STEM_STRIDES, ArchArrays, make_divisible
 from .base import SearchSpace, register
-from .counting import conv, head, out_size
+from .counting import Tally, out_size
 
 __all__ = ["ResNetSpace"]
 
@@ -65,13 +65,15 @@ class ResNetSpace(SearchSpace):
         )
 
     @staticmethod
-    def complexity_of_arrays(arrays: ArchArrays, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        a = arrays
+    def costs_of_arrays(arrays: ArchArrays, num_classes: int) -> Tally:
+        a, tally = arrays, Tally(arrays.n)
         imagenet = a.stem == "imagenet"
         size = out_size(a.resolution, STEM_STRIDES[a.stem])
-        params, macs = conv(3, a.stem_channels, 7 if imagenet else 3, size)
-        if imagenet:
-            size = out_size(size, 2)  # max-pool
+        tally.conv(True, 3, a.stem_channels, 7 if imagenet else 3, a.resolution, size)
+        if imagenet:  # max-pool
+            pooled = out_size(size, 2)
+            tally.op(True, a.stem_channels * (size * size + pooled * pooled))
+            size = pooled
         c_in = a.stem_channels
         for s in range(len(a.strides)):
             c_out = a.channels[:, s]
@@ -81,12 +83,14 @@ class ResNetSpace(SearchSpace):
                 stride = a.strides[s] if j == 0 else 1
                 size_out = out_size(size, stride)
                 k = a.kernel[:, s, j]
-                p1, m1 = conv(block_in, c_out, k, size_out)
-                p2, m2 = conv(c_out, c_out, k, size_out)
-                p_sc, m_sc = conv(block_in, c_out, 1, size_out)
                 shortcut = (stride != 1) | (block_in != c_out)
-                params = params + active * (p1 + p2 + shortcut * p_sc)
-                macs = macs + active * (m1 + m2 + shortcut * m_sc)
+                x, y = block_in * size * size, c_out * size_out * size_out
+                # The block's input stays alive for the shortcut, which runs last.
+                tally.conv(active, block_in, c_out, k, size, size_out)
+                tally.conv(active, c_out, c_out, k, size_out, size_out, alive=x)
+                tally.conv(active & shortcut, block_in, c_out, 1, size, size_out, alive=y)
+                tally.op(active, 3 * y)  # the addition: both branches and the sum
                 size = size_out
             c_in = c_out
-        return head(params, macs, c_in, a.head_channels, size, num_classes)
+        tally.head(c_in, a.head_channels, size, num_classes)
+        return tally

@@ -13,7 +13,7 @@ import numpy as np
 
 from .arch import STEM_STRIDES, ArchArrays, make_divisible
 from .base import SearchSpace, register
-from .counting import conv, head, out_size
+from .counting import Tally, out_size
 
 __all__ = ["ShuffleNetV2Space"]
 
@@ -66,13 +66,15 @@ class ShuffleNetV2Space(SearchSpace):
         )
 
     @staticmethod
-    def complexity_of_arrays(arrays: ArchArrays, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        a = arrays
+    def costs_of_arrays(arrays: ArchArrays, num_classes: int) -> Tally:
+        a, tally = arrays, Tally(arrays.n)
         imagenet = a.stem == "imagenet"
         size = out_size(a.resolution, STEM_STRIDES[a.stem])
-        params, macs = conv(3, a.stem_channels, 3, size)
-        if imagenet:
-            size = out_size(size, 2)  # max-pool
+        tally.conv(True, 3, a.stem_channels, 3, a.resolution, size)
+        if imagenet:  # max-pool
+            pooled = out_size(size, 2)
+            tally.op(True, a.stem_channels * (size * size + pooled * pooled))
+            size = pooled
         c_in = a.stem_channels
         for s in range(len(a.strides)):
             c_out = a.channels[:, s]
@@ -80,24 +82,28 @@ class ShuffleNetV2Space(SearchSpace):
             for j in range(a.kernel.shape[2]):
                 active = j < a.depth[:, s]
                 k = a.kernel[:, s, j]
+                size_out = out_size(size, a.strides[s]) if j == 0 else size
+                half_out = branch * size_out * size_out
                 if j == 0:  # down-sampling unit: both branches see the whole input
-                    size_out = out_size(size, a.strides[s])
-                    parts = [
-                        conv(c_in, c_in, k, size_out, depthwise=True),
-                        conv(c_in, branch, 1, size_out),
-                        conv(c_in, branch, 1, size),
-                        conv(branch, branch, k, size_out, depthwise=True),
-                        conv(branch, branch, 1, size_out),
-                    ]
-                else:  # half the channels pass through untouched
-                    size_out = size
-                    parts = [
-                        conv(branch, branch, 1, size),
-                        conv(branch, branch, k, size, depthwise=True),
-                        conv(branch, branch, 1, size),
-                    ]
-                params = params + active * sum(p for p, _ in parts)
-                macs = macs + active * sum(m for _, m in parts)
+                    x = c_in * size * size
+                    # The left branch runs first; the input waits for the right one.
+                    tally.conv(active, c_in, c_in, k, size, size_out, depthwise=True)
+                    tally.conv(active, c_in, branch, 1, size_out, size_out, alive=x)
+                    tally.conv(active, c_in, branch, 1, size, size, alive=half_out)
+                    kept = half_out  # the left branch's output, until the concatenation
+                else:  # split: half the channels pass through untouched
+                    kept = branch * size * size
+                    tally.op(active, c_out * size * size + 2 * kept)
+                    tally.conv(active, branch, branch, 1, size, size, alive=kept)
+                tally.conv(active, branch, branch, k, size, size_out, True, alive=kept)
+                tally.conv(active, branch, branch, 1, size_out, size_out, alive=kept)
+                # Concatenation, then the shuffle's transpose (its reshapes are views).
+                tally.op(active, 4 * half_out)
+                tally.op(active, 4 * half_out)
                 size = size_out
             c_in = c_out
-        return head(params, macs, c_in, a.head_channels, size, num_classes)
+            # The shuffle's two reshapes store their target shapes (5 and 4 int64), one pair
+            # a stage: every unit of a stage has the same shape.
+            tally.constant_bytes = tally.constant_bytes + (5 + 4) * 8
+        tally.head(c_in, a.head_channels, size, num_classes)
+        return tally

@@ -6,12 +6,25 @@ input side), so a latency table keyed on rows predicts any subnet as the sum ove
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .arch import STEM_STRIDES, ArchArrays
 from .counting import out_size
 
-__all__ = ["BLOCK", "FIRST_BLOCK", "HEAD", "STEM", "UNIT_FIELDS", "units_of_arrays"]
+if TYPE_CHECKING:
+    from .base import SearchSpace
+
+__all__ = [
+    "BLOCK",
+    "FIRST_BLOCK",
+    "HEAD",
+    "STEM",
+    "UNIT_FIELDS",
+    "covering_population",
+    "units_of_arrays",
+]
 
 UNIT_FIELDS = ("kind", "c_in", "c_out", "kernel", "expand_pct", "stride", "size", "classes")
 STEM, FIRST_BLOCK, BLOCK, HEAD = 0, 1, 2, 3  # kinds; a stage's first block may downsample
@@ -61,3 +74,36 @@ def units_of_arrays(
     rows.append(row(HEAD, c_in, a.head_channels, 0, 1, 1, size, num_classes + zeros))
     active.append(np.ones(n, dtype=bool))
     return np.stack(rows, axis=1), np.stack(active, axis=1)
+
+
+def covering_population(space: SearchSpace) -> np.ndarray:
+    """Encodings whose units, together, include every unit of every subnet of the space.
+
+    A unit depends on its own choices, its stage's width and the previous stage's, and the
+    resolution; depth only adds copies of a stage's later block, and kernels and expand
+    ratios of different slots never interact. So: every stage at its deepest, one kernel
+    and one expand ratio everywhere, and every resolution and width pair of adjacent
+    stages."""
+    n_width = space._width.stop - space._width.start
+    n_expand = len(space.expand_ratios) if space.expand_ratios is not None else 1
+    if n_width == 1:
+        widths = [np.array([w]) for w in range(len(space.width_mults))]
+    else:
+        widths = []
+        for a in range(len(space.width_mults)):
+            for b in range(len(space.width_mults)):
+                for s in range(n_width):
+                    w = np.full(n_width, a)
+                    w[s] = b
+                    widths.append(w)
+    rows = []
+    for r in range(len(space.resolutions)):
+        for w in widths:
+            for k in range(len(space.kernel_sizes)):
+                for e in range(n_expand):
+                    x = space.upper.copy()
+                    x[0], x[space._width], x[space._kernel] = r, w, k
+                    if space.expand_ratios is not None:
+                        x[space._expand] = e
+                    rows.append(x)
+    return np.unique(space.repair(np.array(rows)), axis=0)

@@ -26,6 +26,7 @@ NAMES = (
     "multiexit",
     "transfer",
     "scaling",
+    "tiny",
 )
 
 

@@ -96,6 +96,7 @@ def test_sample_exports_a_working_subnet(checkpoint, tmp_path, capsys):
         (["train-supernet", *TINY, "--space-options", '{"stem": "tiny"}'], "unknown stem"),
         (["train-supernet", *TINY, "--resolutions", "4,16"], "--resolutions: must be 8"),
         (["sample", "--checkpoint", "no/such.pt", "--largest", "--export", "x"], "not found"),
+        (["sample", "--checkpoint", "x.pt", "--largest", "--export", __file__], "--export: "),
     ],
 )
 def test_bad_input_is_a_clear_error(argv, message, capsys):

@@ -132,7 +132,7 @@ def test_data_parallel_pretraining_matches_one_process_and_resumes_a_killed_work
     import torch.distributed as dist
     from test_train import _relative_gap
 
-    from nat.backends.ray_train import pretrain_data_parallel
+    from nat.backends.ray_train import checkpointed_epochs, pretrain_data_parallel
     from nat.run import initial_supernet, load_data, pretrain_supernet
 
     spec = RunSpec.from_options(
@@ -177,6 +177,7 @@ def test_data_parallel_pretraining_matches_one_process_and_resumes_a_killed_work
         )
     assert [r["epoch"] for r in metadata["history"]] == [1, 2]
     assert metadata["last_epoch_timing"]["resumed_after_epoch"] == 1  # killed in epoch 2
+    assert checkpointed_epochs(tmp_path / "killed") == 2  # as --resume would report it
     whole, killed = whole.state_dict(), killed.state_dict()
     for key, value in killed.items():
         torch.testing.assert_close(value, whole[key], atol=1e-6, rtol=1e-6, msg=key)

@@ -318,7 +318,7 @@ def test_advisil_choices_fit_and_ours_are_at_least_as_wide(name):
 def test_widths_fitted_to_a_budget_let_the_seed_use_90_percent_of_it(name, budget):
     from nat.engine.heuristic import budget_width_mults
 
-    widths = budget_width_mults(search_spaces.get(name), 10, max_params=budget)
+    widths = budget_width_mults(search_spaces.get(name), 10, {"params": budget})
     space = search_spaces.get(name, width_mults=widths)
     seed = feillet(budget, None, 10, space=space)
     assert 0.9 * budget <= seed.params <= budget
@@ -342,7 +342,7 @@ def test_the_search_seeds_the_heuristic_that_uses_90_percent_of_the_budget(name)
     from nat.spec import SearchConfig
 
     budget = 300e3
-    widths = budget_width_mults(search_spaces.get(name), 10, max_params=budget)
+    widths = budget_width_mults(search_spaces.get(name), 10, {"params": budget})
     space = search_spaces.get(name, width_mults=widths)
     data = load_dataset("digits", image_size=8, seed=0, subset=100)
     search = NATSearch(

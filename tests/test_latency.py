@@ -166,3 +166,20 @@ def test_parse_time():
     assert parse_time("0.01s") == pytest.approx(10) and parse_time("2.5") == 2.5
     with pytest.raises(Exception, match="5ms or 800us"):
         parse_time("fast")
+
+
+def test_an_int8_table_times_quantised_units_and_is_refused_for_float(tiny_table, tmp_path):
+    space, fp32 = tiny_table
+    int8 = latency.build_table(space, 10, rounds=1, calibration=0, dynamo=False, precision="int8")
+    assert int8.machine["precision"] == "int8" and "precision" not in fp32.machine
+    # The units are the same; their times are int8 models' (QDQ nodes), not the float ones.
+    assert np.array_equal(int8.rows, fp32.rows) and not np.allclose(int8.ms, fp32.ms)
+    path = int8.save(tmp_path / "int8.json")
+    assert latency.load_table(path, space, 10, precision="int8").machine == int8.machine
+    with pytest.raises(StaleTableError, match="precision 'int8', here None"):
+        latency.load_table(path, space, 10, precision="fp32")
+    assert latency.default_path(space, 10, "onnxruntime", 1, "int8") != latency.default_path(
+        space, 10, "onnxruntime", 1
+    )
+    with pytest.raises(ValueError, match="int8 latency is measured with onnxruntime"):
+        latency.machine("torch", 1, "int8")

@@ -9,7 +9,7 @@ import pytest
 import nat
 from nat.cli import build_parser
 from nat.cli.options import spec_from_args
-from nat.spec import OPTIONS, OptionError, RunSpec
+from nat.spec import OPTIONS, OptionError, RunSpec, SearchConfig, spec_error_names
 
 
 def test_a_spec_round_trips_through_json():
@@ -26,6 +26,14 @@ def test_a_spec_round_trips_through_json():
     again = RunSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again == spec
     assert again.search.seed == again.pretrain.seed == 4  # one seed per run
+
+
+def test_the_run_hands_its_seed_and_batch_size_to_its_search():
+    assert RunSpec().search == SearchConfig()  # one default each: the search's
+    spec = RunSpec.from_options(seed=7, batch_size=32)
+    assert (spec.search.seed, spec.search.batch_size, spec.pretrain.seed) == (7, 32, 7)
+    assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).search == spec.search
+    assert "seed" not in spec.to_dict()["search"]  # written once in run.json, as the run's
 
 
 def _other_value(option):
@@ -63,6 +71,9 @@ def _other_value(option):
         "latency_table": "table.json",
         "warm_start": "runs/previous",
         "max_latency": "5ms",
+        "max_peak_memory": "256KB",
+        "max_model_size": "1.5MB",
+        "precision": "int8",
     }
     if option.name in special:
         return special[option.name]
@@ -71,7 +82,7 @@ def _other_value(option):
     if kind[0] is int:
         return str((default or 0) + 3)
     if kind[0] is float:
-        return str((default or 1.0) * 3 if option.size or default else 0.5)
+        return str((default or 1.0) * 3 if option.unit == "count" or default else 0.5)
     raise AssertionError(f"no test value for {option.name}")
 
 
@@ -138,3 +149,24 @@ def test_errors_name_the_users_flag(options, flag):
 def test_space_option_errors_list_the_valid_keys():
     with pytest.raises(OptionError, match="valid keys.*kernel_sizes"):
         RunSpec.from_options(space_options={"foo": 1}).validate()
+
+
+@pytest.mark.parametrize(
+    ("option", "flag"),
+    [("doe_size", "--doe-size"), (("data", "source"), "--data"), ("--out", "--out")],
+)
+def test_a_field_is_renamed_to_its_flag_and_a_flag_kept(option, flag):
+    def fail():
+        raise OptionError(option, "bad")
+
+    with pytest.raises(OptionError, match=f"^{flag}: bad$"):
+        spec_error_names(fail)
+
+
+def test_errors_raised_where_the_flag_is_known_name_it():
+    from nat.folder import preflight
+
+    with pytest.raises(OptionError, match="^--out: resuming needs the run folder$"):
+        preflight(RunSpec(), resume=True)
+    with pytest.raises(OptionError, match="^--max-params: budget of 1,000 params is below"):
+        preflight(RunSpec.from_options(max_params=1000))

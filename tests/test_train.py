@@ -81,6 +81,27 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
         load_supernet(tmp_path / "missing.pt")
 
 
+def test_checkpointed_epochs_reads_headers_and_skips_a_checkpoint_cut_short(tmp_path):
+    """What `nat train-supernet --resume` reports it continues from: the furthest whole
+    checkpoint in Ray Train's storage, read from headers whose weights are only mapped."""
+    from nat.backends.ray_train import checkpointed_epochs
+    from nat.io.checkpoint import read_supernet_header
+
+    net = supernets.build_supernet(small_space("mbv2"), 10)
+    folder = tmp_path / "pretrain"
+    for epochs in (1, 2):
+        path = folder / f"checkpoint_00000{epochs - 1}" / "supernet.pt"
+        save_supernet(path, net, history=[{"epoch": e + 1} for e in range(epochs)])
+    whole = (folder / "checkpoint_000001" / "supernet.pt").read_bytes()
+    cut = folder / "checkpoint_000002" / "supernet.pt"  # the kill came while it was copied
+    cut.parent.mkdir()
+    cut.write_bytes(whole[: len(whole) - 100])
+    with pytest.raises(ValueError, match="corrupt"):
+        read_supernet_header(cut)
+    assert checkpointed_epochs(tmp_path) == 2
+    assert checkpointed_epochs(tmp_path / "empty") == 0
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "file.bin"
     atomic_write(target, lambda f: f.write(b"old"))

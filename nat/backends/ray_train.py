@@ -130,6 +130,7 @@ def _pretrain_loop(config: dict) -> None:
     average, steps = _gradient_average(world), 0
     # For the resume test: the last worker dies at this step, once (the marker says it did).
     fail_at = config["fail_at_step"] if rank == world - 1 else None
+    marker = None if fail_at is None else Path(config["storage"]) / "injected-fault"
     marks: list[float] = []  # when each step's gradients were ready
     averaging: list[float] = []  # seconds of each step's gradient all-reduce
     first_epoch: list[int] = []  # the first epoch this attempt trained
@@ -137,8 +138,7 @@ def _pretrain_loop(config: dict) -> None:
     def before_step(net: Supernet) -> None:
         nonlocal steps
         steps += 1
-        marker = Path(config["storage"]) / "injected-fault"
-        if steps == fail_at and not marker.exists():
+        if marker is not None and steps == fail_at and not marker.exists():
             marker.touch()
             # Ray Train polls its workers every 2 s: the last epoch's checkpoint is registered
             # by then, as it would be for a worker killed later in a long epoch.
@@ -186,7 +186,8 @@ def _pretrain_loop(config: dict) -> None:
 
 def checkpointed_epochs(storage: str | Path) -> int:
     """Epochs of pre-training checkpointed in ``storage`` by an unfinished
-    :func:`pretrain_data_parallel` (0: none), which a new call continues."""
+    :func:`pretrain_data_parallel` (0: none), which a new call continues. Only each
+    checkpoint's header is read: Ray Train keeps one whole supernet per epoch."""
     from ..io.checkpoint import read_supernet_header
 
     epochs = 0

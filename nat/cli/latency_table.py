@@ -32,12 +32,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         metavar="JSON",
         help='options of the space, as for nat search, e.g. \'{"stem": "stride2"}\'',
     )
-    p.add_argument(
-        "--resolutions", type=parse_list(parse_number(int, False), None), metavar="A,B,..."
-    )
-    p.add_argument(
-        "--width-mults", type=parse_list(parse_number(float, False), None), metavar="A,B,..."
-    )
+    p.add_argument("--resolutions", type=parse_list(parse_number(int), None), metavar="A,B,...")
+    p.add_argument("--width-mults", type=parse_list(parse_number(float), None), metavar="A,B,...")
     p.add_argument("--num-classes", type=int, default=10, help="classes of the head (default 10)")
     p.add_argument("--runtime", default="onnxruntime", choices=LATENCY_RUNTIMES)
     p.add_argument("--threads", type=int, default=1, help="threads to measure with (default 1)")
@@ -64,12 +60,12 @@ def run(args: argparse.Namespace) -> int:
     if args.num_classes < 1:
         raise ValueError(f"--num-classes must be at least 1, got {args.num_classes}")
     if args.threads < 1:
-        raise OptionError("threads", f"must be at least 1, got {args.threads}").named("--threads")
+        raise OptionError("--threads", f"must be at least 1, got {args.threads}")
     cached = latency.default_path(space, args.num_classes, args.runtime, args.threads)
     # Where the table goes is checked before it is measured (minutes), not after.
     target = Path(args.out) if args.out else cached
     if target.is_dir():
-        raise OptionError("out", f"{target} is a folder: give a file name").named("--out")
+        raise OptionError("--out", f"{target} is a folder: give a file name")
     check_writable_dir(target.parent, "--out" if args.out else "NAT_CACHE_DIR")
     if args.rebuild or args.out:
         table = latency.build_table(

@@ -15,13 +15,22 @@ from ..spec import OPTIONS, RunSpec
 __all__ = [
     "GROUPS",
     "add_spec_options",
+    "parse_bytes",
     "parse_duration",
     "parse_size",
     "parse_time",
     "spec_from_args",
 ]
 
-_BUDGETS = ("max_params", "max_macs", "max_latency", "objectives")
+_BUDGETS = (
+    "max_params",
+    "max_macs",
+    "max_latency",
+    "max_peak_memory",
+    "max_model_size",
+    "precision",
+    "objectives",
+)
 # Which flags each help section shows, by the settings' paths in the spec.
 GROUPS = {
     "space": lambda o: o.path[0] in ("space", "space_options"),
@@ -86,6 +95,23 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in parts)
 
 
+_BYTE_UNITS = {"": 1, "b": 1}
+_BYTE_UNITS.update({p + s: 1024**i for i, p in enumerate("kmg", 1) for s in ("", "b", "ib")})
+
+
+def parse_bytes(text: str) -> float:
+    """Bytes: '256KB' -> 262144, '1.5MB', '300KiB', '4096'. K, M and G are powers of 1,024,
+    as microcontroller datasheets count SRAM and flash."""
+    number = r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)"
+    match = re.fullmatch(rf"\s*{number}\s*([kKmMgG]?[iI]?[bB]?)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if unit not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of bytes such as 256KB, 1.5MB or 4096, got {text!r}"
+        )
+    return float(match.group(1)) * _BYTE_UNITS[unit]
+
+
 def parse_sizes(text: str) -> list[float]:
     """Comma-separated sizes (``100k,1.5M``) for a flag."""
     values = [parse_size(v) for v in text.split(",") if v.strip()]
@@ -112,16 +138,13 @@ def parse_names(text: str) -> list[str]:
     return names
 
 
-def parse_number(
-    kind: type, size: bool, time: bool = False, duration: bool = False
-) -> typing.Callable[[str], Any]:
+def parse_number(kind: type, unit: str = "") -> typing.Callable[[str], Any]:
+    """A parser of one number for a flag, with the suffixes its ``unit`` allows (see
+    :class:`nat.options.Option`)."""
+
     def parse(text: str) -> Any:
-        if size:
-            return parse_size(text)
-        if time:
-            return parse_time(text)
-        if duration:
-            return parse_duration(text)
+        if unit:
+            return _UNIT_PARSERS[unit](text)
         try:
             value = float(text)
         except ValueError:
@@ -133,6 +156,10 @@ def parse_number(
         return value
 
     return parse
+
+
+_UNIT_PARSERS = {"count": parse_size, "ms": parse_time, "s": parse_duration, "bytes": parse_bytes}
+_UNIT_METAVARS = {"count": "SIZE", "ms": "TIME", "s": "TIME", "bytes": "BYTES"}
 
 
 def parse_list(item: typing.Callable[[str], Any], choices: tuple | None) -> typing.Callable:
@@ -173,7 +200,7 @@ def _argument(option: Option) -> dict:
     kwargs: dict[str, Any] = {"default": argparse.SUPPRESS}
     if typing.get_origin(kind) is tuple:
         item = typing.get_args(kind)[0]
-        parse = str if item is str else parse_number(item, option.size)
+        parse = str if item is str else parse_number(item, option.unit)
         kwargs["type"] = parse_list(parse, option.choices)
         kwargs["metavar"] = "A,B,..." if not option.choices else ",".join(option.choices)
     elif kind is bool:
@@ -181,16 +208,8 @@ def _argument(option: Option) -> dict:
     elif kind is dict:
         kwargs["type"], kwargs["metavar"] = parse_json_object, "JSON"
     elif kind in (int, float):
-        kwargs["type"] = parse_number(kind, option.size, option.time, option.duration)
-        kwargs["metavar"] = (
-            "SIZE"
-            if option.size
-            else "TIME"
-            if option.time or option.duration
-            else "N"
-            if kind is int
-            else "X"
-        )
+        kwargs["type"] = parse_number(kind, option.unit)
+        kwargs["metavar"] = _UNIT_METAVARS.get(option.unit) or ("N" if kind is int else "X")
     else:
         kwargs["metavar"] = _METAVARS.get(option.name, option.name.split("_")[-1].upper())
         if option.choices:

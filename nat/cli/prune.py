@@ -91,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
     source, config = load_subnet(folder)
     if params_of(source) <= args.max_params:
         raise OptionError(
-            "max_params",
+            "--max-params",
             f"{folder} has {params_of(source):,} params, already within {args.max_params:,.0f}: "
             "nothing to prune; give a smaller budget",
-        ).named("--max-params")
+        )
     resolution = config["arch"]["resolution"]
     settings = data_settings(
         args.data, resolution, args.split_seed, args.subset, classes=args.classes

@@ -11,7 +11,7 @@ import numpy as np
 from search_spaces import Arch
 
 from ..fields import check_writable_dir
-from ..spec import OptionError, spec_error_names
+from ..spec import OptionError
 from .options import add_spec_options, given_options
 
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.train import evaluate
 
     export = Path(args.export)
-    spec_error_names(lambda: check_writable_dir(export, "export"))
+    check_writable_dir(export, "--export")
     if export.exists() and any(export.iterdir()) and not args.overwrite:
         raise OptionError(
             "export", f"--export {export} is not empty: choose a new folder or pass --overwrite"

@@ -87,29 +87,29 @@ def run(args: argparse.Namespace) -> int:
     device = device_of(spec)
     out = Path(args.out or f"runs/supernet-{spec.space}.pt")
     if out.is_dir():
-        raise OptionError("out", f"{out} is a folder: give a checkpoint file name").named("--out")
-    spec_error_names(lambda: check_writable_dir(out.parent, "out"))
+        raise OptionError("--out", f"{out} is a folder: give a checkpoint file name")
+    check_writable_dir(out.parent, "--out")
     if out.exists() and not args.resume:
         raise OptionError(
-            "out", f"{out} exists: pass --resume to continue it, or choose another file"
-        ).named("--out")
+            "--out", f"{out} exists: pass --resume to continue it, or choose another file"
+        )
     run_folder = next((p for p in out.resolve().parents if (p / RUN_FILE).is_file()), None)
     if run_folder is not None:
         raise OptionError(
-            "out",
+            "--out",
             f"{out} is inside the run folder {run_folder}, whose files belong to that "
             "run (nat search --resume continues its training): choose a file elsewhere",
-        ).named("--out")
+        )
     if args.workers is not None and args.workers < 1:
         raise OptionError("workers", f"must be at least 1, got {args.workers}")
     parallel = (args.workers or 0) >= 2 or args.address is not None
     storage = out.with_name(out.name + ".ray-train")
     if parallel and storage.exists() and not args.resume:
         raise OptionError(
-            "out",
+            "--out",
             f"{storage} holds an unfinished data-parallel training of {out}: pass --resume "
             "to continue it, or remove it",
-        ).named("--out")
+        )
     if args.resume:
         load_training_state(out, None)  # a file that cannot be continued is refused now
     data = load_data(spec)

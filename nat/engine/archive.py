@@ -29,7 +29,8 @@ FORMAT = "nat-archive/2"
 class Entry:
     """One real evaluation: validation accuracy (0..1) of the subnet ``x`` with inherited
     weights and recalibrated BatchNorm; ``params``; ``macs`` per image; ``latency``: predicted
-    ms at batch 1 (None when the run has no latency table)."""
+    ms at batch 1 (None when the run has no latency table); ``peak_memory`` and
+    ``model_size``: bytes at the archive's precision."""
 
     x: list[int]
     accuracy: float
@@ -38,15 +39,22 @@ class Entry:
     source: str  # "doe", "smallest", "largest", "heuristic", "warm-start", "search"
     iteration: int
     latency: float | None = None
+    peak_memory: int | None = None
+    model_size: int | None = None
 
 
 class Archive:
     """Evaluated architectures of one space, at most one entry per encoding."""
 
     def __init__(
-        self, space: SearchSpace, num_classes: int, latency: LatencyTable | None = None
+        self,
+        space: SearchSpace,
+        num_classes: int,
+        latency: LatencyTable | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.space, self.num_classes, self.latency = space, num_classes, latency
+        self.precision = precision
         self.entries: list[Entry] = []
 
     def __len__(self) -> int:
@@ -70,15 +78,27 @@ class Archive:
         accuracy = np.asarray(accuracy, dtype=np.float64)
         if not np.all(np.isfinite(accuracy)):
             raise ValueError("an evaluation returned a non-finite accuracy; it is not recorded")
-        params, macs = self.space.complexity(X, self.num_classes)
+        costs = self.space.costs(X, self.num_classes)
         latency = self.latency.predict(X) if self.latency is not None else [None] * len(X)
-        for x, acc, p, m, ms in zip(X, accuracy, params, macs, latency, strict=True):
+        for x, acc, ms in zip(X, accuracy, latency, strict=True):
             if x in self:
                 raise ValueError(f"architecture {list(x)} is already in the archive")
             ms = None if ms is None else round(float(ms), 4)
-            self.entries.append(
-                Entry([int(v) for v in x], float(acc), int(p), int(m), source, iteration, ms)
-            )
+            entry = Entry([int(v) for v in x], float(acc), 0, 0, source, iteration, ms)
+            self.entries.append(entry)
+        self._count(self.entries[len(self.entries) - len(X) :], costs)
+
+    def _count(self, entries: list[Entry], costs) -> None:
+        """Fill ``entries``' analytic costs from ``costs`` (a Tally of their encodings)."""
+        columns = {
+            "params": costs.params,
+            "macs": costs.macs,
+            "peak_memory": costs.peak_memory(self.precision),
+            "model_size": costs.model_size(self.precision),
+        }
+        for i, entry in enumerate(entries):
+            for name, values in columns.items():
+                setattr(entry, name, int(values[i]))
 
     def attach_latency(self, latency: LatencyTable | None) -> None:
         """Predict every entry's latency with ``latency`` (None: drop the predictions)."""
@@ -116,6 +136,7 @@ class Archive:
             "format": FORMAT,
             "space": self.space.to_dict(),
             "num_classes": self.num_classes,
+            "precision": self.precision,
             "entries": [asdict(e) for e in self.entries],
         }
 
@@ -128,8 +149,10 @@ class Archive:
         if doc.get("format") != FORMAT:
             raise ValueError(f"archive format is {doc.get('format')!r}, expected {FORMAT!r}")
         space = search_spaces.from_dict(doc["space"])
-        archive = cls(space, int(doc["num_classes"]))
+        archive = cls(space, int(doc["num_classes"]), precision=doc.get("precision", "fp32"))
         archive.entries = [Entry(**e) for e in doc["entries"]]
+        if archive.entries and any(e.peak_memory is None for e in archive.entries):
+            archive._count(archive.entries, space.costs(archive.X, archive.num_classes))
         return archive
 
     @classmethod

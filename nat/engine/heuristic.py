@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 import search_spaces
 from search_spaces import Arch, SearchSpace, Stage, make_divisible
+
+from .problem import BudgetError
 
 __all__ = [
     "DEPTH_GRID",
@@ -44,12 +46,13 @@ __all__ = [
     "budget_width_mults",
     "depth_only",
     "feillet",
+    "feillet_within",
     "reference_arch",
     "scale_arch",
     "width_only",
 ]
 
-METRICS = ("params", "macs")
+METRICS = search_spaces.COST_METRICS
 # Rounded so that reported multipliers print as people write them (0.53, not 0.5300000000001).
 WIDTH_GRID = tuple(round(0.01 * i, 2) for i in range(5, 401))
 DEPTH_GRID = tuple(round(0.01 * i, 2) for i in range(1, 101))
@@ -60,7 +63,12 @@ _FIXED_STAGES = {"mbv2": 1}
 # Families whose head convolution widens with w > 1 (torchvision's MobileNetV2 rule); the
 # others keep the reference's head (ShuffleNetV2's 1024, as AdvisIL does) or have none.
 _HEAD_WIDENS = frozenset({"mbv2"})
-_UNITS = {"params": "params", "macs": "MACs"}
+_UNITS = {
+    "params": "params",
+    "macs": "MACs",
+    "peak_memory": "bytes of peak memory",
+    "model_size": "bytes of model",
+}
 
 
 @dataclass(frozen=True)
@@ -122,16 +130,38 @@ def feillet(
     num_classes: int,
     metric: str = "params",
     space: SearchSpace | None = None,
+    precision: str = "fp32",
 ) -> Scaled:
     """Feillet's ψ: minimal depth that keeps every stage, then the largest width whose
-    ``metric`` (params, or MACs per image) is at most ``budget``.
+    ``metric`` (one of :data:`METRICS`: params, MACs per image, or the bytes of peak memory or
+    of the model at ``precision``) is at most ``budget``.
 
     Continuous form without ``space`` (``ref`` required); snapped form with ``space`` (``ref``
     defaults to :func:`reference_arch` of the space and must be one of its architectures).
     Raises ValueError for a non-positive budget, an unknown metric, or a budget below the
     smallest network of the family at minimal depth.
     """
-    return _width_scan(budget, ref, num_classes, metric, space, full_depth=False)
+    return _width_scan(budget, ref, num_classes, metric, space, precision, full_depth=False)
+
+
+def feillet_within(
+    budgets: Mapping[str, float], num_classes: int, space: SearchSpace, precision: str = "fp32"
+) -> Scaled:
+    """Feillet's snapped architecture under several budgets at once (metric -> bound): the
+    narrowest of the ones each budget alone gives, at the space's largest resolution where
+    every budget can be met (MACs and peak memory grow with resolution; a 48 KB peak-memory
+    budget fits no mbv2 network at 40 px, but fits at 24 px)."""
+    error = ValueError("the space has no resolution")
+    for resolution in reversed(space.resolutions):
+        ref = reference_arch(space, resolution)
+        try:
+            return min(
+                (feillet(b, ref, num_classes, m, space, precision) for m, b in budgets.items()),
+                key=lambda scaled: scaled.width,
+            )
+        except ValueError as err:
+            error = err
+    raise error
 
 
 def width_only(
@@ -140,10 +170,11 @@ def width_only(
     num_classes: int,
     metric: str = "params",
     space: SearchSpace | None = None,
+    precision: str = "fp32",
 ) -> Scaled:
     """Ablation: the reference's full depth, the largest width that fits ``budget``.
     Forms, arguments and errors as :func:`feillet`."""
-    return _width_scan(budget, ref, num_classes, metric, space, full_depth=True)
+    return _width_scan(budget, ref, num_classes, metric, space, precision, full_depth=True)
 
 
 def _width_scan(
@@ -152,6 +183,7 @@ def _width_scan(
     num_classes: int,
     metric: str,
     space: SearchSpace | None,
+    precision: str,
     full_depth: bool,
 ) -> Scaled:
     """The largest width within ``budget`` at the reference's full depth (width-only) or at
@@ -162,7 +194,9 @@ def _width_scan(
         ref = _require(ref)
         depths = _scalable_depths(ref) if full_depth else (1,) * len(_scalable_depths(ref))
         archs = [_scaled(ref, w, depths) for w in WIDTH_GRID]
-        return _pick_archs(archs, list(WIDTH_GRID), ref, budget, metric, num_classes, method)
+        return _pick_archs(
+            archs, list(WIDTH_GRID), ref, (budget, metric, precision), num_classes, method
+        )
     ref, x_ref = _member(space, ref)
     n_width = len(space.width_mults)
     if full_depth:
@@ -170,7 +204,7 @@ def _width_scan(
     else:
         depth = np.zeros((n_width, space.n_stages), dtype=np.int64)  # each stage's minimum
     X = _rows(space, x_ref, np.arange(n_width), depth)
-    return _pick_rows(space, X, ref, budget, metric, num_classes, method)
+    return _pick_rows(space, X, ref, (budget, metric, precision), num_classes, method)
 
 
 def depth_only(
@@ -179,6 +213,7 @@ def depth_only(
     num_classes: int,
     metric: str = "params",
     space: SearchSpace | None = None,
+    precision: str = "fp32",
 ) -> Scaled:
     """Ablation: the reference's full width (continuous: w = 1; snapped: the largest width
     choice), the largest depth multiplier ``d`` on :data:`DEPTH_GRID` that fits ``budget``,
@@ -191,7 +226,7 @@ def depth_only(
         configs = _unique_rows(_blocks(n_ref, np.array(DEPTH_GRID)[:, None], 1))
         archs = [_scaled(ref, 1.0, tuple(int(b) for b in row)) for row in configs]
         return _pick_archs(
-            archs, [1.0] * len(archs), ref, budget, metric, num_classes, "depth-only"
+            archs, [1.0] * len(archs), ref, (budget, metric, precision), num_classes, "depth-only"
         )
     ref, x_ref = _member(space, ref)
     n_ref = np.array(_scalable_depths(ref), dtype=np.int64)
@@ -208,7 +243,7 @@ def depth_only(
     depth = _unique_rows(depth)
     width = np.full(len(depth), len(space.width_mults) - 1)
     X = _rows(space, x_ref, width, depth)
-    return _pick_rows(space, X, ref, budget, metric, num_classes, "depth-only")
+    return _pick_rows(space, X, ref, (budget, metric, precision), num_classes, "depth-only")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -357,67 +392,77 @@ def _pick_archs(
     archs: list[Arch],
     widths: list[float],
     ref: Arch,
-    budget: float,
-    metric: str,
+    target: tuple[float, str, str],
     num_classes: int,
     method: str,
 ) -> Scaled:
-    params, macs = search_spaces.complexity(archs, num_classes)
-    return _pick(lambda i: (archs[i], widths[i]), params, macs, ref, budget, metric, method)
+    costs = search_spaces.costs(archs, num_classes)
+    return _pick(lambda i: (archs[i], widths[i]), costs, ref, target, method)
 
 
 def _pick_rows(
     space: SearchSpace,
     X: np.ndarray,
     ref: Arch,
-    budget: float,
-    metric: str,
+    target: tuple[float, str, str],
     num_classes: int,
     method: str,
 ) -> Scaled:
-    params, macs = space.complexity(X, num_classes)
     width_at = _gene_positions(space, "width")[0]
 
     def row(i: int) -> tuple[Arch, float]:
         return space.decode(X[i]), float(space.width_mults[X[i, width_at]])
 
-    return _pick(row, params, macs, ref, budget, metric, method)
+    return _pick(row, space.costs(X, num_classes), ref, target, method)
 
 
-def _pick(candidate, params, macs, ref: Arch, budget: float, metric: str, method: str) -> Scaled:
-    """The largest candidate within ``budget``; ``candidate(i)`` gives (arch, width)."""
-    i = _largest_fitting(params if metric == "params" else macs, budget, metric, ref.family, method)
+def _pick(
+    candidate, costs: search_spaces.Tally, ref: Arch, target: tuple[float, str, str], method: str
+) -> Scaled:
+    """The largest candidate within ``target`` = (budget, metric, precision);
+    ``candidate(i)`` gives (arch, width)."""
+    budget, metric, precision = target
+    values = costs.metric(metric, precision)
+    i = _largest_fitting(values, budget, metric, ref.family, method)
     arch, width = candidate(i)
-    return Scaled(arch, width, _depth_ratio(arch, ref), int(params[i]), int(macs[i]), method)
+    params, macs = int(costs.params[i]), int(costs.macs[i])
+    return Scaled(arch, width, _depth_ratio(arch, ref), params, macs, method)
 
 
 def budget_width_mults(
     space: SearchSpace,
     num_classes: int,
-    max_params: float | None = None,
-    max_macs: float | None = None,
+    limits: Mapping[str, float | None],
     fractions: Sequence[float] = (0.5, 0.71, 1.0),
+    precision: str = "fp32",
 ) -> tuple[float, ...]:
-    """Width choices fitted to the budgets: the Feillet width w* of the tightest budget, on a
-    0.01 grid, times ``fractions`` (the seeds at 1/4, 1/2 and all of the budget then sit near
-    their own budgets, the seed at the full budget within a few percent of it). ``space``
-    gives everything but the widths."""
+    """Width choices fitted to the budgets ``limits`` (metric of :data:`METRICS` -> upper
+    bound or None; bytes at ``precision`` for the memories): the Feillet width w* of the
+    tightest budget, on a 0.01 grid, times ``fractions`` (the seeds at 1/4, 1/2 and all of a
+    parameter budget then sit near their own budgets, the seed at the full budget within a
+    few percent of it). ``space`` gives everything but the widths."""
     # The whole grid, above 1 too: a budget larger than the reference network at one block a
     # stage (about 1.2M params on mbv2) is spent on width, as the rule says, not left unused.
     fine = search_spaces.get(space.name, **{**space.options, "width_mults": WIDTH_GRID})
     widest = []
-    largest = fine.complexity(fine.largest(), num_classes)
-    for k, (metric, budget) in enumerate((("params", max_params), ("macs", max_macs))):
-        if budget is not None and budget > largest[k]:
+    largest = fine.costs(fine.largest(), num_classes)
+    for metric, budget in limits.items():
+        if budget is None:
+            continue
+        most = int(largest.metric(metric, precision)[0])
+        if budget > most:
             # Nothing would bound the search, and its supernet (4x the reference width at
             # full depth) may not fit in memory: say so before building it.
-            raise ValueError(
-                f"budget of {budget:.4g} {metric} is above the largest {space.name} subnet at "
-                f"width {WIDTH_GRID[-1]} ({largest[k]:,} {metric}): give at most that"
+            raise BudgetError(
+                metric,
+                f"budget of {budget:.4g} {_UNITS[metric]} is above the largest {space.name} "
+                f"subnet at width {WIDTH_GRID[-1]} ({most:,} {_UNITS[metric]}): give at most that",
             )
-        if budget is not None:
-            widest.append(feillet(budget, None, num_classes, metric=metric, space=fine).width)
+        try:
+            widest.append(feillet_within({metric: budget}, num_classes, fine, precision).width)
+        except ValueError as err:
+            raise BudgetError(metric, str(err)) from None
     if not widest:
-        raise ValueError("budget_width_mults needs max_params or max_macs")
+        raise ValueError(f"budget_width_mults needs a budget on one of {METRICS}")
     top = min(widest)
     return tuple(sorted({max(WIDTH_GRID[0], round(top * f, 2)) for f in fractions}))

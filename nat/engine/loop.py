@@ -23,7 +23,7 @@ from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from tqdm.auto import tqdm
 
-from search_spaces import Arch, SearchSpace
+from search_spaces import COST_METRICS, Arch, SearchSpace
 from supernets import Supernet
 
 from ..data import DataSplits
@@ -34,7 +34,7 @@ from ..spec import SearchConfig
 from ..training.evaluate import SubnetEvaluator
 from ..training.train import TrainConfig, train_supernet
 from .archive import Archive, rank_order
-from .heuristic import feillet
+from .heuristic import feillet_within
 from .problem import Budgets, SurrogateProblem, run_nsga2
 from .state import read_snapshot, write_snapshot
 from .surrogate import make_surrogate, rank_metrics
@@ -158,18 +158,11 @@ class NATSearch:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         log = (lambda text: tqdm.write(text)) if progress else None
         self.latency = latency_table_of(config, self.space, supernet.num_classes, log)
-        self.budgets = Budgets(
-            self.space,
-            supernet.num_classes,
-            config.max_params,
-            config.max_macs,
-            config.max_latency,
-            self.latency,
-        )
+        self.budgets = Budgets.of(config, self.space, supernet.num_classes, self.latency)
         self.runner = runner or SubnetEvaluator(
             data, config.bn_batches, config.batch_size, config.seed, progress, self.device
         )
-        self.archive = Archive(self.space, supernet.num_classes, self.latency)
+        self.archive = Archive(self.space, supernet.num_classes, self.latency, config.precision)
         self.history: list[dict] = []
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
@@ -198,21 +191,24 @@ class NATSearch:
         """The Feillet heuristic's architecture (widths snapped to the space) per budget, from
         the family's reference network (kernel 3): scaling the space's largest (kernel 7)
         instead left the seed at 69 % of a 300k budget on CIFAR-10's mbv2 space."""
-        # Feillet scales by params or MACs; a latency-only run scales by MACs and keeps the
-        # seeds its latency budget admits.
-        metric = next((m for m in self.config.metrics if m != "latency"), "macs")
-        limit = self.budgets.limits[metric] or self.budgets.scale[metric]
-        budgets = self.config.heuristic_budgets or (limit / 4, limit / 2, limit)
+        # Feillet scales by the budgets that are analytic (params, MACs, memory bytes), each
+        # seed by the tightest of them; a run with none (latency only, or unbounded) scales
+        # by its first such objective, else by MACs, and keeps the seeds its budgets admit.
+        limits, precision = self.budgets.cost_limits, self.budgets.precision
+        if not limits or self.config.heuristic_budgets:
+            metric = next((m for m in limits), None) or next(
+                (m for m in self.config.metrics if m in COST_METRICS), "macs"
+            )
+            limit = limits.get(metric) or self.budgets.scale[metric]
+            targets = [
+                {metric: b} for b in self.config.heuristic_budgets or (limit / 4, limit / 2, limit)
+            ]
+        else:
+            targets = [{m: v * f for m, v in limits.items()} for f in (1 / 4, 1 / 2, 1)]
         seeds = []
-        for budget in budgets:
+        for target in targets:
             try:
-                scaled = feillet(
-                    budget,
-                    None,
-                    self.supernet.num_classes,
-                    metric=metric,
-                    space=self.space,
-                )
+                scaled = feillet_within(target, self.supernet.num_classes, self.space, precision)
             except ValueError:
                 continue  # a quarter of a tight budget may fit nothing: skip that seed
             x = self.space.encode(scaled.arch)

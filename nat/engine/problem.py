@@ -14,9 +14,9 @@ from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.optimize import minimize
 
-from search_spaces import Arch, SearchSpace
+from search_spaces import COST_METRICS, Arch, SearchSpace
 
-from ..spec import METRICS
+from ..spec import METRICS, SearchConfig
 
 if TYPE_CHECKING:
     from ..latency import LatencyTable
@@ -30,7 +30,13 @@ __all__ = [
     "run_nsga2",
 ]
 
-_UNITS = {"params": "parameters", "macs": "MACs", "latency": "ms latency"}
+_UNITS = {
+    "params": "parameters",
+    "macs": "MACs",
+    "latency": "ms latency",
+    "peak_memory": "bytes of peak memory",
+    "model_size": "bytes of model",
+}
 
 
 class BudgetError(ValueError):
@@ -43,10 +49,11 @@ class BudgetError(ValueError):
 
 
 class Budgets:
-    """Upper bounds on parameters, MACs per image and milliseconds at batch 1 (None:
-    unbounded), and the scale each complexity objective is divided by (the budget, else the
-    space's largest value). ``latency``: the table that predicts latency (``nat.latency``),
-    needed for a latency budget or objective."""
+    """Upper bounds on parameters, MACs per image, milliseconds at batch 1, bytes of peak
+    activation memory and bytes of model at ``precision`` (None: unbounded), and the scale
+    each complexity objective is divided by (the budget, else the space's largest value).
+    ``latency``: the table that predicts latency (``nat.latency``), needed for a latency
+    budget or objective."""
 
     def __init__(
         self,
@@ -56,13 +63,23 @@ class Budgets:
         max_macs: float | None = None,
         max_latency: float | None = None,
         latency: LatencyTable | None = None,
+        max_peak_memory: float | None = None,
+        max_model_size: float | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.space, self.num_classes, self.latency = space, num_classes, latency
+        self.precision = precision
         if max_latency is not None and latency is None:
             raise BudgetError(
                 "latency", "a latency budget needs a latency table (nat.latency.load_or_build)"
             )
-        self.limits = {"params": max_params, "macs": max_macs, "latency": max_latency}
+        self.limits = {
+            "params": max_params,
+            "macs": max_macs,
+            "latency": max_latency,
+            "peak_memory": max_peak_memory,
+            "model_size": max_model_size,
+        }
         ends = self.values(
             np.stack([space.encode(space.largest()), space.encode(space.smallest())])
         )
@@ -76,15 +93,36 @@ class Budgets:
                 )
         self.scale = {m: float(self.limits[m] or ends[m][0]) for m in ends}
 
+    @classmethod
+    def of(cls, config: SearchConfig, space: SearchSpace, num_classes: int, latency=None):
+        """The budgets a search's settings ask for."""
+        return cls(
+            space,
+            num_classes,
+            config.max_params,
+            config.max_macs,
+            config.max_latency,
+            latency,
+            config.max_peak_memory,
+            config.max_model_size,
+            config.precision,
+        )
+
     def values(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Each complexity metric of the rows of ``X``: params and MACs analytically, latency
-        (ms) predicted from the table when there is one."""
+        """Each complexity metric of the rows of ``X``: params, MACs and the bytes of peak
+        memory and of the model analytically, latency (ms) predicted from the table when
+        there is one."""
         X = np.atleast_2d(X)
-        params, macs = self.space.complexity(X, self.num_classes)
-        values = {"params": params, "macs": macs}
+        costs = self.space.costs(X, self.num_classes)
+        values = {m: costs.metric(m, self.precision) for m in COST_METRICS}
         if self.latency is not None:
             values["latency"] = self.latency.predict(X)
         return values
+
+    @property
+    def cost_limits(self) -> dict[str, float]:
+        """The budgets given on the metrics that are analytic in the architecture."""
+        return {m: v for m, v in self.limits.items() if v is not None and m in COST_METRICS}
 
     @property
     def constrained(self) -> tuple[str, ...]:

@@ -56,12 +56,14 @@ def save_supernet(
     return atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
-def _supernet_payload(path: str | os.PathLike, map_location: str | torch.device) -> dict:
+def _supernet_payload(
+    path: str | os.PathLike, map_location: str | torch.device, mmap: bool = False
+) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found: train one with `nat train-supernet`")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for a damaged file
         raise ValueError(
             f"checkpoint {path} is corrupt or not a torch file ({type(err).__name__}): "
@@ -76,7 +78,9 @@ def read_supernet_header(path: str | os.PathLike) -> dict:
     """What a later search checks a supernet checkpoint against, without building it: its
     ``space`` name and ``space_options``, ``num_classes`` and ``metadata`` (data, classes,
     recipe, epochs, budgets covered; see ``nat train-supernet``)."""
-    payload = _supernet_payload(path, "cpu")
+    # The weights memory-mapped, never read: a header costs a millisecond whatever the
+    # supernet's size, and a truncated file is still refused (its zip directory is at the end).
+    payload = _supernet_payload(path, "cpu", mmap=True)
     return {
         "format": payload["format"],
         "space": payload["space"],
@@ -177,6 +181,8 @@ def export_subnet(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
+    # An earlier export's int8 file would describe another network; nat.quantize writes anew.
+    (folder / "model.int8.onnx").unlink(missing_ok=True)
     if images is not None:
         batch = resize_batch(images.float().cpu(), arch.resolution)
         info = {**info, "onnx_max_abs_diff": export_onnx(model, batch, folder / "model.onnx")}

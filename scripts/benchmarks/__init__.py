@@ -23,6 +23,7 @@ from .scaling import bench_scaling
 from .search import bench_search
 from .speed import bench_speed
 from .surrogate import bench_surrogate
+from .tiny import bench_tiny
 from .transfer import bench_transfer
 
 __all__ = ["BENCHES", "run_suite"]
@@ -43,6 +44,7 @@ BENCHES = {
     "multiexit": bench_multiexit,
     "transfer": bench_transfer,
     "scaling": bench_scaling,
+    "tiny": bench_tiny,
 }
 
 

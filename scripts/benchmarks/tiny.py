@@ -1,0 +1,281 @@
+"""15. Down to the microcontroller: int8 models under flash and SRAM budgets.
+
+Two parts. First, the analytic peak activation memory and model size that the search budgets
+with, against what built models measure: the exported ONNX graph's tensor lifetimes, and the
+bytes of the int8 file's initializers, on random subnets of every family. Then MLPerf Tiny's
+image setting on CIFAR-10: ResNet-8 (torchvision basic blocks, 16-32-64 channels) sets the
+flash and SRAM budgets at int8, and three models share them and the wall time: the searched
+int8 model, the Feillet heuristic's architecture trained from scratch, and ResNet-8 itself,
+both trained with the engine's recipe. Each row: float and int8 test accuracy, flash, peak
+SRAM, and onnxruntime latency at batch 1 (1 thread, fastest of interleaved rounds).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+import search_spaces
+import supernets
+from nat.data import resize_batch
+from nat.engine.heuristic import feillet_within
+from nat.io.deploy import OnnxModel, export_int8, export_onnx, sample_images
+from nat.io.footprint import initializer_bytes, peak_activation_bytes, quantize_int8
+from nat.latency import fastest_ms, runner
+from nat.profile import profile
+from nat.quantize import INT8_CALIBRATION_IMAGES
+from nat.run import load_data
+from nat.spec import RunSpec
+from nat.training.evaluate import SubnetEvaluator
+from nat.training.train import evaluate
+from nat.training.trainer import Trainer
+
+from .common import Bench, Result, Table
+from .quality import handed_configs, quality_base
+
+_FAMILIES = ("mbv2", "resnet", "shufflenetv2")
+
+
+def resnet8(num_classes: int) -> nn.Module:
+    """MLPerf Tiny's ResNet-8 for 32-px images, from torchvision's basic blocks: a 3x3 stem
+    of 16 channels, one block of 16, 32 and 64 channels (the last two at stride 2, with a
+    1x1 projection), global pooling, a linear classifier."""
+
+    def block(c_in: int, c_out: int, stride: int) -> nn.Module:
+        down = None
+        if stride != 1 or c_in != c_out:
+            down = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+        return BasicBlock(c_in, c_out, stride, down)
+
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        block(16, 16, 1),
+        block(16, 32, 2),
+        block(32, 64, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, num_classes),
+    )
+
+
+def _footprints(n: int) -> list[dict]:
+    """Analytic against measured bytes on ``n`` random subnets a family (trained-like
+    BatchNorm, so every folded bias is stored)."""
+    rows = []
+    for name in _FAMILIES:
+        space = search_spaces.get(name)
+        X = space.sample(n, np.random.default_rng(15))
+        costs = space.costs(X, 10)
+        errors: dict[str, list[float]] = {"peak": [], "fp32": [], "int8": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, x in enumerate(X):
+                arch = space.decode(x)
+                model = supernets.build_static(arch, 10).eval()
+                for m in model.modules():
+                    if isinstance(m, nn.BatchNorm2d):
+                        nn.init.normal_(m.bias)
+                side = arch.resolution
+                export_onnx(model, torch.randn(2, 3, side, side), Path(tmp) / "m.onnx")
+                fp32 = (Path(tmp) / "m.onnx").read_bytes()
+                int8 = quantize_int8(
+                    fp32, [np.random.default_rng(i).normal(size=(4, 3, side, side))]
+                )
+                measured = {
+                    "peak": peak_activation_bytes(fp32, 1),
+                    "fp32": initializer_bytes(fp32),
+                    "int8": initializer_bytes(int8),
+                }
+                predicted = {
+                    "peak": costs.peak_memory("int8")[i],
+                    "fp32": costs.model_size("fp32")[i],
+                    "int8": costs.model_size("int8")[i],
+                }
+                for key in errors:
+                    errors[key].append(100 * (predicted[key] / measured[key] - 1))
+        rows.append({"family": name, "subnets": n, **{k: errors[k] for k in errors}})
+    return rows
+
+
+def _deployed(model: nn.Module, resolution: int, data, batches, method: str, **extra) -> dict:
+    """Float and int8 scores, bytes and latency of a trained torch model."""
+    calibration = resize_batch(sample_images(data.train_eval, INT8_CALIBRATION_IMAGES), resolution)
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path, int8_path = Path(tmp) / "m.onnx", Path(tmp) / "m.int8.onnx"
+        export_onnx(model.eval(), calibration[:8], float_path)
+        export_int8(float_path, calibration, int8_path)
+        return _scored(float_path, int8_path, resolution, batches, method, **extra)
+
+
+def _scored(float_path: Path, int8_path: Path, resolution: int, batches, method: str, **extra):
+    fp32, int8 = float_path.read_bytes(), int8_path.read_bytes()
+    cpu = torch.device("cpu")
+    shape = (1, 3, resolution, resolution)
+    calls = [runner(nn.Identity(), shape, onnx_bytes=b) for b in (fp32, int8)]
+    float_ms, int8_ms = fastest_ms(calls, threads=1)
+    return {
+        "method": method,
+        **extra,
+        "float_test": evaluate(OnnxModel(fp32), batches[1], resolution, cpu),
+        "int8_val": evaluate(OnnxModel(int8), batches[0], resolution, cpu),
+        "int8_test": evaluate(OnnxModel(int8), batches[1], resolution, cpu),
+        "flash": initializer_bytes(int8),
+        "sram": peak_activation_bytes(fp32, 1),
+        "float_ms": float(float_ms),
+        "int8_ms": float(int8_ms),
+    }
+
+
+def _trained(model: nn.Module, resolution: int, base: RunSpec, data, seconds: float) -> nn.Module:
+    torch.manual_seed(0)
+    run = Trainer(
+        model, data, resolution, base.finetune, batch_size=base.batch_size, seed=0, seconds=seconds
+    )
+    run.train()
+    return run.finish()
+
+
+def bench_tiny(bench: Bench) -> Result:
+    s = bench.s
+    footprint = bench.cached(
+        "tiny-footprint",
+        {"n": s.tiny_footprint_subnets, "v": 1},
+        lambda: _footprints(s.tiny_footprint_subnets),
+    )
+    base = quality_base(bench)
+    data = load_data(base)
+    batches = (SubnetEvaluator.batches(data.val), SubnetEvaluator.batches(data.test))
+    resolution = s.quality_resolution
+    # ResNet-8 sets the budgets: its int8 flash and peak SRAM.
+    reference = resnet8(data.num_classes)
+    params, _ = profile(reference, resolution)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        export_onnx(reference.eval(), torch.randn(2, 3, resolution, resolution), path)
+        # Byte counts do not depend on the calibration's values: any images will do.
+        calibration = [np.random.default_rng(0).normal(size=(2, 3, resolution, resolution))]
+        flash = initializer_bytes(quantize_int8(path.read_bytes(), calibration))
+        sram = peak_activation_bytes(path.read_bytes(), 1)
+    flash, sram = (round(v * s.tiny_budget_multiple) for v in (flash, sram))
+    spec = RunSpec.from_options(
+        base,
+        max_model_size=flash,
+        max_peak_memory=sram,
+        precision="int8",
+        width_mults=None,  # fitted to the budgets
+        time_limit=s.tiny_limit,
+        onnx=True,
+        **s.tiny_options,
+    )
+    folder, wall = bench.cached_run("tiny-search", spec)
+    span = min(wall, s.tiny_peer_seconds or wall)  # the peers' training time
+    rows = []
+    for config in handed_configs(folder):
+        front = folder / config["folder"]
+        rows.append(
+            _scored(
+                front / "model.onnx",
+                front / "model.int8.onnx",
+                config["arch"]["resolution"],
+                batches,
+                f"(a) nat search --precision int8, {config['folder']} ({config['source']})",
+                params=config["params"],
+                val=config["val_accuracy"],
+            )
+        )
+    space = search_spaces.from_dict(handed_configs(folder)[0]["space"])  # widths fitted
+    heuristic = feillet_within(
+        {"model_size": flash, "peak_memory": sram}, data.num_classes, space, "int8"
+    ).arch
+    key = {"arch": heuristic.to_dict(), "seconds": span, "recipe": str(base.finetune)}
+
+    def scratch() -> dict:
+        model = _trained(
+            supernets.build_static(heuristic, data.num_classes),
+            heuristic.resolution,
+            base,
+            data,
+            span,
+        )
+        return _deployed(
+            model,
+            heuristic.resolution,
+            data,
+            batches,
+            "(b) Feillet heuristic from scratch",
+            params=profile(model, heuristic.resolution)[0],
+        )
+
+    def mlperf() -> dict:
+        model = _trained(resnet8(data.num_classes), resolution, base, data, span)
+        return _deployed(
+            model, resolution, data, batches, "(c) ResNet-8 (MLPerf Tiny)", params=params
+        )
+
+    rows.append(bench.cached("tiny-heuristic", key, scratch))
+    rows.append(bench.cached("tiny-resnet8", {**key, "arch": "resnet8"}, mlperf))
+    return Result(
+        data={
+            "footprint": footprint,
+            "budgets": {"flash": flash, "sram": sram},
+            "wall": wall,
+            "span": span,
+            "rows": rows,
+        },
+        sections=[
+            Table(
+                "Analytic against measured (% error: min / median / max): peak activation "
+                "memory (ONNX tensor lifetimes) and model size (ONNX initializers, float and "
+                "int8 QDQ)",
+                ["family", "subnets", "peak memory", "fp32 size", "int8 size"],
+                [
+                    [r["family"], r["subnets"]]
+                    + [
+                        " / ".join(f"{v:+.2f}" for v in (min(e), float(np.median(e)), max(e)))
+                        for e in (r["peak"], r["fp32"], r["int8"])
+                    ]
+                    for r in footprint
+                ],
+            ),
+            Table(
+                f"MLPerf Tiny setting: budgets from ResNet-8 ({flash:,} bytes of int8 flash, "
+                f"{sram:,} bytes of peak int8 SRAM); the search ran {wall:.0f} s, the others "
+                f"trained {span:.0f} s; test on {len(data.test):,} held-out images",
+                [
+                    "method",
+                    "params",
+                    "float test %",
+                    "int8 test %",
+                    "drop",
+                    "flash B",
+                    "SRAM B",
+                    "fp32 ms",
+                    "int8 ms",
+                    "int8/fp32",
+                ],
+                [
+                    [
+                        r["method"],
+                        f"{r['params']:,}",
+                        f"{100 * r['float_test']:.1f}",
+                        f"{100 * r['int8_test']:.1f}",
+                        f"{100 * (r['float_test'] - r['int8_test']):+.1f}",
+                        f"{r['flash']:,}",
+                        f"{r['sram']:,}",
+                        f"{r['float_ms']:.3f}",
+                        f"{r['int8_ms']:.3f}",
+                        f"{r['int8_ms'] / r['float_ms']:.2f}",
+                    ]
+                    for r in rows
+                ],
+            ),
+        ],
+    )
