@@ -1,7 +1,7 @@
 """int8 versions of handed-back subnets, scored as they will run: with onnxruntime.
 
 Static post-training quantisation of the exported ``model.onnx`` (onnxruntime's
-``quantize_static``: QDQ format, symmetric per-channel int8 weights, int8 activations whose
+``quantize_static``: QDQ format, symmetric per-channel int8 weights, uint8 activations whose
 ranges come from training images), then the same validation and test images the float model
 was scored on. The drop in points is what the user gives up for a quarter of the bytes.
 """
@@ -23,7 +23,7 @@ __all__ = ["INT8_CALIBRATION_IMAGES", "INT8_METHOD", "quantize_subnet"]
 # quantisation stays seconds long on a CPU.
 INT8_CALIBRATION_IMAGES = 256
 INT8_METHOD = (
-    "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights, int8 activations, "
+    "onnxruntime quantize_static: QDQ, per-channel symmetric int8 weights, uint8 activations, "
     f"MinMax ranges from {INT8_CALIBRATION_IMAGES} training images"
 )
 

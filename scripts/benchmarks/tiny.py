@@ -12,6 +12,8 @@ SRAM, and onnxruntime latency at batch 1 (1 thread, fastest of interleaved round
 
 from __future__ import annotations
 
+import collections
+import json
 import tempfile
 from pathlib import Path
 
@@ -75,7 +77,7 @@ def _footprints(n: int) -> list[dict]:
         space = search_spaces.get(name)
         X = space.sample(n, np.random.default_rng(15))
         costs = space.costs(X, 10)
-        errors: dict[str, list[float]] = {"peak": [], "fp32": [], "int8": []}
+        errors: dict[str, list[float]] = {"peak": [], "fp32": [], "int8": [], "speed": []}
         with tempfile.TemporaryDirectory() as tmp:
             for i, x in enumerate(X):
                 arch = space.decode(x)
@@ -99,8 +101,12 @@ def _footprints(n: int) -> list[dict]:
                     "fp32": costs.model_size("fp32")[i],
                     "int8": costs.model_size("int8")[i],
                 }
-                for key in errors:
+                for key in predicted:
                     errors[key].append(100 * (predicted[key] / measured[key] - 1))
+                shape = (1, 3, side, side)
+                calls = [runner(nn.Identity(), shape, onnx_bytes=b) for b in (fp32, int8)]
+                float_ms, int8_ms = fastest_ms(calls, threads=1)
+                errors["speed"].append(float(int8_ms / float_ms))
         rows.append({"family": name, "subnets": n, **{k: errors[k] for k in errors}})
     return rows
 
@@ -134,6 +140,28 @@ def _scored(float_path: Path, int8_path: Path, resolution: int, batches, method:
     }
 
 
+def op_type_ms(model: bytes, resolution: int, runs: int = 200) -> dict[str, float]:
+    """Milliseconds a batch-1 run spends in each operator type of an ONNX model, by
+    onnxruntime's own profiler (one thread, the kernels as the session fused them), most
+    first: where an int8 model's time goes."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "p")
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: np.zeros((1, 3, resolution, resolution), "f4")}
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    spent: collections.Counter = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            spent[event["args"]["op_name"]] += event["dur"] / 1000 / runs  # microseconds
+    return dict(spent.most_common())
+
+
 def _trained(model: nn.Module, resolution: int, base: RunSpec, data, seconds: float) -> nn.Module:
     torch.manual_seed(0)
     run = Trainer(
@@ -147,7 +175,7 @@ def bench_tiny(bench: Bench) -> Result:
     s = bench.s
     footprint = bench.cached(
         "tiny-footprint",
-        {"n": s.tiny_footprint_subnets, "v": 1},
+        {"n": s.tiny_footprint_subnets, "v": 2},
         lambda: _footprints(s.tiny_footprint_subnets),
     )
     base = quality_base(bench)
@@ -191,7 +219,14 @@ def bench_tiny(bench: Bench) -> Result:
                 val=config["val_accuracy"],
             )
         )
-    space = search_spaces.from_dict(handed_configs(folder)[0]["space"])  # widths fitted
+    first = handed_configs(folder)[-1]  # the model at the full budget
+    ops = {
+        name: op_type_ms(
+            (folder / first["folder"] / file).read_bytes(), first["arch"]["resolution"]
+        )
+        for name, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))
+    }
+    space = search_spaces.from_dict(first["space"])  # widths fitted
     heuristic = feillet_within(
         {"model_size": flash, "peak_memory": sram}, data.num_classes, space, "int8"
     ).arch
@@ -229,19 +264,21 @@ def bench_tiny(bench: Bench) -> Result:
             "wall": wall,
             "span": span,
             "rows": rows,
+            "op_ms": ops,
         },
         sections=[
             Table(
                 "Analytic against measured (% error: min / median / max): peak activation "
                 "memory (ONNX tensor lifetimes) and model size (ONNX initializers, float and "
-                "int8 QDQ)",
-                ["family", "subnets", "peak memory", "fp32 size", "int8 size"],
+                "int8 QDQ); and int8 over fp32 batch-1 latency (onnxruntime, 1 thread)",
+                ["family", "subnets", "peak memory", "fp32 size", "int8 size", "int8/fp32 ms"],
                 [
                     [r["family"], r["subnets"]]
                     + [
                         " / ".join(f"{v:+.2f}" for v in (min(e), float(np.median(e)), max(e)))
                         for e in (r["peak"], r["fp32"], r["int8"])
                     ]
+                    + [" / ".join(f"{v:.2f}" for v in np.percentile(r["speed"], [0, 50, 100]))]
                     for r in footprint
                 ],
             ),
@@ -276,6 +313,16 @@ def bench_tiny(bench: Bench) -> Result:
                     ]
                     for r in rows
                 ],
+            ),
+            Table(
+                f"Where the time goes: {first['folder']} of the search, ms a batch-1 run by "
+                "operator type (onnxruntime's profiler, 1 thread, kernels as fused)",
+                ["operator", "fp32 ms", "int8 ms"],
+                [
+                    [op, *(f"{ops[p].get(op, 0.0):.4f}" for p in ("fp32", "int8"))]
+                    for op in dict.fromkeys([*ops["fp32"], *ops["int8"]])
+                ]
+                + [["total", *(f"{sum(ops[p].values()):.4f}" for p in ("fp32", "int8"))]],
             ),
         ],
     )
