@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,7 @@ def _run(
                 device_of(spec),
                 adapter,
                 spec.pretrain,
+                budgets,
             )
             if spec.plan.time_limit is not None:
                 clock.begin("measure")
@@ -296,28 +298,30 @@ def _run(
                 adapter,
                 device_of(spec),
                 spec.pretrain,
+                budgets,
             )
         clock.begin("search")
+        budget = None
         if plan is not None:
             say(
                 f"search: {plan.doe_size} random subnets, up to {plan.iterations} "
                 f"iteration(s), adaptation {plan.adapt_seconds:.0f} s each"
             )
-            search.budget = SearchBudget(
+            budget = SearchBudget(
                 plan.doe_size,
                 plan.iterations,
                 plan.adapt_seconds,
                 time.perf_counter() + max(0.0, clock.left() - plan.final - plan.reserve),
                 plan.times.evaluation,
             )
-        result = search.run()
+        result = search.run(budget)
     clock.begin("final")
     seconds = deadline = None
     if plan is not None:
         deadline = clock.deadline - plan.reserve
         seconds = max(1.0, deadline - time.perf_counter())
         say(f"final training: {seconds:.0f} s for {spec.finetune.front_size} models")
-    result.models = hand_back(
+    models = hand_back(
         search,
         result,
         spec.finetune,
@@ -327,17 +331,17 @@ def _run(
         progress=progress,
         log=say,
     )
+    handed = replace(result, models=models)
     clock.begin("export")
     if out is not None:
-        write_outputs(search, result, out, onnx=spec.finetune.onnx, exports_only=True)
+        write_outputs(search, handed, out, onnx=spec.finetune.onnx, exports_only=True)
     clock.end()
-    result.timing = _timing(clock, plan)
+    timed = replace(handed, timing=_timing(clock, plan))
     if out is not None:
-        write_outputs(search, result, out, onnx=spec.finetune.onnx, exports_only=False)
-        write_json(out / RUN_FILE, {**spec.to_dict(), "timing": result.timing})
+        write_outputs(search, timed, out, onnx=spec.finetune.onnx, exports_only=False)
+        write_json(out / RUN_FILE, {**spec.to_dict(), "timing": timed.timing})
         (out / PRETRAIN_FILE).unlink(missing_ok=True)  # the search has its own snapshots
-    result.seconds = clock.elapsed()
-    return result
+    return replace(timed, seconds=clock.elapsed())
 
 
 def _plan(

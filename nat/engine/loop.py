@@ -36,7 +36,7 @@ from ..training.train import TrainConfig, train_supernet
 from .archive import Archive, rank_order
 from .heuristic import feillet_within
 from .problem import Budgets, SurrogateProblem, run_nsga2
-from .state import read_snapshot, write_snapshot
+from .state import Snapshot, read_snapshot, write_snapshot
 from .surrogate import make_surrogate, rank_metrics
 
 __all__ = ["NATSearch", "SearchConfig", "SearchResult", "categorical_sampler"]
@@ -149,7 +149,12 @@ class NATSearch:
         adapter: Adapter | None = None,
         device: torch.device | None = None,
         pretrain: TrainConfig | None = None,
+        budgets: Budgets | None = None,
+        saved: Snapshot | None = None,
     ) -> None:
+        """``budgets``: the config's, with its latency table, when the caller built them
+        already (used when built for the supernet's space); ``saved``: a snapshot to continue
+        from (:meth:`resume`)."""
         self.supernet, self.data, self.config = supernet, data, config
         self.device = device or torch.device("cpu")  # of adaptation and evaluation
         self.adapter = adapter
@@ -157,8 +162,10 @@ class NATSearch:
         self.space = supernet.space
         self.out_dir = Path(out_dir) if out_dir is not None else None
         log = (lambda text: tqdm.write(text)) if progress else None
-        self.latency = latency_table_of(config, self.space, supernet.num_classes, log)
-        self.budgets = Budgets.of(config, self.space, supernet.num_classes, self.latency)
+        if budgets is None or budgets.space != self.space:
+            table = latency_table_of(config, self.space, supernet.num_classes, log)
+            budgets = Budgets.of(config, self.space, supernet.num_classes, table)
+        self.budgets, self.latency = budgets, budgets.latency
         self.runner = runner or SubnetEvaluator(
             data, config.bn_batches, config.batch_size, config.seed, progress, self.device
         )
@@ -166,10 +173,14 @@ class NATSearch:
         self.history: list[dict] = []
         self.progress = progress
         self.rng = np.random.default_rng(config.seed)
+        if saved is not None:
+            saved.archive.attach_latency(self.latency)
+            self.archive, self.history = saved.archive, saved.history
+            self.rng.bit_generator.state = saved.rng_state
         # The pre-training recipe: adaptation and hand-back distil from the same teacher, and
         # adaptation trains the same anchors, as pre-training did.
         self.pretrain = pretrain or TrainConfig()
-        self.budget: SearchBudget | None = None  # run() sets it under a time limit
+        self.budget: SearchBudget | None = None  # run()'s, under a time limit
         self.adapt_seconds = 0.0  # under a time limit, this iteration's adaptation
         self.evaluations, self.evaluation_seconds = 0, 0.0  # as measured in this process
 
@@ -374,8 +385,10 @@ class NATSearch:
         self._save()
         return record
 
-    def run(self) -> SearchResult:
-        """Run the remaining iterations (all of them, unless resumed)."""
+    def run(self, budget: SearchBudget | None = None) -> SearchResult:
+        """Run the remaining iterations (all of them, unless resumed); under a time limit,
+        as many as ``budget`` allows."""
+        self.budget = budget
         if not len(self.archive):
             self.initialise()
             hv = hypervolume(self.archive, self.budgets, self.config.metrics)
@@ -444,10 +457,11 @@ class NATSearch:
         device: torch.device | None = None,
         adapter: Adapter | None = None,
         pretrain: TrainConfig | None = None,
+        budgets: Budgets | None = None,
     ) -> NATSearch:
         """The search saved in ``out_dir`` with ``config``, at its last completed iteration."""
         saved = read_snapshot(Path(out_dir) / "resume")
-        search = cls(
+        return cls(
             saved.supernet,
             data,
             config,
@@ -458,12 +472,9 @@ class NATSearch:
             adapter,
             device,
             pretrain,
+            budgets,
+            saved,
         )
-        saved.archive.attach_latency(search.latency)
-        search.archive = saved.archive
-        search.history = saved.history
-        search.rng.bit_generator.state = saved.rng_state
-        return search
 
     def result(self) -> SearchResult:
         feasible = self.budgets.feasible(self.archive.X)

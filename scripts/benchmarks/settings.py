@@ -75,6 +75,9 @@ class Settings:
     # source training on Ray Train: one epoch of the source classes, timed
     scaling_subset: int | None = 4_000
     scaling_batch: int = 64
+    # ResNet basic blocks, as ResNet-8's: mbv2's narrowest subnet at 32 px needs 57,344 bytes
+    # of peak int8 memory, above ResNet-8's 49,152 (its expanded first block at full size)
+    tiny_space: str = "resnet"
     tiny_footprint_subnets: int = 30  # random subnets a family, analytic against measured
     tiny_limit: float | None = 900.0  # seconds: the search's time limit (None: epochs)
     tiny_options: dict = field(default_factory=dict)  # flat run options of the search
