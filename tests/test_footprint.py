@@ -10,7 +10,13 @@ from torch import nn
 import search_spaces
 import supernets
 from nat.io.deploy import export_onnx
-from nat.io.footprint import initializer_bytes, peak_activation_bytes, quantize_int8
+from nat.io.footprint import (
+    analytic_footprint,
+    initializer_bytes,
+    measured_footprint,
+    peak_activation_bytes,
+    quantize_int8,
+)
 
 SPACES = ("mbv2", "resnet", "shufflenetv2")
 
@@ -37,18 +43,8 @@ def test_analytic_footprint_matches_measured_on_five_subnets(name, tmp_path):
         export_onnx(model, torch.randn(2, 3, r, r), tmp_path / "m.onnx")
         fp32 = (tmp_path / "m.onnx").read_bytes()
         int8 = quantize_int8(fp32, [np.random.default_rng(i).normal(size=(4, 3, r, r))])
-        measured = {
-            "peak fp32": peak_activation_bytes(fp32, 4),
-            "peak int8": peak_activation_bytes(fp32, 1),
-            "size fp32": initializer_bytes(fp32),
-            "size int8": initializer_bytes(int8),
-        }
-        predicted = {
-            "peak fp32": costs.peak_memory("fp32")[i],
-            "peak int8": costs.peak_memory("int8")[i],
-            "size fp32": costs.model_size("fp32")[i],
-            "size int8": costs.model_size("int8")[i],
-        }
+        measured = measured_footprint(fp32, int8)
+        predicted = analytic_footprint(costs, i)
         for key, value in measured.items():
             assert predicted[key] == pytest.approx(value, rel=0.05), (key, arch)
         # int8 stores about a quarter of the float bytes: the weights dominate.

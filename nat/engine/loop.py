@@ -152,9 +152,8 @@ class NATSearch:
         budgets: Budgets | None = None,
         saved: Snapshot | None = None,
     ) -> None:
-        """``budgets``: the config's, with its latency table, when the caller built them
-        already (used when built for the supernet's space); ``saved``: a snapshot to continue
-        from (:meth:`resume`)."""
+        """``budgets``: the config's, if built already (for this space); ``saved``: a snapshot
+        to continue from (:meth:`resume`)."""
         self.supernet, self.data, self.config = supernet, data, config
         self.device = device or torch.device("cpu")  # of adaptation and evaluation
         self.adapter = adapter
@@ -171,8 +170,7 @@ class NATSearch:
         )
         self.archive = Archive(self.space, supernet.num_classes, self.latency, config.precision)
         self.history: list[dict] = []
-        self.progress = progress
-        self.rng = np.random.default_rng(config.seed)
+        self.progress, self.rng = progress, np.random.default_rng(config.seed)
         if saved is not None:
             saved.archive.attach_latency(self.latency)
             self.archive, self.history = saved.archive, saved.history

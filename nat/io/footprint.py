@@ -19,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["initializer_bytes", "peak_activation_bytes", "quantize_int8"]
+__all__ = [
+    "analytic_footprint",
+    "initializer_bytes",
+    "measured_footprint",
+    "peak_activation_bytes",
+    "quantize_int8",
+]
 
 # Ops whose output can take its input's buffer: element-wise activations run in place (they
 # are fused into the convolution before them), and reshapes are views.
@@ -38,6 +44,28 @@ def initializer_bytes(model) -> int:
     from onnx import numpy_helper
 
     return sum(numpy_helper.to_array(t).nbytes for t in _model(model).graph.initializer)
+
+
+def measured_footprint(fp32: bytes, int8: bytes) -> dict[str, int]:
+    """Bytes measured on a float ONNX model and on its int8 version: peak activation memory at
+    4 and 1 bytes an element (the float graph's tensor lifetimes; quantisation does not
+    change them) and each file's initializers."""
+    return {
+        "peak fp32": peak_activation_bytes(fp32, 4),
+        "peak int8": peak_activation_bytes(fp32, 1),
+        "size fp32": initializer_bytes(fp32),
+        "size int8": initializer_bytes(int8),
+    }
+
+
+def analytic_footprint(costs, i: int) -> dict[str, float]:
+    """The same bytes as :func:`measured_footprint`, counted analytically for subnet ``i`` of
+    ``costs`` (``search_spaces`` costs of a population)."""
+    return {
+        f"{kind} {precision}": float(getattr(costs, attr)(precision)[i])
+        for kind, attr in (("peak", "peak_memory"), ("size", "model_size"))
+        for precision in ("fp32", "int8")
+    }
 
 
 def peak_activation_bytes(model, element_bytes: int) -> int:

@@ -63,6 +63,9 @@ class Settings:
     quality_epochs: int = 15  # (b): the peers' 15 epochs, which time their epochs
     quality_max_epochs: int = 1000  # cap of (c)
     quality_options: dict = field(default_factory=dict)  # flat run options beyond the defaults
+    # cap of the peers trained for as long as a search ran (quality's (c'), transfer's (iii)
+    # and (iv), tiny's (b) and (c)); None: as long as the search (quick: the code path only)
+    peer_seconds: float | None = None
     # train once, search many (section 13): a source supernet on six CIFAR-10 classes, the
     # other four as the target at 1,000 training images, every target row given the same time
     source_classes: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer", "dog")
@@ -82,7 +85,6 @@ class Settings:
     tiny_limit: float | None = 900.0  # seconds: the search's time limit (None: epochs)
     tiny_options: dict = field(default_factory=dict)  # flat run options of the search
     tiny_budget_multiple: float = 1.0  # of ResNet-8's flash and SRAM (quick: 16-px images)
-    tiny_peer_seconds: float | None = None  # cap of the peers' training (None: the search's)
     # the final recipe's ablation: one subnet trained from inherited weights per variant
     recipe_epochs: float = 20.0
     recipe_variants: dict = field(
@@ -191,7 +193,7 @@ QUICK = Settings(
     quality_subset=600,
     quality_resolution=16,
     quality_budgets=(3e5,),
-    quality_limits=(40.0,),
+    quality_limits=(25.0,),
     quality_seeds=(0,),
     quality_curve_fractions=(),
     quality_epochs=1,
@@ -224,13 +226,13 @@ QUICK = Settings(
     source_epochs=1,
     target_classes=("6", "7", "8", "9"),
     target_subset=None,
-    target_limit=30.0,
+    target_limit=24.0,
     scaling_subset=400,
     scaling_batch=32,
     tiny_footprint_subnets=1,
     tiny_limit=None,
     tiny_options={k: v for k, v in _TINY_SEARCH.items() if k not in ("width_mults", "onnx")},
-    tiny_peer_seconds=5.0,
+    peer_seconds=5.0,
     tiny_budget_multiple=3.0,
     multiexit_seeds=(0,),
     multiexit_epochs=1,

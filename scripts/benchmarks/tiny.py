@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -28,7 +29,13 @@ import supernets
 from nat.data import resize_batch
 from nat.engine.heuristic import feillet_within
 from nat.io.deploy import OnnxModel, export_int8, export_onnx, sample_images
-from nat.io.footprint import initializer_bytes, peak_activation_bytes, quantize_int8
+from nat.io.footprint import (
+    analytic_footprint,
+    initializer_bytes,
+    measured_footprint,
+    peak_activation_bytes,
+    quantize_int8,
+)
 from nat.latency import fastest_ms, runner
 from nat.profile import profile
 from nat.quantize import INT8_CALIBRATION_IMAGES
@@ -88,7 +95,7 @@ def _footprints(n: int) -> list[dict]:
         space = search_spaces.get(name)
         X = space.sample(n, np.random.default_rng(15))
         costs = space.costs(X, 10)
-        errors: dict[str, list[float]] = {"peak": [], "fp32": [], "int8": [], "speed": []}
+        errors: dict[str, list[float]] = {"speed": []}
         with tempfile.TemporaryDirectory() as tmp:
             for i, x in enumerate(X):
                 arch = space.decode(x)
@@ -99,23 +106,15 @@ def _footprints(n: int) -> list[dict]:
                 int8 = quantize_int8(
                     fp32, [np.random.default_rng(i).normal(size=(4, 3, side, side))]
                 )
-                measured = {
-                    "peak": peak_activation_bytes(fp32, 1),
-                    "fp32": initializer_bytes(fp32),
-                    "int8": initializer_bytes(int8),
-                }
-                predicted = {
-                    "peak": costs.peak_memory("int8")[i],
-                    "fp32": costs.model_size("fp32")[i],
-                    "int8": costs.model_size("int8")[i],
-                }
+                measured = measured_footprint(fp32, int8)
+                predicted = analytic_footprint(costs, i)
                 for key in predicted:
-                    errors[key].append(100 * (predicted[key] / measured[key] - 1))
+                    errors.setdefault(key, []).append(100 * (predicted[key] / measured[key] - 1))
                 shape = (1, 3, side, side)
                 calls = [runner(nn.Identity(), shape, onnx_bytes=b) for b in (fp32, int8)]
                 float_ms, int8_ms = fastest_ms(calls, threads=1)
                 errors["speed"].append(float(int8_ms / float_ms))
-        rows.append({"family": name, "subnets": n, **{k: errors[k] for k in errors}})
+        rows.append({"family": name, "subnets": n, **errors})
     return rows
 
 
@@ -148,10 +147,10 @@ def _scored(float_path: Path, int8_path: Path, resolution: int, batches, method:
     }
 
 
-def op_type_ms(model: bytes, resolution: int, runs: int = 200) -> dict[str, float]:
-    """Milliseconds a batch-1 run spends in each operator type of an ONNX model, by
-    onnxruntime's own profiler (one thread, the kernels as the session fused them), most
-    first: where an int8 model's time goes."""
+def kernel_ms(model: bytes, resolution: int, runs: int = 200) -> list[tuple[str, str, float]]:
+    """(kernel, operator type, milliseconds a batch-1 run) for every kernel of an ONNX model
+    in the order it runs, by onnxruntime's own profiler (one thread, the kernels as the
+    session fused them): where an int8 model's time goes."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,11 +162,66 @@ def op_type_ms(model: bytes, resolution: int, runs: int = 200) -> dict[str, floa
         for _ in range(runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    spent: collections.Counter = collections.Counter()
+    spent: dict[tuple[str, str], float] = {}  # in the order of the first run
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            spent[event["args"]["op_name"]] += event["dur"] / 1000 / runs  # microseconds
+            key = (event["name"].removesuffix("_kernel_time"), event["args"]["op_name"])
+            spent[key] = spent.get(key, 0.0) + event["dur"] / 1000 / runs  # microseconds
+    return [(name, op, ms) for (name, op), ms in spent.items()]
+
+
+def by_operator(kernels: list[tuple[str, str, float]]) -> dict[str, float]:
+    """Milliseconds by operator type, most first."""
+    spent: collections.Counter = collections.Counter()
+    for _, op, ms in kernels:
+        spent[op] += ms
     return dict(spent.most_common())
+
+
+def conv_rows(float_model: bytes, kernels: dict[str, list]) -> list[list[str]]:
+    """Each convolution of a float ONNX file with its fp32 and int8 kernel times (``kernels``:
+    :func:`kernel_ms` of the float file and of its int8 version, by precision). onnxruntime
+    names an int8 kernel after the float file's Conv node and a fused float kernel after the
+    tensor it writes (the convolution's, or that of a ReLU or Add fused into it)."""
+    import onnx
+
+    graph = onnx.load_from_string(float_model).graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    consumers = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    owner: dict[str, int] = {}
+    for i, conv in enumerate(convs):
+        owner[conv.name] = i
+        reached = [conv.output[0]]
+        while reached:
+            tensor = reached.pop()
+            owner.setdefault(tensor, i)
+            reached += [n.output[0] for n in consumers[tensor] if n.op_type in ("Relu", "Add")]
+    ms = {precision: [0.0] * len(convs) for precision in kernels}
+    for precision, timed in kernels.items():
+        for name, op, t in timed:
+            base = re.sub(r"(_nchwc|_token_\d+)$", "", name)
+            if op in ("Conv", "QLinearConv") and base in owner:
+                ms[precision][owner[base]] += t
+    rows = []
+    for i, conv in enumerate(convs):
+        c_out, c_in, k, _ = shapes[conv.input[1]]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
+        groups, stride = attrs.get("group", 1), attrs.get("strides", [1])[0]
+        layer = conv.input[1].removesuffix(".weight").removesuffix(".conv")
+        f, q = ms["fp32"][i], ms["int8"][i]
+        rows.append(
+            [
+                f"{layer}: {k}x{k}, {c_in * groups}->{c_out}, stride {stride}",
+                f"{f:.4f}",
+                f"{q:.4f}",
+                f"{q / f:.2f}" if f > 0 else "-",
+            ]
+        )
+    return rows
 
 
 def _trained(model: nn.Module, resolution: int, base: RunSpec, data, seconds: float) -> nn.Module:
@@ -212,7 +266,7 @@ def bench_tiny(bench: Bench) -> Result:
         **s.tiny_options,
     )
     folder, wall = bench.cached_run("tiny-search", spec)
-    span = min(wall, s.tiny_peer_seconds or wall)  # the peers' training time
+    span = min(wall, s.peer_seconds or wall)  # the peers' training time
     rows = []
     for config in handed_configs(folder):
         front = folder / config["folder"]
@@ -228,12 +282,13 @@ def bench_tiny(bench: Bench) -> Result:
             )
         )
     first = handed_configs(folder)[-1]  # the model at the full budget
-    ops = {
-        name: op_type_ms(
-            (folder / first["folder"] / file).read_bytes(), first["arch"]["resolution"]
-        )
+    float_file = (folder / first["folder"] / "model.onnx").read_bytes()
+    kernels = {
+        name: kernel_ms((folder / first["folder"] / file).read_bytes(), first["arch"]["resolution"])
         for name, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))
     }
+    ops = {name: by_operator(k) for name, k in kernels.items()}
+    layers = conv_rows(float_file, kernels)
     space = search_spaces.from_dict(first["space"])  # widths fitted
     heuristic = feillet_within(
         {"model_size": flash, "peak_memory": sram}, data.num_classes, space, "int8"
@@ -273,6 +328,7 @@ def bench_tiny(bench: Bench) -> Result:
             "span": span,
             "rows": rows,
             "op_ms": ops,
+            "conv_ms": layers,
         },
         sections=[
             Table(
@@ -284,7 +340,7 @@ def bench_tiny(bench: Bench) -> Result:
                     [r["family"], r["subnets"]]
                     + [
                         " / ".join(f"{v:+.2f}" for v in (min(e), float(np.median(e)), max(e)))
-                        for e in (r["peak"], r["fp32"], r["int8"])
+                        for e in (r["peak int8"], r["size fp32"], r["size int8"])
                     ]
                     + [" / ".join(f"{v:.2f}" for v in np.percentile(r["speed"], [0, 50, 100]))]
                     for r in footprint
@@ -331,6 +387,12 @@ def bench_tiny(bench: Bench) -> Result:
                     for op in dict.fromkeys([*ops["fp32"], *ops["int8"]])
                 ]
                 + [["total", *(f"{sum(ops[p].values()):.4f}" for p in ("fp32", "int8"))]],
+            ),
+            Table(
+                "The same by convolution (ms a batch-1 run; a ReLU or Add fused into a "
+                "convolution counts with it)",
+                ["convolution", "fp32 ms", "int8 ms", "int8/fp32"],
+                layers,
             ),
         ],
     )

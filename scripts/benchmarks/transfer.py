@@ -123,6 +123,7 @@ def bench_transfer(bench: Bench) -> Result:
     rows = []
     for budget in s.source_budgets:
         label, limit = f"{budget / 1e3:,.0f}k", s.target_limit
+        peer = min(limit, s.peer_seconds or limit)
         timed = RunSpec.from_options(target_spec, max_params=budget, time_limit=limit)
         runs = {
             "(i) nat search from scratch": (timed, ""),
@@ -148,21 +149,21 @@ def bench_transfer(bench: Bench) -> Result:
                 }
             )
 
-        def scratch(budget=budget, limit=limit) -> dict:
-            return _peer(target, budget, limit, batches, label="(iii) from scratch:")
+        def scratch(budget=budget, peer=peer) -> dict:
+            return _peer(target, budget, peer, batches, label="(iii) from scratch:")
 
-        def pretrained(budget=budget, limit=limit) -> dict:
+        def pretrained(budget=budget, peer=peer) -> dict:
             source = load_data(_data_spec(bench, s.source_classes, s.source_subset, None))
             torch.manual_seed(0)
             model, _ = feillet_peer(_PEER, budget, source.num_classes)
             per_epoch = train_recipe(copy.deepcopy(model), source, source.image_size, 1)
             epochs = max(1, round(source_seconds / per_epoch))
             train_recipe(model, source, source.image_size, epochs)
-            row = _peer(target, budget, limit, batches, init=model, label="(iv) pre-trained:")
+            row = _peer(target, budget, peer, batches, init=model, label="(iv) pre-trained:")
             return row | {"source_epochs": epochs}
 
         for name, compute in (("iii", scratch), ("iv", pretrained)):
-            key = {"budget": budget, "limit": limit, "source": source_seconds, "name": name}
+            key = {"budget": budget, "limit": peer, "source": source_seconds, "name": name}
             row = bench.cached(f"transfer-{name}-{label}-{limit:.0f}s", key, compute)
             rows.append({"budget": label, **row})
     table = Table(
