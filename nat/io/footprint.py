@@ -48,21 +48,22 @@ def initializer_bytes(model) -> int:
 
 def measured_footprint(fp32: bytes, int8: bytes) -> dict[str, int]:
     """Bytes measured on a float ONNX model and on its int8 version: peak activation memory at
-    4 and 1 bytes an element (the float graph's tensor lifetimes; quantisation does not
-    change them) and each file's initializers."""
+    4 and 1 bytes an element (the float graph's tensor lifetimes, walked once: quantisation
+    does not change them) and each file's initializers."""
+    peak = peak_activation_bytes(fp32, 1)
     return {
-        "peak fp32": peak_activation_bytes(fp32, 4),
-        "peak int8": peak_activation_bytes(fp32, 1),
+        "peak fp32": 4 * peak,
+        "peak int8": peak,
         "size fp32": initializer_bytes(fp32),
         "size int8": initializer_bytes(int8),
     }
 
 
-def analytic_footprint(costs, i: int) -> dict[str, float]:
-    """The same bytes as :func:`measured_footprint`, counted analytically for subnet ``i`` of
-    ``costs`` (``search_spaces`` costs of a population)."""
+def analytic_footprint(costs) -> dict[str, np.ndarray]:
+    """The same bytes as :func:`measured_footprint`, counted analytically for every subnet of
+    ``costs`` (``search_spaces`` costs of a population), one array each."""
     return {
-        f"{kind} {precision}": float(getattr(costs, attr)(precision)[i])
+        f"{kind} {precision}": np.asarray(getattr(costs, attr)(precision), dtype=float)
         for kind, attr in (("peak", "peak_memory"), ("size", "model_size"))
         for precision in ("fp32", "int8")
     }
