@@ -1,16 +1,33 @@
 """Neural Architecture Transfer engine: search, surrogate, heuristic, training, CLI.
 
 ``nat.search(...)`` runs a whole search; ``nat.RunSpec`` describes one as plain data (see
-:mod:`nat.spec`), and :func:`nat.run.run` runs a RunSpec.
+:mod:`nat.spec`), :func:`nat.run_spec` runs a RunSpec and :func:`nat.resume` continues a
+stopped run: ``nat search`` and the benchmarks take the same path.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .spec import RunSpec
 
-__all__ = ["RunSpec", "search"]
+__all__ = ["RunSpec", "resume", "run_spec", "search"]
+
+
+def run_spec(
+    spec: RunSpec, *, resume: bool = False, overwrite: bool = False, progress: bool = True
+):
+    """Check ``spec`` once (:func:`nat.folder.preflight`: options, paths, Ray address, the
+    run folder, budgets against the space), then run it (:func:`nat.run.run_checked`);
+    returns a :class:`~nat.engine.loop.SearchResult`. The checks come before torch is even
+    imported, so a mistake costs a second, not a pre-training."""
+    from .folder import preflight
+
+    spec = preflight(spec, resume, overwrite)
+    from .run import run_checked  # torch loads slowly: only once the settings are known good
+
+    return run_checked(spec, progress=progress, resume=resume, overwrite=overwrite)
 
 
 def search(progress: bool = True, resume: bool = False, overwrite: bool = False, **options: Any):
@@ -21,12 +38,17 @@ def search(progress: bool = True, resume: bool = False, overwrite: bool = False,
     search``'s flags (``max_params=300_000``, ``iterations=3``, ``data="digits"``...); an
     unknown one is an error naming the nearest known one. With ``out``, the run folder gets
     run.json, archive.json, pareto.csv, pareto.png, history.csv, the front's subnets,
-    report.md and a resume/ snapshot after every iteration. Settings are checked before torch
-    is even imported, so a mistake costs a second, not a pre-training.
+    report.md and a resume/ snapshot after every iteration.
     """
-    from .folder import preflight
+    spec = RunSpec.from_options(**options)
+    return run_spec(spec, progress=progress, resume=resume, overwrite=overwrite)
 
-    spec = preflight(RunSpec.from_options(**options), resume, overwrite)
-    from .run import run  # torch loads slowly: only once the settings are known to be good
 
-    return run(spec, progress=progress, resume=resume, overwrite=overwrite)
+def resume(out: str | Path, progress: bool = True, **backend: Any):
+    """Continue the run in folder ``out`` from where it stopped (pre-training or search),
+    with its saved settings; ``backend``: ``workers``, ``address`` or ``adapt_workers`` to
+    use this time."""
+    from .folder import open_run
+
+    spec = RunSpec.from_options(open_run(out), **backend)
+    return run_spec(spec, progress=progress, resume=True)

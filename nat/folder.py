@@ -107,16 +107,16 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 @contextmanager
-def locked_run_folder(out: Path, resume: bool) -> Iterator[None]:
-    """Hold run folder ``out`` for this process: a second search or resume on it, started
-    while this one runs, is refused at once instead of writing beside it. The lock is the
-    operating system's (released when the process ends, even by kill -9). A folder to be
-    created is created here; one to resume is left to :func:`check_run_folder` when absent."""
+def locked_run_folder(out: Path, resume: bool, overwrite: bool) -> Iterator[None]:
+    """Hold run folder ``out`` for this process, then check it (:func:`check_run_folder`):
+    a second search or resume on it, started while this one runs, is refused at once instead
+    of writing beside it, and so is one whose folder changed since its preflight. The lock is
+    the operating system's (released when the process ends, even by kill -9). A folder to be
+    created is created here."""
     created = not out.is_dir()
     if created:
-        if resume or out.exists():
-            yield  # nothing to resume, or a file in the way: check_run_folder says which
-            return
+        if resume or out.exists():  # nothing to resume, or a file in the way: say which
+            spec_error_names(lambda: check_run_folder(out, resume, overwrite))
         check_writable_dir(out, "out")
         out.mkdir(parents=True, exist_ok=True)  # a second search may make it first
     lock = FileLock(out / LOCK_FILE)
@@ -129,6 +129,7 @@ def locked_run_folder(out: Path, resume: bool) -> Iterator[None]:
             "it to end, or choose another --out",
         ) from None
     try:
+        spec_error_names(lambda: check_run_folder(out, resume, overwrite))
         yield
     except BaseException:
         # A run refused before it wrote anything leaves no folder behind it.

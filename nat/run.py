@@ -33,8 +33,6 @@ from .folder import (
     device_of,
     fits_widths_to_budget,
     locked_run_folder,
-    open_run,
-    preflight,
     remove_outputs,
 )
 from .handback import hand_back
@@ -54,18 +52,8 @@ __all__ = [
     "measure",
     "prepare_supernet",
     "pretrain_supernet",
-    "resume",
-    "run",
+    "run_checked",
 ]
-
-
-def resume(out: str | Path, progress: bool = True, **backend: Any) -> SearchResult:
-    """Continue the run in folder ``out`` from where it stopped (pre-training or search);
-    ``backend``: ``workers``, ``address`` or ``adapt_workers`` to use this time."""
-    spec = open_run(out)
-    if backend:
-        spec = RunSpec.from_options(spec, **backend)
-    return run(spec, progress=progress, resume=True)
 
 
 def data_settings_of(spec: RunSpec) -> dict:
@@ -195,17 +183,20 @@ def measure(spec: RunSpec, data: DataSplits, supernet: Supernet) -> StepTimes:
     return StepTimes(pretrain_epoch=epoch, evaluation=(time.perf_counter() - start) / 2)
 
 
-def run(
+def run_checked(
     spec: RunSpec, *, resume: bool = False, overwrite: bool = False, progress: bool = True
 ) -> SearchResult:
-    """Validate, then run the search ``spec`` describes (or continue it, with ``resume``).
-    See the module docstring for the order of work; with ``spec.plan.time_limit``, the
-    stages are sized by :mod:`nat.planner` to end within it."""
+    """Run the search ``spec`` describes (or continue it, with ``resume``), ``spec`` as
+    :func:`nat.folder.preflight` returned it: :func:`nat.run_spec` is the path that checks
+    it first. The run folder is held for this process and checked again once held (another
+    search may have started in it since). See the module docstring for the order of work;
+    with ``spec.plan.time_limit``, the stages are sized by :mod:`nat.planner` to end within
+    it."""
     clock = RunClock(spec.plan.time_limit)
     try:
         if spec.out is None:
             return _run(spec, clock, resume, overwrite, progress)
-        with locked_run_folder(Path(spec.out), resume):  # checked again under the lock
+        with locked_run_folder(Path(spec.out), resume, overwrite):
             return _run(spec, clock, resume, overwrite, progress)
     finally:
         clock.close()
@@ -217,7 +208,6 @@ def _run(
     from .report import write_outputs  # matplotlib only when files are written
 
     clock.begin("data")
-    spec = preflight(spec, resume, overwrite)
     out = Path(spec.out) if spec.out is not None else None
     data = load_data(spec)
     metadata = {"class_names": data.class_names}

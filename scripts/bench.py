@@ -6,6 +6,7 @@ deployment. Each benchmark prints a summary table and writes ``<name>.json`` and
     python scripts/bench.py                          # all of them on a CIFAR-10 subset
     python scripts/bench.py search fidelity          # some of them
     python scripts/bench.py --quick --data digits    # every code path in about two minutes
+    python scripts/bench.py quality --set quality_space='"resnet"' quality_seeds='[0]'
 
 The data defaults to ``cifar10-train-jpeg.tar.gz`` in the ``shared/data`` folder beside the
 repository; ``--data`` takes any path that ``nat`` loads, or ``digits``. Every benchmark of a
@@ -23,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchmarks import BENCHES, run_suite
+from benchmarks import BENCHES, parse_overrides, run_suite
 from benchmarks.common import DEFAULT_DATA
 
 
@@ -42,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="tiny settings: checks every code path"
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="search seeds (default 0 1 2)")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="NAME=JSON",
+        help="override settings of scripts/benchmarks/settings.py, each value as JSON",
+    )
     args = parser.parse_args(argv)
     names = args.benches or list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
@@ -52,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             f"dataset {args.data} not found: pass --data with the CIFAR-10 archive "
             "(cifar10-train-jpeg.tar.gz), an image folder, or digits"
         )
-    run_suite(names, args.data, args.out, args.quick, args.seeds)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as err:
+        parser.error(str(err))
+    run_suite(names, args.data, args.out, args.quick, args.seeds, overrides)
     return 0
 
 

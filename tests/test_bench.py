@@ -144,7 +144,19 @@ def test_bad_arguments_are_named(capsys):
     for argv, message in [
         (["--quick", "--data", "digits", "nonsense"], "unknown benchmark(s) ['nonsense']"),
         (["--data", "/no/such/cifar.tar.gz"], "/no/such/cifar.tar.gz not found"),
+        (["--data", "digits", "--set", "quality_spaces=[1]"], "'quality_spaces=[1]': give NAME"),
+        (["--data", "digits", "--set", "quality_space=resnet"], "'resnet' is not JSON"),
     ]:
         with pytest.raises(SystemExit) as exit_:
             bench.main(argv)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_settings_overrides_become_the_settings_values():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from benchmarks import parse_overrides
+
+    assert parse_overrides(['quality_space="resnet"', "quality_limits=[900, 1800]"]) == {
+        "quality_space": "resnet",
+        "quality_limits": (900, 1800),  # a tuple, as the settings hold it
+    }

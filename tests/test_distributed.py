@@ -21,11 +21,11 @@ from test_search import TINY, _budget
 
 import nat
 import supernets
+from nat import resume
 from nat.backends.ray import RayRunner, check_workers, ray_session
 from nat.cli import main
 from nat.data import data_settings, load_from_settings
 from nat.engine.archive import Archive
-from nat.run import resume
 from nat.spec import RunSpec
 from nat.training.evaluate import EvaluationError, SubnetEvaluator
 
@@ -166,16 +166,13 @@ def test_data_parallel_pretraining_matches_one_process_and_resumes_a_killed_work
         return net
 
     with _two_node_cluster() as address, ray_session(address=address):
-        with pytest.raises(Exception, match="(?i)fail"):  # the kill happens: without retries
-            pretrain_data_parallel(
-                spec, from_start(), 2, tmp_path / "no-retry", max_failures=0, fail_at_step=2
-            )
         pooled = {"sync_batch_norm": True}
         whole, _ = pretrain_data_parallel(spec, from_start(), 2, tmp_path / "whole", **pooled)
         killed, metadata = pretrain_data_parallel(
             spec, from_start(), 2, tmp_path / "killed", fail_at_step=steps_per_epoch + 1, **pooled
         )
     assert [r["epoch"] for r in metadata["history"]] == [1, 2]
+    assert (tmp_path / "killed" / "injected-fault").is_file()  # the worker did die
     assert metadata["last_epoch_timing"]["resumed_after_epoch"] == 1  # killed in epoch 2
     assert checkpointed_epochs(tmp_path / "killed") == 2  # as --resume would report it
     whole, killed = whole.state_dict(), killed.state_dict()

@@ -170,3 +170,42 @@ def test_errors_raised_where_the_flag_is_known_name_it():
         preflight(RunSpec(), resume=True)
     with pytest.raises(OptionError, match="^--max-params: budget of 1,000 params is below"):
         preflight(RunSpec.from_options(max_params=1000))
+
+
+class _Stopped(Exception):
+    """Ends a run where a test has seen what it wanted."""
+
+
+@pytest.mark.parametrize("entry", ["search", "resume", "cli"])
+def test_every_entry_checks_the_spec_once_then_runs_it_under_the_lock(entry, tmp_path, monkeypatch):
+    import nat.folder
+    import nat.run
+    from nat.cli import main
+
+    out = tmp_path / "r"
+    if entry == "resume":  # a stopped run: its settings, no timing yet
+        out.mkdir()
+        (out / "run.json").write_text(json.dumps(RunSpec.from_options(out=str(out)).to_dict()))
+    checked, ran = [], []
+    preflight = nat.folder.preflight
+
+    def counted(spec, resume=False, overwrite=False):
+        checked.append(resume)
+        return preflight(spec, resume, overwrite)
+
+    def data(spec):  # the run's first stage: what follows is not this test's business
+        ran.append((spec.out == str(out.resolve()), (out / ".lock").exists()))
+        raise _Stopped
+
+    monkeypatch.setattr(nat.folder, "preflight", counted)
+    monkeypatch.setattr(nat.run, "preflight", counted, raising=False)  # wherever imported
+    monkeypatch.setattr(nat.run, "load_data", data)
+    with pytest.raises(_Stopped):
+        if entry == "search":
+            nat.search(data="digits", max_params=3e5, out=str(out))
+        elif entry == "resume":
+            nat.resume(out)
+        else:
+            main(["search", "--data", "digits", "--max-params", "300k", "--out", str(out)])
+    assert checked == [entry == "resume"]
+    assert ran == [(True, True)]  # the checked spec, in the folder held

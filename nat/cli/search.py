@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..folder import open_run, preflight
+    from .. import resume, run_spec
 
     progress = not args.quiet
     if args.resume:
@@ -51,30 +51,28 @@ def run(args: argparse.Namespace) -> int:
                 "resume", f"--resume uses the run's saved settings; drop {', '.join(flags)}"
             )
         backend = {k: v for k, v in given_options(args).items() if k in RESUMABLE}
-        spec = preflight(RunSpec.from_options(open_run(args.resume), **backend), resume=True)
-    else:
-        base = None
-        if args.spec:
-            try:
-                doc = json.loads(Path(args.spec).read_text())
-            except json.JSONDecodeError as err:
-                raise OptionError("spec", f"--spec {args.spec} is not valid JSON: {err}") from None
-            base = RunSpec.from_dict(doc, args.spec)
-            if not hasattr(args, "out") and Path(args.spec).name == "run.json":
-                base = RunSpec.from_options(base, out=str(Path(args.spec).parent))
-        spec = spec_from_args(args, base)
-        if spec.checkpoint is not None:  # the space the source supernet was trained for
-            from ..io.checkpoint import read_supernet_header
-            from ..transfer import spec_for_checkpoint
+        result = resume(args.resume, progress=progress, **backend)
+        print_front(result, Path(args.resume))
+        return 0
+    base = None
+    if args.spec:
+        try:
+            doc = json.loads(Path(args.spec).read_text())
+        except json.JSONDecodeError as err:
+            raise OptionError("spec", f"--spec {args.spec} is not valid JSON: {err}") from None
+        base = RunSpec.from_dict(doc, args.spec)
+        if not hasattr(args, "out") and Path(args.spec).name == "run.json":
+            base = RunSpec.from_options(base, out=str(Path(args.spec).parent))
+    spec = spec_from_args(args, base)
+    if spec.checkpoint is not None:  # the space the source supernet was trained for
+        from ..io.checkpoint import read_supernet_header
+        from ..transfer import spec_for_checkpoint
 
-            given = set(given_options(args)) | ({"space"} if base is not None else set())
-            spec = spec_for_checkpoint(spec, given, read_supernet_header(spec.checkpoint))
-        if spec.out is None:
-            spec = RunSpec.from_options(spec, out=f"runs/search-{spec.space}")
-        spec = preflight(spec, overwrite=args.overwrite)
-    from ..run import run as run_spec  # torch: only once the settings are known to be good
-
-    result = run_spec(spec, resume=bool(args.resume), overwrite=args.overwrite, progress=progress)
+        given = set(given_options(args)) | ({"space"} if base is not None else set())
+        spec = spec_for_checkpoint(spec, given, read_supernet_header(spec.checkpoint))
+    if spec.out is None:
+        spec = RunSpec.from_options(spec, out=f"runs/search-{spec.space}")
+    result = run_spec(spec, overwrite=args.overwrite, progress=progress)
     print_front(result, Path(spec.out))
     return 0
 

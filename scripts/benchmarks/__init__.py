@@ -4,8 +4,9 @@ the one renderer. Each ``bench_*`` takes the shared :class:`~.common.Bench` and 
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from .cil import bench_cil
@@ -26,7 +27,7 @@ from .surrogate import bench_surrogate
 from .tiny import bench_tiny
 from .transfer import bench_transfer
 
-__all__ = ["BENCHES", "run_suite"]
+__all__ = ["BENCHES", "parse_overrides", "run_suite"]
 
 BENCHES = {
     "search": bench_search,
@@ -48,12 +49,40 @@ BENCHES = {
 }
 
 
+def parse_overrides(pairs: list[str]) -> dict:
+    """``NAME=JSON`` pairs as settings overrides (JSON lists become tuples, as the settings
+    hold them); an unknown name or a value that is not JSON is a ValueError naming it."""
+    known = {f.name for f in fields(FULL)}
+    overrides = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in known:
+            raise ValueError(
+                f"--set {pair!r}: give NAME=JSON with NAME one of the settings "
+                "(scripts/benchmarks/settings.py)"
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"--set {name}: {text!r} is not JSON ({err}); quote strings as '\"resnet\"'"
+            ) from None
+        overrides[name] = tuple(value) if isinstance(value, list) else value
+    return overrides
+
+
 def run_suite(
-    names: list[str], data: str, out: str | Path, quick: bool, seeds: list[int] | None
+    names: list[str],
+    data: str,
+    out: str | Path,
+    quick: bool,
+    seeds: list[int] | None,
+    overrides: dict | None = None,
 ) -> None:
     """Run the benchmarks ``names`` in order; each writes ``<name>.md`` and ``<name>.json``
-    (plus plots) under ``out``, and a run of all of them ``summary.md``."""
-    settings = QUICK if quick else FULL
+    (plus plots) under ``out``, and a run of all of them ``summary.md``. ``overrides``:
+    settings replaced (:func:`parse_overrides`)."""
+    settings = replace(QUICK if quick else FULL, **(overrides or {}))
     if seeds:
         settings = replace(settings, seeds=tuple(seeds))
     bench = Bench(settings, data, Path(out))

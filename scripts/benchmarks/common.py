@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 import supernets
+from nat import run_spec
 from nat.data import DataSplits
 from nat.engine.archive import Archive
 from nat.engine.loop import SearchResult, sample_feasible
 from nat.engine.problem import Budgets
 from nat.io.checkpoint import load_supernet, save_supernet
 from nat.io.files import atomic_write, markdown_table, save_figure, write_json
-from nat.run import data_settings_of, load_data, prepare_supernet, run
+from nat.run import data_settings_of, load_data, prepare_supernet
 from nat.spec import RunSpec
 from nat.training.evaluate import SubnetEvaluator
 
@@ -145,7 +146,7 @@ class Bench:
 
     def nat_search(self, seed: int, adapt_epochs: int) -> SearchResult:
         """A NAT search run now, writing no files."""
-        return run(self.nat_spec(seed, adapt_epochs), progress=False)
+        return run_spec(self.nat_spec(seed, adapt_epochs), progress=False)
 
     def nat_run(self, seed: int) -> tuple[Path, float]:
         """(the run folder of seed ``seed``'s NAT search, its seconds): run now unless a
@@ -166,7 +167,7 @@ class Bench:
                 return folder, done["seconds"]
         stamp.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
-        result = run(spec, progress=False)
+        result = run_spec(spec, progress=False)
         write_json(stamp, {"key": key, "seconds": result.seconds})
         return folder, result.seconds
 

@@ -114,7 +114,8 @@ def handed_configs(folder: Path) -> list[dict]:
 def search_run(bench: Bench, base: RunSpec, budget: float, seed: int, seconds: float):
     """(folder, wall seconds) of ``nat search --time-limit`` at ``budget``, cached."""
     spec = RunSpec.from_options(base, max_params=budget, time_limit=seconds, seed=seed)
-    return bench.cached_run(f"quality-{budget / 1e3:.0f}k-{seconds:.0f}s-seed{seed}", spec)
+    space = "" if base.space == "mbv2" else f"{base.space}-"  # mbv2's runs keep their names
+    return bench.cached_run(f"quality-{space}{budget / 1e3:.0f}k-{seconds:.0f}s-seed{seed}", spec)
 
 
 def _stock(peer: str, budget: float, span: float, per_epoch: float, data, s, batches) -> dict:
@@ -161,14 +162,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
 
 
-def _searched_rows(label: str, handed: list[dict], seed: int, wall: float, limit: float):
+def _searched_rows(
+    label: str, space: str, handed: list[dict], seed: int, wall: float, limit: float
+):
     best = max(handed, key=lambda c: c["val_accuracy"])
     budget = max(c["target"] for c in handed)
     for c in handed:
         share = f"1/{budget / c['target']:.0f}" if c["target"] < budget else "budget"
         yield {
             "budget": label,
-            "method": f"(a) nat search --time-limit {_duration(limit)}, seed {seed}: "
+            "method": f"(a) nat search --space {space} --time-limit {_duration(limit)}, "
+            f"seed {seed}: "
             f"{c['folder']} ({share}, {c['source']})" + (" *" if c is best else ""),
             "params": c["params"],
             "macs": c["macs"],
@@ -212,7 +216,7 @@ def bench_quality(bench: Bench) -> Result:
             folder, wall = search_run(bench, base, budget, seed, limit)
             handed = handed_configs(folder)
             first = first or handed
-            rows += _searched_rows(label, handed, seed, wall, limit)
+            rows += _searched_rows(label, s.quality_space, handed, seed, wall, limit)
             best = max(handed, key=lambda c: c["val_accuracy"])
             curve["(a)"].append((wall / 60, best["test_accuracy"]))
         for fraction in s.quality_curve_fractions if b == 0 else ():
@@ -272,17 +276,17 @@ def bench_quality(bench: Bench) -> Result:
         ],
     )
     plots = [
-        Plot(f"quality_minutes_{label}.png", _draw(label, curve), (6, 4))
+        Plot(f"quality_minutes_{label}.png", _draw(label, s.quality_space, curve), (6, 4))
         for label, curve in curves.items()
     ]
     return Result(data={"rows": rows, "curves": curves}, sections=[table], plots=plots)
 
 
-def _draw(label: str, curve: dict):
+def _draw(label: str, space: str, curve: dict):
     def draw(ax) -> None:
         styles = {"(a)": ("o", "tab:green"), "(c)": ("s-", "tab:gray"), "(c')": ("^-", "tab:blue")}
         names = {
-            "(a)": "(a) nat search --time-limit",
+            "(a)": f"(a) nat search --space {space} --time-limit",
             "(c)": "(c) MobileNetV2, stock recipe",
             "(c')": "(c') MobileNetV2, the engine's recipe",
         }

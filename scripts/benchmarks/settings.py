@@ -51,7 +51,9 @@ class Settings:
     ray_archs: int = 24
     # quality at equal wall time: a split of its own (half train, a quarter each val and
     # test); nat search --time-limit at each budget, the stock peers trained as long
-    quality_space: str = "mbv2"
+    # ResNet: its subnets train an epoch 2x faster than MBConv's on a CPU at the same params,
+    # and the search beat both peers there at 300k (docs/benchmarks.md, section 7)
+    quality_space: str = "resnet"
     quality_subset: int = 20_000
     quality_holdout: float = 0.25
     quality_resolution: int = 32
@@ -190,6 +192,7 @@ QUICK = Settings(
     ray_archs=4,
     archive_sizes=(8, 16),
     population_sizes=(8, 16),
+    quality_space="mbv2",  # the quick widths (0.25, 0.5) put every ResNet subnet over 300k
     quality_subset=600,
     quality_resolution=16,
     quality_budgets=(3e5,),
