@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
     except ValueError as err:
         parser.error(str(err))
-    run_suite(names, args.data, args.out, args.quick, args.seeds, overrides)
+    if args.seeds:  # a short form of --set seeds=[...]
+        overrides["seeds"] = tuple(args.seeds)
+    run_suite(names, args.data, args.out, args.quick, overrides)
     return 0
 
 

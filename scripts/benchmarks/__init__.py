@@ -76,15 +76,12 @@ def run_suite(
     data: str,
     out: str | Path,
     quick: bool,
-    seeds: list[int] | None,
     overrides: dict | None = None,
 ) -> None:
     """Run the benchmarks ``names`` in order; each writes ``<name>.md`` and ``<name>.json``
     (plus plots) under ``out``, and a run of all of them ``summary.md``. ``overrides``:
     settings replaced (:func:`parse_overrides`)."""
     settings = replace(QUICK if quick else FULL, **(overrides or {}))
-    if seeds:
-        settings = replace(settings, seeds=tuple(seeds))
     bench = Bench(settings, data, Path(out))
     info = machine()
     header = (
