@@ -48,7 +48,7 @@ class Option:
 def options_of(
     root: type,
     renamed: dict[tuple[str, ...], str],
-    derived: set[tuple[str, ...]],
+    derived: tuple[tuple[str, ...], ...],
 ) -> dict[str, Option]:
     """The flat options of the dataclass ``root`` (its defaults from ``root()``), one per
     field path: named as the field, or as ``renamed`` says; none for the paths in

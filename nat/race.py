@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from .training.trainer import Trainer
 
-__all__ = ["race", "race_cost"]
+__all__ = ["race", "race_cost", "tie_margin"]
 
 
 def race(
@@ -30,13 +30,18 @@ def race(
     reduction_factor: int = 2,
     deadline: float | None = None,
     log: Callable[[str], None] | None = None,
+    margin: Callable[[float], float] | None = None,
 ) -> tuple[int, list[dict]]:
     """Successive halving over ``trainers``: each trains to ``first_rung`` of its schedule
     (a fraction, 0..1), is scored with ``score(trainer)`` (higher is better; e.g. validation
     accuracy of ``trainer.evaluation_model()``), and the best ``ceil(n / reduction_factor)``
-    go on to ``first_rung * reduction_factor``, until one is left. Ties go to the earlier
-    trainer. ``deadline`` (``time.perf_counter()`` seconds) stops training early, whatever
-    the rung.
+    go on to ``first_rung * reduction_factor``, until one is left. ``deadline``
+    (``time.perf_counter()`` seconds) stops training early, whatever the rung.
+
+    Scores within ``margin(best)`` of a rung's best score are a tie (e.g. :func:`tie_margin`,
+    sampling noise), and a tie goes to the candidate with the most epochs: at equal time, the
+    faster one, with more of its schedule still to come. Without a margin, exact ties go to
+    the earlier trainer.
 
     Returns (the survivor's index, one record per rung: its fraction and each live
     candidate's score, epochs and seconds)."""
@@ -63,7 +68,7 @@ def race(
             }
         )
         keep = math.ceil(len(alive) / reduction_factor)
-        ranked = sorted(alive, key=lambda i: (-scores[i], i))
+        ranked = sorted(alive, key=_ranking(scores, trainers, margin))
         alive = sorted(ranked[:keep])
         if log is not None:
             text = ", ".join(f"{trainers[i].name} {scores[i]:.2%}" for i in ranked)
@@ -73,6 +78,30 @@ def race(
             )
         fraction = min(1.0, fraction * reduction_factor)
     return alive[0], rungs
+
+
+def _ranking(
+    scores: dict[int, float], trainers: Sequence[Trainer], margin: Callable[[float], float] | None
+):
+    """The sort key of a rung: candidates within ``margin(best)`` of the best first, the one
+    with the most epochs foremost, then the rest by score; the index last."""
+    best = max(scores.values())
+    band = margin(best) if margin is not None else 0.0
+
+    def key(i: int) -> tuple:
+        tied = scores[i] >= best - band
+        return (not tied, -trainers[i].epochs if tied and band > 0 else 0.0, -scores[i], i)
+
+    return key
+
+
+def tie_margin(samples: int, accuracy: float, confidence_z: float = 1.96) -> float:
+    """The smallest difference from ``accuracy`` that a two-proportion test on ``samples``
+    validation images tells apart at ``confidence_z`` (1.96: 95 %):
+    ``z * sqrt(2 * p * (1 - p) / samples)``, 0.0195 on 5,000 images at 56 %. Paired scores
+    on the same images vary less, so the margin is conservative."""
+    p = min(max(accuracy, 0.0), 1.0)
+    return confidence_z * math.sqrt(2 * p * (1 - p) / max(1, samples))
 
 
 def race_cost(candidates: int, first_rung: float, reduction_factor: int = 2) -> float:

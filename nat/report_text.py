@@ -84,7 +84,9 @@ def _race_lines(result: SearchResult) -> list[str]:
         "",
         "Successive halving at equal training time: every candidate trains the same share of "
         "the same schedule, so one that trains faster gets more epochs for it; the better half "
-        "on validation goes on, until one is left and trains to the end.",
+        "on validation goes on, until one is left and trains to the end. Scores closer to a "
+        "rung's best than sampling noise (a 95 % two-proportion test on the validation "
+        "images) are a tie, which the candidate with more epochs wins.",
         "",
         "| rung (share of the schedule) | candidate | params | MACs | epochs | seconds | "
         "s / epoch | validation |",

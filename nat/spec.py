@@ -283,6 +283,26 @@ class BackendSpec:
         return self.workers is None and self.address is None
 
 
+# Settings of the whole run that its parts carry too: set once, at the top, and handed down.
+_DERIVED_SETTINGS = (("search", "seed"), ("search", "batch_size"), ("pretrain", "seed"))
+
+
+def _take_run_wide(doc: dict, where: str) -> None:
+    """Drop from ``doc`` a part's copy of a setting of the whole run (seed, batch size): one
+    that differs from the run's would be silently overruled, so it is an error."""
+    for part, name in _DERIVED_SETTINGS:
+        section = doc.get(part)
+        if isinstance(section, dict) and name in section:
+            doc[part] = {k: v for k, v in section.items() if k != name}
+            run_value = doc.get(name, getattr(RunSpec, name))
+            if section[name] != run_value:
+                raise OptionError(
+                    name,
+                    f"{where} sets {part}.{name} = {section[name]!r}, but {name} is the run's "
+                    f'({run_value!r}): set the top-level "{name}" instead',
+                )
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One search run: space, data, budgets and search, pre-training recipe, backend."""
@@ -350,6 +370,7 @@ class RunSpec:
         if doc.pop("format", SPEC_FORMAT) != SPEC_FORMAT:
             raise OptionError("spec", f"{where} is not a {SPEC_FORMAT} document")
         doc.pop("timing", None)  # a finished run's record of its stages, not a setting
+        _take_run_wide(doc, where)
         finetune = doc.get("finetune")
         if isinstance(finetune, dict):  # settings of older versions, now the race's to decide
             doc["finetune"] = {k: v for k, v in finetune.items() if k not in _RETIRED}
@@ -467,11 +488,6 @@ _FLAT_NAMES = {
     ("finetune", "lr"): "finetune_lr",
     ("finetune", "weight_decay"): "finetune_weight_decay",
     ("finetune", "distill_weight"): "finetune_distill_weight",
-}
-_DERIVED_SETTINGS = {
-    ("search", "seed"),
-    ("search", "batch_size"),
-    ("pretrain", "seed"),
 }
 OPTIONS: dict[str, Option] = options_of(RunSpec, _FLAT_NAMES, _DERIVED_SETTINGS)
 

@@ -83,6 +83,7 @@ def test_quick_suite_writes_every_table(tmp_path):
     # from scratch (d); the peer in 15 epochs (b), for as long as the search (c, c')
     assert methods.count("(a)") == methods.count("(d)") == 3
     assert methods.count("(b)") == methods.count("(c)") == methods.count("(c')") == 1
+    assert methods.count("(e)") == 1  # the heuristic's architecture alone, for as long
     # Every row is judged on the untouched test split; the search stays within its budget.
     assert all(0 <= r["test"] <= 1 and r["params"] <= 3e5 for r in quality["rows"])
     assert all(len(c["(a)"]) == 1 for c in quality["curves"].values())

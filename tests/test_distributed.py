@@ -116,70 +116,86 @@ def _two_node_cluster() -> Iterator[str]:
             os.environ["RAY_AUTH_MODE"] = saved
 
 
-def test_search_on_a_two_node_loopback_cluster_matches_single_process(reference, tmp_path):
+@pytest.fixture(scope="class")
+def cluster() -> Iterator[str]:
+    """One two-node cluster for the tests of a class. Class-scoped, not module-scoped: while
+    a cluster started by ``ray start`` is up, a plain ``ray.init()`` joins it."""
     with _two_node_cluster() as address:
-        result = nat.search(max_params=_budget(), seed=0, out=tmp_path, address=address, **TINY)
-    assert _entries(result) == _entries(reference[0])
-    assert _exported(tmp_path) == _exported(reference[1])
+        yield address
 
 
-def test_data_parallel_pretraining_matches_one_process_and_resumes_a_killed_worker(tmp_path):
-    """Two Ray Train workers on two loopback nodes, each on half of every batch with
-    BatchNorm statistics pooled, train what one process trains on whole batches (up to float
-    rounding, amplified by training: see test_train's test of the same without Ray); a run
-    whose worker dies in the middle of the second epoch resumes from the first epoch's
-    checkpoint and ends with the same weights as the run that was not killed."""
-    import torch.distributed as dist
-    from test_train import _relative_gap
+class TestOnATwoNodeLoopbackCluster:
+    def test_a_search_matches_a_single_process_one(self, reference, cluster, tmp_path):
+        result = nat.search(max_params=_budget(), seed=0, out=tmp_path, address=cluster, **TINY)
+        assert _entries(result) == _entries(reference[0])
+        assert _exported(tmp_path) == _exported(reference[1])
 
-    from nat.backends.ray_train import checkpointed_epochs, pretrain_data_parallel
-    from nat.run import initial_supernet, load_data, pretrain_supernet
+    def test_data_parallel_pretraining_matches_one_process_and_resumes_a_killed_worker(
+        self, cluster, tmp_path
+    ):
+        """Two Ray Train workers on two loopback nodes, each on half of every batch with
+        BatchNorm statistics pooled, train what one process trains on whole batches (up to float
+        rounding, amplified by training: see test_train's test of the same without Ray); a run
+        whose worker dies in the middle of the second epoch resumes from the first epoch's
+        checkpoint and ends with the same weights as the run that was not killed."""
+        import torch.distributed as dist
+        from test_train import _relative_gap
 
-    spec = RunSpec.from_options(
-        space="resnet",
-        data="digits",
-        subset=120,
-        pretrain_epochs=2,
-        pretrain_lr=0.01,
-        pretrain_batch_size=48,  # two steps an epoch: rounding grows with every step
-        seed=0,
-        space_options={"resolutions": [16], "width_mults": [0.125, 0.25]},
-    ).validate()
-    data = load_data(spec)
-    supernet, _ = initial_supernet(spec, data)
-    start = {k: v.clone() for k, v in supernet.state_dict().items()}
-    # One process, with BatchNorm's sums taken over a group of one: the same arithmetic.
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1)
-    try:
-        supernet.sync_batch_norm()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        reference = pretrain_supernet(spec, data, supernet, progress=False).state_dict()
-    finally:
-        torch.set_num_threads(threads)
-        dist.destroy_process_group()
-    steps_per_epoch = len(data.train) // spec.pretrain.batch_size
+        from nat.backends.ray_train import checkpointed_epochs, pretrain_data_parallel
+        from nat.run import initial_supernet, load_data, pretrain_supernet
 
-    def from_start():
-        net = supernets.build_supernet(spec.build_space(), data.num_classes)
-        net.load_state_dict(start)
-        return net
-
-    with _two_node_cluster() as address, ray_session(address=address):
-        pooled = {"sync_batch_norm": True}
-        whole, _ = pretrain_data_parallel(spec, from_start(), 2, tmp_path / "whole", **pooled)
-        killed, metadata = pretrain_data_parallel(
-            spec, from_start(), 2, tmp_path / "killed", fail_at_step=steps_per_epoch + 1, **pooled
+        spec = RunSpec.from_options(
+            space="resnet",
+            data="digits",
+            subset=120,
+            pretrain_epochs=2,
+            pretrain_lr=0.01,
+            pretrain_batch_size=48,  # two steps an epoch: rounding grows with every step
+            seed=0,
+            space_options={"resolutions": [16], "width_mults": [0.125, 0.25]},
+        ).validate()
+        data = load_data(spec)
+        supernet, _ = initial_supernet(spec, data)
+        start = {k: v.clone() for k, v in supernet.state_dict().items()}
+        # One process, with BatchNorm's sums taken over a group of one: the same arithmetic.
+        dist.init_process_group(
+            "gloo", init_method=f"file://{tmp_path / 'rdv'}", rank=0, world_size=1
         )
-    assert [r["epoch"] for r in metadata["history"]] == [1, 2]
-    assert (tmp_path / "killed" / "injected-fault").is_file()  # the worker did die
-    assert metadata["last_epoch_timing"]["resumed_after_epoch"] == 1  # killed in epoch 2
-    assert checkpointed_epochs(tmp_path / "killed") == 2  # as --resume would report it
-    whole, killed = whole.state_dict(), killed.state_dict()
-    for key, value in killed.items():
-        torch.testing.assert_close(value, whole[key], atol=1e-6, rtol=1e-6, msg=key)
-    assert _relative_gap(reference, whole, start, statistics=False) < 0.1
-    assert _relative_gap(reference, whole, start, statistics=True) < 1e-4
+        try:
+            supernet.sync_batch_norm()
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            reference = pretrain_supernet(spec, data, supernet, progress=False).state_dict()
+        finally:
+            torch.set_num_threads(threads)
+            dist.destroy_process_group()
+        steps_per_epoch = len(data.train) // spec.pretrain.batch_size
+
+        def from_start():
+            net = supernets.build_supernet(spec.build_space(), data.num_classes)
+            net.load_state_dict(start)
+            return net
+
+        with ray_session(address=cluster):
+            pooled = {"sync_batch_norm": True}
+            whole, _ = pretrain_data_parallel(spec, from_start(), 2, tmp_path / "whole", **pooled)
+            killed, metadata = pretrain_data_parallel(
+                spec,
+                from_start(),
+                2,
+                tmp_path / "killed",
+                fail_at_step=steps_per_epoch + 1,
+                **pooled,
+            )
+        assert [r["epoch"] for r in metadata["history"]] == [1, 2]
+        assert (tmp_path / "killed" / "injected-fault").is_file()  # the worker did die
+        assert metadata["last_epoch_timing"]["resumed_after_epoch"] == 1  # killed in epoch 2
+        assert checkpointed_epochs(tmp_path / "killed") == 2  # as --resume would report it
+        whole, killed = whole.state_dict(), killed.state_dict()
+        for key, value in killed.items():
+            torch.testing.assert_close(value, whole[key], atol=1e-6, rtol=1e-6, msg=key)
+        assert _relative_gap(reference, whole, start, statistics=False) < 0.1
+        assert _relative_gap(reference, whole, start, statistics=True) < 1e-4
 
 
 def _exported(out: Path) -> list:

@@ -162,6 +162,8 @@ def test_cli_search_reports_the_front(tmp_path, capsys):
         "0",
         "--bn-batches",
         "2",
+        "--finetune-epochs",  # the default 18 train for 20 s here: the report is what is tested
+        "2",
         "--max-params",
         "1M",
         "--objectives",

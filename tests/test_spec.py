@@ -34,6 +34,15 @@ def test_the_run_hands_its_seed_and_batch_size_to_its_search():
     assert (spec.search.seed, spec.search.batch_size, spec.pretrain.seed) == (7, 32, 7)
     assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))).search == spec.search
     assert "seed" not in spec.to_dict()["search"]  # written once in run.json, as the run's
+    # A part's own copy is accepted when it agrees, and refused when the run would overrule it.
+    doc = spec.to_dict()
+    doc["search"] |= {"seed": 7, "batch_size": 32}
+    assert RunSpec.from_dict(doc) == spec
+    doc["pretrain"]["seed"] = 3
+    with pytest.raises(OptionError, match=r"pretrain.seed = 3, but seed is the run.s \(7\)"):
+        RunSpec.from_dict(doc)
+    with pytest.raises(OptionError, match='set the top-level "batch_size"'):
+        RunSpec.from_dict({"search": {"batch_size": 16}})
 
 
 def _other_value(option):

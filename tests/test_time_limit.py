@@ -9,7 +9,7 @@ import torch
 
 import nat
 
-# The README's digits space, small enough for a 75-second run.
+# The README's digits space, small enough for a 60-second run.
 TIMED = dict(
     space="mbv2",
     data="digits",
@@ -23,7 +23,7 @@ TIMED = dict(
     onnx=False,
     progress=False,
 )
-LIMIT = 75.0
+LIMIT = 60.0
 
 
 @pytest.fixture(scope="module")

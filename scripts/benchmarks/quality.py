@@ -4,7 +4,9 @@ model choice touches, against what a user would do instead: torchvision's Mobile
 ShuffleNetV2) scaled by the Feillet rule and trained from scratch for the same wall time,
 (c) with the stock recipe of ``shared/REFERENCE.md`` (SGD Nesterov, weight decay 5e-4,
 OneCycle to lr 0.1, batch 128, flip and 4-px crop) and (c') with the engine's own final
-recipe, so that a gain from the recipe alone is not credited to the search."""
+recipe, so that a gain from the recipe alone is not credited to the search; (d) each
+handed-back architecture from scratch for as many epochs, and (e) the Feillet heuristic's
+architecture from scratch for the whole time: what the supernet and the search add."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from torch import nn
 import search_spaces
 import supernets
 from nat.data import DataSplits, make_loader
+from nat.folder import open_run
 from nat.profile import profile
 from nat.run import load_data
 from nat.spec import RunSpec
@@ -158,6 +161,23 @@ def _scratch(config: dict, base: RunSpec, data, batches) -> dict:
     return _engine_row(method, model, arch.resolution, base, data, batches, epochs=epochs)
 
 
+def _heuristic_arch(folder: Path) -> search_spaces.Arch:
+    """The Feillet heuristic's subnet at the budget, from run ``folder``'s archive."""
+    space = open_run(folder).build_space()
+    entries = json.loads((folder / "archive.json").read_text())["entries"]
+    heuristic = max((e for e in entries if e["source"] == "heuristic"), key=lambda e: e["params"])
+    return space.decode(np.asarray(heuristic["x"]))
+
+
+def _heuristic_alone(arch: search_spaces.Arch, seconds: float, base: RunSpec, data, batches):
+    """(e): ``arch`` trained from scratch with the engine's recipe for ``seconds``: what a
+    user gets with neither a supernet nor a search."""
+    torch.manual_seed(0)
+    model = supernets.build_static(arch, data.num_classes)
+    method = f"(e) the heuristic's architecture from scratch, {_duration(seconds)}"
+    return _engine_row(method, model, arch.resolution, base, data, batches, seconds=seconds)
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
 
@@ -210,7 +230,7 @@ def bench_quality(bench: Bench) -> Result:
     rows, curves = [], {}
     for b, (budget, limit) in enumerate(zip(s.quality_budgets, s.quality_limits, strict=True)):
         label = f"{budget / 1e3:,.0f}k"
-        curve = curves.setdefault(label, {"(a)": [], "(c)": [], "(c')": []})
+        curve = curves.setdefault(label, {"(a)": [], "(c)": [], "(c')": [], "(e)": []})
         first = None
         for seed in s.quality_seeds if b == 0 else s.quality_seeds[:1]:
             folder, wall = search_run(bench, base, budget, seed, limit)
@@ -244,6 +264,15 @@ def bench_quality(bench: Bench) -> Result:
                     rows.append({"budget": label, **row})
                     if peer == s.quality_peers[0]:
                         curve[kind].append((row["seconds"] / 60, row["test"]))
+        arch = _heuristic_arch(search_run(bench, base, budget, s.quality_seeds[0], limit)[0])
+        seconds = min(limit, s.peer_seconds or limit)
+        row = bench.cached(
+            f"quality-e-{s.quality_space}-{label}-{seconds:.0f}s",
+            {"arch": arch.to_dict(), "seconds": seconds, "recipe": str(base.finetune)},
+            partial(_heuristic_alone, arch, seconds, base, data, batches),
+        )
+        rows.append({"budget": label, **row})
+        curve["(e)"].append((row["seconds"] / 60, row["test"]))
         for config in first:
             key = {
                 "arch": config["arch"],
@@ -284,11 +313,17 @@ def bench_quality(bench: Bench) -> Result:
 
 def _draw(label: str, space: str, curve: dict):
     def draw(ax) -> None:
-        styles = {"(a)": ("o", "tab:green"), "(c)": ("s-", "tab:gray"), "(c')": ("^-", "tab:blue")}
+        styles = {
+            "(a)": ("o", "tab:green"),
+            "(c)": ("s-", "tab:gray"),
+            "(c')": ("^-", "tab:blue"),
+            "(e)": ("D", "tab:orange"),
+        }
         names = {
             "(a)": f"(a) nat search --space {space} --time-limit",
             "(c)": "(c) MobileNetV2, stock recipe",
             "(c')": "(c') MobileNetV2, the engine's recipe",
+            "(e)": "(e) the heuristic's architecture, from scratch",
         }
         for kind, points in curve.items():
             if points:

@@ -24,6 +24,14 @@ from .transfer import _data_spec
 # Gloo's ring all-reduce moves 2(W-1)/W of the gradients per worker (bandwidth) in 2(W-1)
 # hops (latency): from W=2 to W=8, 1.75x the bytes and 7x the hops.
 _BYTES_8, _HOPS_8 = 1.75, 7.0
+# Table rows of two workers and of the 8 projected, without and with pooled BatchNorm.
+_LABELS = {
+    False: ("Ray Train, 2 workers of 1 thread", "Ray Train, 8 workers (projected)"),
+    True: (
+        "the same, BatchNorm pooled (--sync-batch-norm)",
+        "the same, BatchNorm pooled (projected)",
+    ),
+}
 
 
 def _spec(bench: Bench) -> RunSpec:
@@ -53,16 +61,22 @@ def _one_process(spec: RunSpec, threads: int) -> float:
 
 
 def _two_workers(bench: Bench, spec: RunSpec, synced: bool) -> dict:
+    """The last epoch's timing on two Ray Train workers (inside a Ray session)."""
     data = load_data(spec)
     supernet, _ = initial_supernet(spec, data)
     storage = bench.out / "cache" / "scaling-ray-train"
     shutil.rmtree(storage, ignore_errors=True)
-    with ray_session(workers=2):
-        _, metadata = pretrain_data_parallel(
-            spec, supernet, 2, storage, threads=1, sync_batch_norm=synced
-        )
+    _, metadata = pretrain_data_parallel(
+        spec, supernet, 2, storage, threads=1, sync_batch_norm=synced
+    )
     shutil.rmtree(storage, ignore_errors=True)
     return metadata["last_epoch_timing"]
+
+
+def _row(setting: str, workers: int, step: float, reduce=None, rest=None) -> list:
+    """A table row: seconds and steps/s of a step, and its communication when measured."""
+    comm = ["" if v is None else f"{v:.3f}" for v in (reduce, rest)]
+    return [setting, workers, f"{step:.3f}", f"{1 / step:.2f}", *comm]
 
 
 def bench_scaling(bench: Bench) -> Result:
@@ -71,72 +85,55 @@ def bench_scaling(bench: Bench) -> Result:
     steps = len(data.train) // spec.pretrain.batch_size
     single = _one_process(spec, 1)
     both_cores = _one_process(spec, 2)
-    parallel = _two_workers(bench, spec, synced=False)
-    pooled = _two_workers(bench, spec, synced=True)
-    step2, reduce2 = parallel["step_seconds"], parallel["allreduce_seconds"]
-    # The model: a step on W workers = the one-thread step / W + communication; of that, the
-    # gradient all-reduce grows with the bytes, the rest (pooled BatchNorm's small
-    # collectives, each worker loading the whole batch, Ray) with the hops: an upper bound.
-    rest2 = max(0.0, step2 - single / 2 - reduce2)
-    rest_pooled = max(0.0, pooled["step_seconds"] - single / 2 - pooled["allreduce_seconds"])
-    step8 = single / 8 + reduce2 * _BYTES_8 + rest2 * _HOPS_8
-    step8_pooled = single / 8 + pooled["allreduce_seconds"] * _BYTES_8 + rest_pooled * _HOPS_8
+    pooling = (False, True) if bench.s.scaling_pooled_batch_norm else (False,)
+    with ray_session(workers=2):  # one start of Ray serves every run
+        timings = [_two_workers(bench, spec, synced) for synced in pooling]
     rows = [
-        ["one process, 1 thread", 1, f"{single:.3f}", f"{1 / single:.2f}", "", ""],
-        ["one process, 2 threads", 1, f"{both_cores:.3f}", f"{1 / both_cores:.2f}", "", ""],
-        [
-            "Ray Train, 2 workers of 1 thread",
-            2,
-            f"{step2:.3f}",
-            f"{1 / step2:.2f}",
-            f"{reduce2:.3f}",
-            f"{rest2:.3f}",
-        ],
-        [
-            "the same, BatchNorm pooled (--sync-batch-norm)",
-            2,
-            f"{pooled['step_seconds']:.3f}",
-            f"{1 / pooled['step_seconds']:.2f}",
-            f"{pooled['allreduce_seconds']:.3f}",
-            f"{rest_pooled:.3f}",
-        ],
-        [
-            "Ray Train, 8 workers (projected)",
-            8,
-            f"{step8:.3f}",
-            f"{1 / step8:.2f}",
-            f"{reduce2 * _BYTES_8:.3f}",
-            f"{rest2 * _HOPS_8:.3f}",
-        ],
-        [
-            "the same, BatchNorm pooled (projected)",
-            8,
-            f"{step8_pooled:.3f}",
-            f"{1 / step8_pooled:.2f}",
-            f"{pooled['allreduce_seconds'] * _BYTES_8:.3f}",
-            f"{rest_pooled * _HOPS_8:.3f}",
-        ],
+        _row("one process, 1 thread", 1, single),
+        _row("one process, 2 threads", 1, both_cores),
     ]
     data_doc = {
         "steps_per_epoch": steps,
         "batch_size": spec.pretrain.batch_size,
         "one_thread_step_s": single,
         "two_thread_step_s": both_cores,
-        "two_worker_step_s": step2,
-        "two_worker_allreduce_s": reduce2,
-        "two_worker_other_communication_s": rest2,
-        "two_worker_pooled_batch_norm_step_s": pooled["step_seconds"],
-        "eight_worker_step_s_projected": step8,
-        "eight_worker_speedup_projected": single / step8,
-        "eight_worker_pooled_speedup_projected": single / step8_pooled,
     }
+    projected = []
+    for synced, timing in zip(pooling, timings, strict=True):
+        step2, reduce2 = timing["step_seconds"], timing["allreduce_seconds"]
+        # The model: a step on W workers = the one-thread step / W + communication; of that,
+        # the gradient all-reduce grows with the bytes, the rest (pooled BatchNorm's small
+        # collectives, each worker loading the whole batch, Ray) with the hops: an upper
+        # bound.
+        rest2 = max(0.0, step2 - single / 2 - reduce2)
+        step8 = single / 8 + reduce2 * _BYTES_8 + rest2 * _HOPS_8
+        two, eight = _LABELS[synced]
+        rows.append(_row(two, 2, step2, reduce2, rest2))
+        projected.append(_row(eight, 8, step8, reduce2 * _BYTES_8, rest2 * _HOPS_8))
+        if synced:
+            data_doc |= {
+                "two_worker_pooled_batch_norm_step_s": step2,
+                "eight_worker_pooled_speedup_projected": single / step8,
+            }
+        else:
+            data_doc |= {
+                "two_worker_step_s": step2,
+                "two_worker_allreduce_s": reduce2,
+                "two_worker_other_communication_s": rest2,
+                "eight_worker_step_s_projected": step8,
+                "eight_worker_speedup_projected": single / step8,
+            }
+    pooled = data_doc.get("eight_worker_pooled_speedup_projected")
     text = (
         f"{steps} steps of batch {spec.pretrain.batch_size} at {max(bench.s.source_budgets):,.0f} "
         f"parameters. Projected speed-up of 8 workers over one single-thread process: "
-        f"{single / step8:.1f}x, {single / step8_pooled:.1f}x with BatchNorm pooled (the "
-        f"all-reduce taken to grow {_BYTES_8}x, the other communication {_HOPS_8:.0f}x from 2 "
-        "workers). Two workers here share the two cores that one process with 2 threads uses: "
-        "a gain over it comes from two processes instead of two threads, not from hardware."
+        f"{data_doc['eight_worker_speedup_projected']:.1f}x"
+        + (f", {pooled:.1f}x with BatchNorm pooled" if pooled is not None else "")
+        + f" (the all-reduce taken to grow {_BYTES_8}x, the other communication "
+        f"{_HOPS_8:.0f}x from 2 workers). Two workers here share the two cores that one process "
+        "with 2 threads uses: a gain over it comes from two processes instead of two threads, "
+        "not from hardware."
     )
     headers = ["setting", "workers", "step s", "steps/s", "gradient all-reduce s", "other comm. s"]
-    return Result(data_doc, [Table("Supernet pre-training steps", headers, rows), text])
+    table = Table("Supernet pre-training steps", headers, rows + projected)
+    return Result(data_doc, [table, text])

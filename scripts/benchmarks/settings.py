@@ -80,6 +80,9 @@ class Settings:
     # source training on Ray Train: one epoch of the source classes, timed
     scaling_subset: int | None = 4_000
     scaling_batch: int = 64
+    # also time two workers with BatchNorm pooled (a second Ray Train run; test_distributed
+    # covers that path, so the quick suite leaves it out)
+    scaling_pooled_batch_norm: bool = True
     # ResNet basic blocks, as ResNet-8's: mbv2's narrowest subnet at 32 px needs 57,344 bytes
     # of peak int8 memory, above ResNet-8's 49,152 (its expanded first block at full size)
     tiny_space: str = "resnet"
@@ -232,6 +235,7 @@ QUICK = Settings(
     target_limit=24.0,
     scaling_subset=400,
     scaling_batch=32,
+    scaling_pooled_batch_norm=False,
     tiny_footprint_subnets=1,
     tiny_limit=None,
     tiny_options={k: v for k, v in _TINY_SEARCH.items() if k not in ("width_mults", "onnx")},
