@@ -13,7 +13,7 @@ from typing import Any
 
 from .fields import OptionError, unknown_option
 
-__all__ = ["Option", "build", "options_of"]
+__all__ = ["Option", "build", "options_of", "take_derived"]
 
 
 # -- flat options: one name per setting, shared by the CLI, nat.search() and JSON -------------
@@ -43,6 +43,31 @@ class Option:
             doc.pop(leaf, None)
         else:
             doc[leaf] = value
+
+
+def take_derived(
+    doc: dict, derived: tuple[tuple[str, ...], ...], defaults: dict[str, Any], where: str
+) -> None:
+    """Drop from ``doc`` a part's copy of a setting the whole run hands down (``derived``
+    paths, each set at the top under its last key; ``defaults`` when absent there): one that
+    differs from the run's would be silently overruled, so it is an error naming the key."""
+    for *parents, name in derived:
+        section = doc
+        for key in parents:  # copied on the way down: the caller's document stays as it was
+            if not isinstance(section.get(key), dict):
+                break
+            section[key] = section = dict(section[key])
+        else:
+            if name not in section:
+                continue
+            value = section.pop(name)
+            run_value = doc.get(name, defaults[name])
+            if value != run_value:
+                raise OptionError(
+                    name,
+                    f"{where} sets {'.'.join(parents)}.{name} = {value!r}, but {name} is the "
+                    f'run\'s ({run_value!r}): set the top-level "{name}" instead',
+                )
 
 
 def options_of(

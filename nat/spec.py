@@ -33,7 +33,7 @@ from .fields import (
     within,
 )
 from .io.files import jsonable
-from .options import Option, build, options_of
+from .options import Option, build, options_of, take_derived
 from .recipes import FinetuneSpec, PlanSpec, TrainConfig
 
 __all__ = [
@@ -287,22 +287,6 @@ class BackendSpec:
 _DERIVED_SETTINGS = (("search", "seed"), ("search", "batch_size"), ("pretrain", "seed"))
 
 
-def _take_run_wide(doc: dict, where: str) -> None:
-    """Drop from ``doc`` a part's copy of a setting of the whole run (seed, batch size): one
-    that differs from the run's would be silently overruled, so it is an error."""
-    for part, name in _DERIVED_SETTINGS:
-        section = doc.get(part)
-        if isinstance(section, dict) and name in section:
-            doc[part] = {k: v for k, v in section.items() if k != name}
-            run_value = doc.get(name, getattr(RunSpec, name))
-            if section[name] != run_value:
-                raise OptionError(
-                    name,
-                    f"{where} sets {part}.{name} = {section[name]!r}, but {name} is the run's "
-                    f'({run_value!r}): set the top-level "{name}" instead',
-                )
-
-
 @dataclass(frozen=True)
 class RunSpec:
     """One search run: space, data, budgets and search, pre-training recipe, backend."""
@@ -370,7 +354,8 @@ class RunSpec:
         if doc.pop("format", SPEC_FORMAT) != SPEC_FORMAT:
             raise OptionError("spec", f"{where} is not a {SPEC_FORMAT} document")
         doc.pop("timing", None)  # a finished run's record of its stages, not a setting
-        _take_run_wide(doc, where)
+        defaults = {path[-1]: getattr(cls, path[-1]) for path in _DERIVED_SETTINGS}
+        take_derived(doc, _DERIVED_SETTINGS, defaults, where)
         finetune = doc.get("finetune")
         if isinstance(finetune, dict):  # settings of older versions, now the race's to decide
             doc["finetune"] = {k: v for k, v in finetune.items() if k not in _RETIRED}
