@@ -231,11 +231,11 @@ def bench_quality(bench: Bench) -> Result:
     for b, (budget, limit) in enumerate(zip(s.quality_budgets, s.quality_limits, strict=True)):
         label = f"{budget / 1e3:,.0f}k"
         curve = curves.setdefault(label, {"(a)": [], "(c)": [], "(c')": [], "(e)": []})
-        first = None
+        first = first_folder = None
         for seed in s.quality_seeds if b == 0 else s.quality_seeds[:1]:
             folder, wall = search_run(bench, base, budget, seed, limit)
             handed = handed_configs(folder)
-            first = first or handed
+            first, first_folder = first or handed, first_folder or folder
             rows += _searched_rows(label, s.quality_space, handed, seed, wall, limit)
             best = max(handed, key=lambda c: c["val_accuracy"])
             curve["(a)"].append((wall / 60, best["test_accuracy"]))
@@ -264,7 +264,7 @@ def bench_quality(bench: Bench) -> Result:
                     rows.append({"budget": label, **row})
                     if peer == s.quality_peers[0]:
                         curve[kind].append((row["seconds"] / 60, row["test"]))
-        arch = _heuristic_arch(search_run(bench, base, budget, s.quality_seeds[0], limit)[0])
+        arch = _heuristic_arch(first_folder)
         seconds = min(limit, s.peer_seconds or limit)
         row = bench.cached(
             f"quality-e-{s.quality_space}-{label}-{seconds:.0f}s",
