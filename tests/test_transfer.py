@@ -7,8 +7,10 @@ import json
 import pytest
 from test_probe import _digest, _fails
 
+from nat import RunSpec
 from nat.cli import main
 from nat.io.checkpoint import read_supernet_header
+from nat.transfer import budget_warning
 
 SOURCE = ["--space", "shufflenetv2", "--resolutions", "12,16", "--data", "digits"]
 SEARCH = ["--subset", "300", "--pretrain-epochs", "1", "--iterations", "0", "--doe-size", "4"]
@@ -36,25 +38,26 @@ def test_the_checkpoint_records_what_a_search_checks(source):
     assert len(header["space_options"]["width_mults"]) > 3
 
 
-def test_a_search_from_it_takes_its_space_and_reports_the_source(source, tmp_path, capsys):
+def test_a_search_from_it_takes_its_space_reports_the_source_and_warns_outside_its_range(
+    source, tmp_path, capsys
+):
     out = tmp_path / "run"
     argv = ["search", "--checkpoint", str(source), "--data", "digits", *SEARCH]
-    assert main([*argv, "--max-params", "100k", "--out", str(out)]) == 0
+    assert main([*argv, "--max-params", "1M", "--out", str(out)]) == 0
     spec = json.loads((out / "run.json").read_text())
     assert spec["space"] == "shufflenetv2"
     assert spec["space_options"] == read_supernet_header(source)["space_options"]
     report = (out / "report.md").read_text()
     assert f"Source supernet: `{source}`" in report and "budgets 60,000, 150,000" in report
-    assert "outside what" not in capsys.readouterr().err
-
-
-def test_a_budget_outside_the_covered_range_is_warned(source, tmp_path, capsys):
-    argv = ["search", "--checkpoint", str(source), "--data", "digits", *SEARCH]
-    assert main([*argv, "--max-params", "1M", "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
     assert (
         "--max-params 1,000,000 is outside what" in err and "trained for budgets 60k, 150k" in err
     )
+    # Inside the range (with its margins) there is nothing to warn about; below it, there is.
+    header = read_supernet_header(source)
+    for budget, warned in ((100e3, False), (150e3, False), (1e3, True)):
+        checked = RunSpec.from_dict({**spec, "search": {**spec["search"], "max_params": budget}})
+        assert (budget_warning(checked, header) is not None) == warned, budget
 
 
 @pytest.mark.parametrize(
