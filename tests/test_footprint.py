@@ -47,8 +47,10 @@ def _measure(job: tuple) -> tuple[str, dict, dict]:
     fp32 = path.read_bytes()
     int8 = quantize_int8(fp32, [np.random.default_rng(i).normal(size=(4, 3, r, r))])
     predicted = analytic_footprint(space.costs(x[None], 10))
-    return arch.to_json(), {k: float(v[0]) for k, v in predicted.items()}, measured_footprint(
-        fp32, int8
+    return (
+        arch.to_json(),
+        {k: float(v[0]) for k, v in predicted.items()},
+        measured_footprint(fp32, int8),
     )
 
 
