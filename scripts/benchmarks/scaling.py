@@ -19,7 +19,7 @@ from nat.spec import RunSpec
 from nat.transfer import spec_for_budgets
 
 from .common import Bench, Result, Table
-from .transfer import _data_spec
+from .transfer import class_data_spec
 
 # Gloo's ring all-reduce moves 2(W-1)/W of the gradients per worker (bandwidth) in 2(W-1)
 # hops (latency): from W=2 to W=8, 1.75x the bytes and 7x the hops.
@@ -37,7 +37,7 @@ _LABELS = {
 def _spec(bench: Bench) -> RunSpec:
     """The transfer benchmark's source supernet (``--budgets``), for one epoch."""
     s = bench.s
-    spec = _data_spec(bench, s.source_classes, s.scaling_subset, None)
+    spec = class_data_spec(bench, s.source_classes, s.scaling_subset, None)
     spec = RunSpec.from_options(spec, pretrain_epochs=1, pretrain_batch_size=s.scaling_batch)
     return spec_for_budgets(spec, s.source_budgets, len(s.source_classes))
 

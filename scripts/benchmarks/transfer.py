@@ -27,7 +27,11 @@ from .quality import feillet_peer, handed_configs, row_of, train_recipe
 _PEER = "mobilenet_v2"
 
 
-def _data_spec(bench: Bench, classes: tuple[str, ...], subset: int, holdout: float | None):
+def class_data_spec(
+    bench: Bench, classes: tuple[str, ...], subset: int | None, holdout: float | None
+) -> RunSpec:
+    """The benchmark data restricted to ``classes`` (``subset`` images of the archive; a
+    validation and a test split of ``holdout`` each when given)."""
     s = bench.s
     fractions = {"val_fraction": holdout, "test_fraction": holdout} if holdout else {}
     return RunSpec.from_options(
@@ -46,7 +50,7 @@ def _data_spec(bench: Bench, classes: tuple[str, ...], subset: int, holdout: flo
 def _source(bench: Bench) -> tuple[Path, float]:
     """The source supernet (``nat train-supernet --budgets``), trained once and cached."""
     s = bench.s
-    spec = _data_spec(bench, s.source_classes, s.source_subset, None)
+    spec = class_data_spec(bench, s.source_classes, s.source_subset, None)
     path = bench.out / "cache" / "transfer-source.pt"
     budgets = ",".join(f"{b:.0f}" for b in s.source_budgets)
     argv = [
@@ -112,7 +116,7 @@ def bench_transfer(bench: Bench) -> Result:
     s = bench.s
     source_path, source_seconds = _source(bench)
     header = read_supernet_header(source_path)
-    target_spec = _data_spec(bench, s.target_classes, s.target_subset, s.quality_holdout)
+    target_spec = class_data_spec(bench, s.target_classes, s.target_subset, s.quality_holdout)
     target = load_data(target_spec)
     batches = (SubnetEvaluator.batches(target.val), SubnetEvaluator.batches(target.test))
     print(
@@ -153,7 +157,7 @@ def bench_transfer(bench: Bench) -> Result:
             return _peer(target, budget, peer, batches, label="(iii) from scratch:")
 
         def pretrained(budget=budget, peer=peer) -> dict:
-            source = load_data(_data_spec(bench, s.source_classes, s.source_subset, None))
+            source = load_data(class_data_spec(bench, s.source_classes, s.source_subset, None))
             torch.manual_seed(0)
             model, _ = feillet_peer(_PEER, budget, source.num_classes)
             per_epoch = train_recipe(copy.deepcopy(model), source, source.image_size, 1)
