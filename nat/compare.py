@@ -25,10 +25,10 @@ from .engine.heuristic import depth_only, feillet, width_only
 from .folder import open_run
 from .io.checkpoint import load_supernet
 from .io.files import atomic_write, markdown_table, mean_std, save_figure, write_json
+from .prepare import load_data
 from .profile import profile
 from .pruning import PruningError, prune_to_budget
 from .recipes import COMPARE
-from .run import load_data
 from .training.evaluate import SubnetEvaluator
 from .training.train import evaluate, finetune
 

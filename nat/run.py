@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
-from supernets import Supernet, build_supernet
+from supernets import Supernet
 
-from .data import DataSplits, data_settings, load_from_settings
+from .data import DataSplits
 from .engine.heuristic import budget_width_mults
 from .engine.loop import NATSearch, SearchResult
-from .engine.problem import BudgetError, Budgets
+from .engine.problem import BudgetError
 from .folder import (
     PRETRAIN_FILE,
     RUN_FILE,
@@ -36,134 +36,23 @@ from .folder import (
     remove_outputs,
 )
 from .handback import hand_back
-from .io.checkpoint import load_supernet, read_supernet_header, save_supernet
+from .io.checkpoint import read_supernet_header, save_supernet
 from .io.files import write_json
-from .latency import latency_table_of
 from .planner import Plan, RunClock, SearchBudget, StepTimes, plan_run
+from .prepare import (
+    data_settings_of,
+    initial_supernet,
+    load_data,
+    pretrain_supernet,
+    pretraining_keywords,
+    run_budgets,
+)
 from .spec import OptionError, RunSpec, spec_error_names
 from .training.evaluate import SubnetEvaluator
-from .training.train import measure_pretrain_epoch, train_supernet
+from .training.train import measure_pretrain_epoch
 from .transfer import budget_warning, source_summary
 
-__all__ = [
-    "data_settings_of",
-    "initial_supernet",
-    "load_data",
-    "measure",
-    "prepare_supernet",
-    "pretrain_supernet",
-    "run_checked",
-]
-
-
-def data_settings_of(spec: RunSpec) -> dict:
-    """The record :func:`nat.data.load_from_settings` loads, for the spec's data."""
-    image_size = spec.data.image_size or max(spec.build_space().resolutions)
-    d = spec.data
-    seed = spec.seed if d.split_seed is None else d.split_seed
-    settings = data_settings(
-        d.source, image_size, seed, d.subset, d.val_fraction, d.test_fraction, d.classes
-    )
-    settings["cache_dir"] = d.cache_dir
-    return settings
-
-
-def load_data(spec: RunSpec) -> DataSplits:
-    """The spec's data, split by its seed."""
-    return load_from_settings(data_settings_of(spec))
-
-
-def initial_supernet(
-    spec: RunSpec, data: DataSplits, always_train: bool = False
-) -> tuple[Supernet, bool]:
-    """(the supernet to search, whether it needs pre-training): loaded from
-    ``spec.checkpoint`` (its classifier rebuilt when the task has another number of classes:
-    transfer, which trains), else built fresh. ``always_train``: train a loaded checkpoint
-    even when its classes match."""
-    space = spec.build_space()
-    trains = spec.pretrain.epochs > 0 or spec.plan.time_limit is not None
-    if spec.checkpoint is not None:
-        supernet, _ = load_supernet(spec.checkpoint, space=spec.space)
-        if spec.space_options and space != supernet.space:
-            raise OptionError(
-                "--checkpoint",
-                f"{spec.checkpoint} was trained on another {spec.space} space "
-                f"({supernet.space!r}); drop the space options or retrain",
-            )
-        if supernet.num_classes == data.num_classes and not always_train:
-            return supernet, False
-        if supernet.num_classes != data.num_classes:
-            supernet.reset_classifier(data.num_classes)
-        return supernet, trains
-    torch.manual_seed(spec.seed)  # the initial weights
-    supernet = build_supernet(space, data.num_classes)
-    if spec.pretrain.zero_init_residual:
-        supernet.zero_init_residual()
-    return supernet, trains
-
-
-def _pretraining(spec: RunSpec, num_classes: int) -> dict:
-    """The keywords of :func:`train_supernet` that fit pre-training to the budgets."""
-    budgets = _budgets(spec, num_classes)
-    multiple = spec.pretrain.sample_multiple
-    return {
-        "sampler": budgets.sampler(multiple) if multiple and budgets.constrained else None,
-        "teacher": budgets.teacher(spec.pretrain.teacher_multiple),
-        "anchor": budgets.anchor(spec.pretrain.anchor_multiple),
-        "device": device_of(spec),
-    }
-
-
-def pretrain_supernet(
-    spec: RunSpec,
-    data: DataSplits,
-    supernet: Supernet,
-    checkpoint: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    seconds: float | None = None,
-    **training: Any,
-) -> Supernet:
-    """Pre-train ``supernet`` with ``spec.pretrain`` for its epochs, or for ``seconds``
-    (a run's time budget). ``checkpoint``: where training is saved after every epoch, and
-    continued from with ``resume``. ``training``: further keywords of :func:`train_supernet`
-    (a device, data-parallel hooks), over those fitted to the budget."""
-    config = spec.pretrain
-    if seconds is not None and seconds <= 0:
-        return supernet.cpu()
-    if seconds is None and config.epochs == 0:
-        return supernet.cpu()
-    train_supernet(
-        supernet,
-        data,
-        config,
-        checkpoint=checkpoint,
-        checkpoint_metadata={"data": data_settings_of(spec)},
-        progress=progress,
-        resume=resume,
-        seconds=seconds,
-        **(_pretraining(spec, data.num_classes) | training),
-    )
-    return supernet.cpu()
-
-
-def prepare_supernet(
-    spec: RunSpec,
-    data: DataSplits,
-    checkpoint: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    always_train: bool = False,
-) -> Supernet:
-    """The supernet to search: loaded from ``spec.checkpoint``, else built; trained for
-    ``spec.pretrain.epochs`` when new, or when the checkpoint's task has another number of
-    classes (transfer: the classifier is rebuilt, the rest kept). ``checkpoint``: where
-    training is saved after every epoch, and continued from with ``resume``.
-    ``always_train``: train a loaded checkpoint even when its classes match."""
-    supernet, trains = initial_supernet(spec, data, always_train)
-    if not trains:
-        return supernet
-    return pretrain_supernet(spec, data, supernet, checkpoint, resume, progress)
+__all__ = ["measure", "run_checked"]
 
 
 def measure(spec: RunSpec, data: DataSplits, supernet: Supernet) -> StepTimes:
@@ -172,7 +61,7 @@ def measure(spec: RunSpec, data: DataSplits, supernet: Supernet) -> StepTimes:
     and the pre-training anchor's at the budget. The search evaluates subnets spread between
     the two: the anchor's time alone, about 3x the mean on CIFAR-10 at 300k, left no
     iteration in a 30-minute plan although one fitted (docs/benchmarks.md, section 7)."""
-    training = _pretraining(spec, data.num_classes)
+    training = pretraining_keywords(spec, data.num_classes)
     epoch = measure_pretrain_epoch(supernet, data, spec.pretrain, **training)
     evaluator = SubnetEvaluator(
         data, spec.search.bn_batches, spec.batch_size, spec.seed, device=training["device"]
@@ -224,7 +113,7 @@ def _run(
         if progress:
             print(f"width choices fitted to the budget: {', '.join(map(str, widths))}")
     # Before any training: a bad budget, or the latency table it needs, shows at once.
-    budgets = spec_error_names(lambda: _budgets(spec, data.num_classes, progress))
+    budgets = spec_error_names(lambda: run_budgets(spec, data.num_classes, progress))
     state = out / "resume" / "state.json" if out is not None else None
     resuming_search = state is not None and resume and state.is_file()
     if resume and not resuming_search and any(state.parent.glob("supernet-*.pt")):
@@ -412,20 +301,6 @@ def _budget_widths(spec: RunSpec, num_classes: int) -> tuple[float, ...]:
         return budget_width_mults(
             spec.build_space(), num_classes, search.cost_limits, precision=search.precision
         )
-    except BudgetError as err:
-        raise OptionError(f"max_{err.metric}", str(err)) from None
-
-
-def _budgets(spec: RunSpec, num_classes: int, progress: bool = False) -> Budgets:
-    """The run's budgets, with the latency table they need; an error names the setting."""
-    space, search = spec.build_space(), spec.search
-    try:
-        table = latency_table_of(search, space, num_classes, log=print if progress else None)
-    except ValueError as err:  # a --latency-table file that does not fit, or no table
-        option = "latency_table" if search.latency_table else "max_latency"
-        raise OptionError(option, str(err)) from None
-    try:
-        return Budgets.of(search, space, num_classes, table)
     except BudgetError as err:
         raise OptionError(f"max_{err.metric}", str(err)) from None
 

@@ -2,7 +2,7 @@
 supernet was trained for, refuses one that conflicts, and says when its budget lies outside
 the range the supernet was trained to cover. Neural Architecture Transfer (Lu et al.) then
 adapts it to the new data: its classifier is rebuilt for the target's classes
-(:func:`nat.run.initial_supernet`) and pre-training continues on top of it."""
+(:func:`nat.prepare.initial_supernet`) and pre-training continues on top of it."""
 
 from __future__ import annotations
 

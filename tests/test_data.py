@@ -286,7 +286,7 @@ def test_make_loader_batches(digits: DataSplits) -> None:
 
 
 def test_a_run_on_some_classes_keeps_each_image_in_its_split_and_relabels_in_order():
-    from nat.run import load_data
+    from nat.prepare import load_data
     from nat.spec import RunSpec
 
     full = load_data(RunSpec.from_options(data="digits", seed=0))

@@ -142,7 +142,7 @@ class TestOnATwoNodeLoopbackCluster:
         from test_train import _relative_gap
 
         from nat.backends.ray_train import checkpointed_epochs, pretrain_data_parallel
-        from nat.run import initial_supernet, load_data, pretrain_supernet
+        from nat.prepare import initial_supernet, load_data, pretrain_supernet
 
         spec = RunSpec.from_options(
             space="resnet",

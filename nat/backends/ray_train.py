@@ -119,7 +119,7 @@ def _pretrain_loop(config: dict) -> None:
     """One Ray Train worker of :func:`pretrain_data_parallel`."""
     import ray.train
 
-    from ..run import load_data, pretrain_supernet
+    from ..prepare import load_data, pretrain_supernet
     from ..spec import RunSpec
 
     rank, world, device = _worker(config)

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     front: list[dict] = []
     if args.run:
         from ..folder import open_run
-        from ..run import load_data
+        from ..prepare import load_data
 
         run_dir = Path(args.run)
         spec = open_run(run_dir)

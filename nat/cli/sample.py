@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from ..folder import device_of
     from ..io.checkpoint import export_subnet, load_supernet
     from ..io.deploy import INPUT_FORMAT, sample_images
-    from ..run import data_settings_of, load_data
+    from ..prepare import data_settings_of, load_data
     from ..spec import RunSpec
     from ..training.evaluate import SubnetEvaluator
     from ..training.train import evaluate

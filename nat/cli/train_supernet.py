@@ -79,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..folder import RUN_FILE, device_of
     from ..io.checkpoint import load_training_state, save_supernet
-    from ..run import load_data, prepare_supernet
+    from ..prepare import load_data, prepare_supernet
     from ..training.evaluate import SubnetEvaluator
     from ..transfer import spec_for_budgets
 
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         params, macs = space.complexity(arch, data.num_classes)
         results[label] = {"val_accuracy": acc, "params": params, "macs": macs}
         print(f"{label:>8} subnet: val accuracy {acc:.2%}, {params:,} params, {macs:,} MACs")
-    from ..run import data_settings_of
+    from ..prepare import data_settings_of
 
     save_supernet(
         out,
@@ -158,7 +158,7 @@ def _data_parallel(spec, data, out: Path, storage: Path, args: argparse.Namespac
     checkpoints in ``storage`` (Ray Train finds them) or else from ``out``'s training state."""
     from ..backends.ray import ray_session
     from ..backends.ray_train import checkpointed_epochs, pretrain_data_parallel
-    from ..run import initial_supernet
+    from ..prepare import initial_supernet
 
     supernet, _ = initial_supernet(spec, data, always_train=True)
     resume_from = out if args.resume and not storage.exists() and out.exists() else None

@@ -104,7 +104,7 @@ def run_data(run: Path) -> tuple[DataSplits, tuple[str, ...]]:
     """A run's data with every class (its split, its seed), and the classes it searched on
     (empty: all)."""
     from ..folder import open_run
-    from ..run import load_data
+    from ..prepare import load_data
     from ..spec import RunSpec
 
     spec = open_run(run)

@@ -28,7 +28,7 @@ from nat.engine.loop import SearchResult, sample_feasible
 from nat.engine.problem import Budgets
 from nat.io.checkpoint import load_supernet, save_supernet
 from nat.io.files import atomic_write, markdown_table, save_figure, write_json
-from nat.run import data_settings_of, load_data, prepare_supernet
+from nat.prepare import data_settings_of, load_data, prepare_supernet
 from nat.spec import RunSpec
 from nat.training.evaluate import SubnetEvaluator
 

@@ -11,7 +11,7 @@ from nat.folder import open_run
 from nat.io.checkpoint import load_subnet
 from nat.io.files import mean_std
 from nat.multiexit import judge_multi_exit, most_accurate, run_front
-from nat.run import load_data
+from nat.prepare import load_data
 from nat.training.evaluate import SubnetEvaluator
 from nat.training.train import evaluate, finetune
 

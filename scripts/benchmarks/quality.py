@@ -24,8 +24,8 @@ import search_spaces
 import supernets
 from nat.data import DataSplits, make_loader
 from nat.folder import open_run
+from nat.prepare import load_data
 from nat.profile import profile
-from nat.run import load_data
 from nat.spec import RunSpec
 from nat.training.evaluate import SubnetEvaluator
 from nat.training.train import evaluate, input_batch
@@ -265,14 +265,15 @@ def bench_quality(bench: Bench) -> Result:
                     if peer == s.quality_peers[0]:
                         curve[kind].append((row["seconds"] / 60, row["test"]))
         arch = _heuristic_arch(first_folder)
-        seconds = min(limit, s.peer_seconds or limit)
-        row = bench.cached(
-            f"quality-e-{s.quality_space}-{label}-{seconds:.0f}s",
-            {"arch": arch.to_dict(), "seconds": seconds, "recipe": str(base.finetune)},
-            partial(_heuristic_alone, arch, seconds, base, data, batches),
-        )
-        rows.append({"budget": label, **row})
-        curve["(e)"].append((row["seconds"] / 60, row["test"]))
+        for fraction in (*(s.quality_curve_fractions if b == 0 else ()), 1.0):
+            seconds = min(fraction * limit, s.peer_seconds or limit)
+            row = bench.cached(
+                f"quality-e-{s.quality_space}-{label}-{seconds:.0f}s",
+                {"arch": arch.to_dict(), "seconds": seconds, "recipe": str(base.finetune)},
+                partial(_heuristic_alone, arch, seconds, base, data, batches),
+            )
+            rows.append({"budget": label, **row})
+            curve["(e)"].append((row["seconds"] / 60, row["test"]))
         for config in first:
             key = {
                 "arch": config["arch"],

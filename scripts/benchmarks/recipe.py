@@ -16,7 +16,7 @@ import torch
 import search_spaces
 from nat.engine.problem import Budgets
 from nat.io.checkpoint import load_supernet
-from nat.run import load_data
+from nat.prepare import load_data
 from nat.spec import RunSpec
 from nat.training.evaluate import SubnetEvaluator
 from nat.training.train import evaluate

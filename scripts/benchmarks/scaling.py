@@ -14,7 +14,7 @@ import torch
 
 from nat.backends.ray import ray_session
 from nat.backends.ray_train import pretrain_data_parallel
-from nat.run import initial_supernet, load_data, pretrain_supernet
+from nat.prepare import initial_supernet, load_data, pretrain_supernet
 from nat.spec import RunSpec
 from nat.transfer import spec_for_budgets
 

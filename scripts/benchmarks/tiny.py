@@ -37,9 +37,9 @@ from nat.io.footprint import (
     quantize_int8,
 )
 from nat.latency import fastest_ms, runner
+from nat.prepare import load_data
 from nat.profile import profile
 from nat.quantize import INT8_CALIBRATION_IMAGES
-from nat.run import load_data
 from nat.spec import RunSpec
 from nat.training.evaluate import SubnetEvaluator
 from nat.training.train import evaluate

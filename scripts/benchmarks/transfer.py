@@ -16,7 +16,7 @@ import torch
 
 from nat.cli import main as nat_main
 from nat.io.checkpoint import read_supernet_header
-from nat.run import load_data
+from nat.prepare import load_data
 from nat.spec import RunSpec
 from nat.training.evaluate import SubnetEvaluator
 from nat.transfer import spec_for_checkpoint
