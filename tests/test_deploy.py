@@ -1,12 +1,11 @@
 """ONNX export: onnxruntime reproduces torch's logits on real images, or nothing is written."""
 
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
 import torch
+from conftest import map_in_two_processes
 from torch import nn
 
 import search_spaces
@@ -74,16 +73,12 @@ def _export_and_compare(job: tuple) -> tuple[str, float, float]:
 
 @pytest.mark.slow
 def test_onnxruntime_reproduces_torch_for_six_random_subnets_a_family(images, tmp_path):
-    # Exporting is single-threaded Python (tracing, graph passes): two processes halve the
-    # wall time of these 18 exports (the deploy benchmark exports full-depth subnets too).
     jobs = [
         (name, x, i, images.numpy(), tmp_path / f"{name}-{i}.onnx")
         for name in SPACES
         for i, x in enumerate(_parity_space(name).sample(6, np.random.default_rng(0)))
     ]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(2, mp_context=context) as pool:
-        results = list(pool.map(_export_and_compare, jobs))
+    results = map_in_two_processes(_export_and_compare, jobs)
     assert len(results) == 18
     for (name, *_), (arch, checked, worst) in zip(jobs, results, strict=True):
         assert checked <= ONNX_TOLERANCE and worst <= ONNX_TOLERANCE, (name, arch)

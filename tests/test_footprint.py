@@ -1,12 +1,10 @@
 """Peak activation memory and model size: the analytic counts the search budgets with agree
 with what built, exported (and int8-quantised) models measure."""
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-
 import numpy as np
 import pytest
 import torch
+from conftest import map_in_two_processes
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -34,11 +32,15 @@ def _trained_like(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
+def _space(name: str) -> search_spaces.SearchSpace:
+    return search_spaces.get(name, resolutions=(16, 24, 32))
+
+
 def _measure(job: tuple) -> tuple[str, dict, dict]:
     """Export subnet ``i`` of ``name`` (fp32, then int8); its measured footprint against the
     analytic one. Run in a worker process."""
     name, i, x, tmp = job
-    space = search_spaces.get(name, resolutions=(16, 24, 32))
+    space = _space(name)
     arch = space.decode(x)
     model = _trained_like(supernets.build_static(arch, 10), i)
     r = arch.resolution
@@ -56,16 +58,12 @@ def _measure(job: tuple) -> tuple[str, dict, dict]:
 
 @pytest.mark.slow
 def test_analytic_footprint_matches_measured_on_five_subnets_a_family(tmp_path):
-    # Exporting is single-threaded Python: two processes halve the wall time of 15 exports.
     jobs = [
         (name, i, x, tmp_path)
         for name in SPACES
-        for i, x in enumerate(
-            search_spaces.get(name, resolutions=(16, 24, 32)).sample(5, np.random.default_rng(3))
-        )
+        for i, x in enumerate(_space(name).sample(5, np.random.default_rng(3)))
     ]
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(_measure, jobs))
+    results = map_in_two_processes(_measure, jobs)
     assert len(results) == 15
     for arch, predicted, measured in results:
         for key, value in measured.items():
