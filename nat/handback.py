@@ -25,20 +25,17 @@ import torch
 from torch import nn
 
 from search_spaces import Arch
+from supernets import build_static
 
 from .engine.loop import NATSearch, SearchResult
-from .planner import plan_final
+from .planner import FIRST_RUNG, plan_final
 from .race import race, tie_margin
 from .recipes import FinetuneSpec
 from .training.evaluate import SubnetEvaluator
 from .training.train import evaluate
 from .training.trainer import Trainer, measure_step_seconds
 
-__all__ = ["FIRST_RUNG", "FrontModel", "choose_targets", "hand_back"]
-
-# The race's first rung, as a fraction of a candidate's schedule: with 4 candidates halved
-# twice, the survivor is known at 1/8 of its schedule and the losers cost 1/4 of one.
-FIRST_RUNG = 1 / 16
+__all__ = ["FrontModel", "choose_targets", "hand_back"]
 
 
 @dataclass
@@ -112,12 +109,15 @@ def hand_back(
     device: torch.device | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    scratch: bool = False,
 ) -> list[FrontModel]:
     """The handed-back models, smallest target first, the raced one last.
 
     ``seconds``: the time for all training (race included), planned across the models by
     their measured epoch times; None trains each for ``spec.epochs`` epochs. ``deadline``
-    (``time.perf_counter()`` seconds) guards the whole run: no training past it."""
+    (``time.perf_counter()`` seconds) guards the whole run: no training past it.
+    ``scratch``: the heuristic's subnets only, each trained from fresh weights without a
+    teacher (the supernet is untrained: a plan with the "heuristic" strategy)."""
     began = time.perf_counter()
     cfg, data, archive = search.config, search.data, result.archive
     entries = archive.entries
@@ -126,15 +126,27 @@ def hand_back(
     budget = search.budgets.limits[metric] or float(values.max())
     evaluator = SubnetEvaluator(data, cfg.bn_batches, cfg.batch_size, cfg.seed, device=device)
     test_batches = evaluator.batches(data.test)
-    smaller = choose_targets(values, archive.accuracy, result.front, budget, spec.front_size)
-    taken = {i for _, i in smaller}
-    floor = max((t for t, _ in smaller), default=0.0)
-    entrants = _candidates(result, values, floor, taken, spec.race_size)
+    if scratch:  # the heuristic's subnets, the largest within each target
+        # The space's smallest stands in for a seed it equals (the archive holds it once).
+        seeds = [i for i, e in enumerate(entries) if e.source in ("heuristic", "smallest")]
+        entrants = [max(seeds, key=lambda i: values[i])]
+        seeds = [i for i in seeds if i not in entrants]
+        smaller = choose_targets(values, values, seeds, budget, spec.front_size)
+    else:
+        smaller = choose_targets(values, archive.accuracy, result.front, budget, spec.front_size)
+        taken = {i for _, i in smaller}
+        floor = max((t for t, _ in smaller), default=0.0)
+        entrants = _candidates(result, values, floor, taken, spec.race_size)
     say = log or (lambda text: None)
 
     def inherited(i: int, target: float) -> FrontModel:
         arch = archive.space.decode(entries[i].x)
-        val, model = evaluator.evaluate_one(search.supernet, arch)
+        if scratch:
+            torch.manual_seed(cfg.seed)
+            model = build_static(arch, search.supernet.num_classes)
+            val = evaluate(model, evaluator.val_batches, arch.resolution)
+        else:
+            val, model = evaluator.evaluate_one(search.supernet, arch)
         test = evaluate(model, test_batches, arch.resolution)
         return FrontModel(i, arch, model, target, val, test, val, test)
 
@@ -142,7 +154,7 @@ def hand_back(
         best = max(entrants, key=lambda i: entries[i].accuracy)
         return [inherited(i, t) for t, i in smaller] + [inherited(best, budget)]
     teacher = None
-    if spec.distill_weight > 0:
+    if spec.distill_weight > 0 and not scratch:
         arch = search.teacher()
         teacher = (evaluator.evaluate_one(search.supernet, arch)[1], arch.resolution)
     scored = time.perf_counter()

@@ -20,6 +20,7 @@ from .race import race_cost
 
 __all__ = [
     "EXPORT_SECONDS",
+    "FIRST_RUNG",
     "TOP_SHARE",
     "FinalPlan",
     "Plan",
@@ -42,19 +43,30 @@ PROPOSE_SECONDS = 6.0
 # is the one most users deploy. Equal epochs for all three handed back at 300k on CIFAR-10
 # would have given it about 30 epochs instead of 45 (docs/benchmarks.md, section 7).
 TOP_SHARE = 0.6
+# The race's first rung, as a fraction of a candidate's schedule: with 4 candidates halved
+# twice, the survivor is known at 1/8 of its schedule and the losers cost 1/4 of one.
+FIRST_RUNG = 1 / 16
+# A supernet trained for less than this many epochs is not worth searching: the run trains
+# the heuristic's subnets instead (at 1.5 epochs, on CIFAR-10 at 300k, the race chose the
+# heuristic's subnet over every searched one, docs/benchmarks.md section 7).
+MIN_PRETRAIN_EPOCHS = 2.0
 
 
 @dataclass(frozen=True)
 class StepTimes:
     """Times measured at the start of a run, in seconds: one epoch of supernet training
-    (sandwich rule, at the pre-training batch size) and one subnet evaluation (extraction,
-    BatchNorm recalibration, validation)."""
+    (sandwich rule, at the pre-training batch size), one subnet evaluation (extraction,
+    BatchNorm recalibration, validation) and, when the run has a budget, one epoch of final
+    training of the heuristic's subnet at it (None: no budget)."""
 
     pretrain_epoch: float
     evaluation: float
+    final_epoch: float | None = None
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
+            if value is None and name == "final_epoch":
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
 
@@ -75,6 +87,10 @@ class Plan:
     iterations: int
     adapt_seconds: float  # per iteration; 0: no adaptation
     times: StepTimes | None = None
+    # "search", or "heuristic": no supernet training and no search, the heuristic's subnets
+    # trained from scratch in all of `final`
+    strategy: str = "search"
+    reason: str = ""  # why this strategy, in one sentence for the report
     actual: dict = field(default_factory=dict)  # stage -> seconds, filled as the run goes
 
     def to_dict(self) -> dict:
@@ -147,12 +163,21 @@ def plan_run(
     candidates: int = 8,
     max_iterations: int = 10,
     adapt: bool = True,
+    strategy: str = "search",
+    final_epochs: float = 0.0,
+    race_size: int = 1,
 ) -> Plan:
     """Split ``limit - spent`` seconds: a reserve for exporting ``models`` models (ONNX or
     not) and the report, then ``pretrain_share`` of the rest to supernet pre-training (none
     when ``pretrain`` is False: the run starts from a trained checkpoint), ``search_share``
     to the search, the rest to the race and final training. Raises ValueError when the limit
-    leaves no time to train."""
+    leaves no time to train.
+
+    ``strategy`` "heuristic" gives all of it but the seeds' evaluations to final training
+    (no pre-training, no search); "auto" does so when searching would leave the model at the
+    budget (``TOP_SHARE`` of the final training when ``models`` > 1, less its race of
+    ``race_size``) fewer than ``final_epochs`` epochs at ``times.final_epoch``, or the
+    supernet fewer than ``MIN_PRETRAIN_EPOCHS``; else, and with "search", the shares hold."""
     reserve = models * EXPORT_SECONDS["onnx" if onnx else "plain"] + REPORT_SECONDS
     available = limit - spent - reserve
     # The least a run can do: one evaluation per fixed seed and a little training.
@@ -164,8 +189,30 @@ def plan_run(
             f"this run needs at least {_clock(least + spent + reserve)} (one evaluation takes "
             f"{times.evaluation:.1f} s, a pre-training epoch {times.pretrain_epoch:.0f} s)"
         )
+    if strategy not in ("auto", "search", "heuristic"):
+        raise ValueError(f"unknown strategy {strategy!r}")
     pretrain_s = pretrain_share * available if pretrain else 0.0
     search_s = search_share * available
+    reason = _heuristic_reason(
+        available - pretrain_s - search_s, pretrain_s, times, final_epochs, models, race_size
+    )
+    if strategy == "heuristic" or (strategy == "auto" and reason and times.final_epoch):
+        search_s = fixed_evaluations * times.evaluation  # the seeds, for the archive
+        return Plan(
+            limit=limit,
+            spent=spent,
+            reserve=reserve,
+            pretrain=0.0,
+            search=search_s,
+            final=available - search_s,
+            pretrain_epochs=0.0,
+            doe_size=0,
+            iterations=0,
+            adapt_seconds=0.0,
+            times=times,
+            strategy="heuristic",
+            reason=reason if strategy == "auto" else "chosen with --strategy heuristic",
+        )
     doe, iterations, adapt_s = _search_shape(
         search_s, times, fixed_evaluations, doe_size, candidates, max_iterations, adapt
     )
@@ -181,7 +228,38 @@ def plan_run(
         iterations=iterations,
         adapt_seconds=adapt_s,
         times=times,
+        reason="" if strategy == "search" else "the model at the budget gets its epochs after it",
     )
+
+
+def _heuristic_reason(
+    final: float,
+    pretrain: float,
+    times: StepTimes,
+    final_epochs: float,
+    models: int,
+    race_size: int,
+) -> str:
+    """Why a search does not pay within the plan (empty when it does): ``final`` seconds
+    of final training leave the model at the budget fewer than ``final_epochs`` epochs, or
+    ``pretrain`` seconds (0: a trained checkpoint) train the supernet for fewer than
+    ``MIN_PRETRAIN_EPOCHS``."""
+    if 0 < pretrain < MIN_PRETRAIN_EPOCHS * times.pretrain_epoch:
+        return (
+            f"pre-training would get {pretrain / times.pretrain_epoch:.1f} epochs, fewer than "
+            f"{MIN_PRETRAIN_EPOCHS:g}"
+        )
+    if times.final_epoch is None:
+        return ""
+    share = TOP_SHARE if models > 1 else 1.0
+    top = share * final / (1 + race_cost(race_size, FIRST_RUNG))
+    epochs = top / times.final_epoch
+    if epochs < final_epochs:
+        return (
+            f"after a search the model at the budget would get {epochs:.0f} epochs "
+            f"({times.final_epoch:.1f} s each), fewer than --final-epochs {final_epochs:g}"
+        )
+    return ""
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,15 @@ from dataclasses import dataclass, field
 
 from .fields import MAX_COUNT, OptionError, at_least, option_help, within
 
-__all__ = ["AUGMENT_POLICIES", "FinetuneSpec", "PlanSpec", "TrainConfig"]
+__all__ = ["AUGMENT_POLICIES", "PLAN_STRATEGIES", "FinetuneSpec", "PlanSpec", "TrainConfig"]
 
 # Augmentation policies beside crop and flip (nat.data applies them with transforms.v2).
 AUGMENT_POLICIES = ("none", "trivial", "randaugment", "autoaugment")
+# How a time-limited run spends its time (nat.planner.plan_run): "search" trains a supernet
+# and searches it before the final training, "heuristic" trains the Feillet heuristic's
+# subnets from scratch for all of it, "auto" searches only when the model at the budget
+# still gets its final_epochs afterwards.
+PLAN_STRATEGIES = ("auto", "search", "heuristic")
 
 
 @dataclass(frozen=True)
@@ -226,8 +231,32 @@ class PlanSpec:
             "race and final training"
         ),
     )
+    strategy: str = field(
+        default="auto",
+        metadata=option_help(
+            "with --time-limit: 'search' (supernet, search, then final training), 'heuristic' "
+            "(the Feillet heuristic's subnets trained from scratch for all the time) or "
+            "'auto' (search only when the model at the budget still gets --final-epochs)",
+            choices=PLAN_STRATEGIES,
+        ),
+    )
+    # At 300k on CIFAR-10 the heuristic's subnet trained from scratch reached 80.4 % test in
+    # 58 epochs and 80.7 % in 178, while a run that searched first and left its model 11-49
+    # epochs ended 1.3-11.9 points below it (docs/benchmarks.md, section 7).
+    final_epochs: float = field(
+        default=60.0,
+        metadata=option_help(
+            "with --time-limit and --strategy auto, the epochs the model at the budget must "
+            "still get after a search, by its measured epoch time; with fewer, the run trains "
+            "the heuristic's subnets instead"
+        ),
+    )
 
     def __post_init__(self) -> None:
+        if self.strategy not in PLAN_STRATEGIES:
+            raise OptionError("strategy", f"choose one of {list(PLAN_STRATEGIES)}")
+        if not (math.isfinite(self.final_epochs) and self.final_epochs >= 0):
+            raise OptionError("final_epochs", f"must be >= 0, got {self.final_epochs}")
         if self.time_limit is not None and not (
             math.isfinite(self.time_limit) and self.time_limit > 0
         ):

@@ -51,11 +51,12 @@ def time_lines(timing: dict | None) -> list[str]:
         + " Planned seconds come from step times measured at the start"
         + (
             f" (a pre-training epoch {plan['times']['pretrain_epoch']:.1f} s, an evaluation "
-            f"{plan['times']['evaluation']:.2f} s); the plan's first row covers data loading and "
-            "measuring together."
+            f"{plan['times']['evaluation']:.2f} s{_final_epoch(plan)}); the plan's first row "
+            "covers data loading and measuring together."
             if plan
             else "; this run had no plan."
         ),
+        *_strategy_lines(plan),
         "",
         "| stage | planned s | actual s |",
         "|---|---|---|",
@@ -70,6 +71,24 @@ def time_lines(timing: dict | None) -> list[str]:
     total = f"{limit:,.0f}" if limit else "-"
     lines.append(f"| **total** | {total} | {sum(actual.values()):,.1f} |")
     return lines
+
+
+def _final_epoch(plan: dict) -> str:
+    seconds = plan["times"].get("final_epoch")
+    return "" if seconds is None else f", a final-training epoch at the budget {seconds:.1f} s"
+
+
+def _strategy_lines(plan: dict | None) -> list[str]:
+    """What the plan spent the time on, and why (a plan has a strategy since 2026-12)."""
+    if not plan or plan.get("strategy", "search") == "search":
+        return []
+    return [
+        "",
+        "**No supernet and no search**: the Feillet heuristic's subnets were trained from "
+        f"scratch for the whole final training, because {plan['reason']}. The archive holds "
+        "the seeds scored with untrained weights; a longer --time-limit (or --strategy "
+        "search) searches.",
+    ]
 
 
 def _race_lines(result: SearchResult) -> list[str]:
@@ -153,6 +172,8 @@ def report_text(result: SearchResult, search: NATSearch, rows: list[dict]) -> st
     )
     latency = archive.latency is not None
     iterations = len(result.history) - 1
+    plan = (result.timing or {}).get("plan") or {}
+    scratch = plan.get("strategy") == "heuristic"  # no supernet: inherited = fresh weights
     lines = [
         f"# Search report: {archive.space.name}",
         "",
@@ -176,8 +197,9 @@ def report_text(result: SearchResult, search: NATSearch, rows: list[dict]) -> st
         "point 1.01)",
         *time_lines(result.timing),
         "",
-        "## Handed-back models (trained from their inherited weights; validation chose, the "
-        "test split only scores)",
+        "## Handed-back models (trained from "
+        + ("fresh weights" if scratch else "their inherited weights")
+        + "; validation chose, the test split only scores)",
         "",
         "| folder | target | params | MACs | "
         + ("latency ms | " if latency else "")
@@ -230,7 +252,8 @@ def report_text(result: SearchResult, search: NATSearch, rows: list[dict]) -> st
             f"{table.machine['runtime']}, {table.machine['threads']} thread(s), batch 1, on "
             f"{table.machine['cpu']}.",
         ]
-    lines += _heuristic_lines(result)
+    if not scratch:  # with untrained weights, the comparison says nothing
+        lines += _heuristic_lines(result)
     lines += [
         "",
         "## Iterations",

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from supernets import Supernet
+from supernets import Supernet, build_static
 
 from .data import DataSplits
-from .engine.heuristic import budget_width_mults
+from .engine.heuristic import budget_width_mults, feillet_within
 from .engine.loop import NATSearch, SearchResult
 from .engine.problem import BudgetError
 from .folder import (
@@ -50,6 +50,7 @@ from .prepare import (
 from .spec import OptionError, RunSpec, spec_error_names
 from .training.evaluate import SubnetEvaluator
 from .training.train import measure_pretrain_epoch
+from .training.trainer import measure_step_seconds
 from .transfer import budget_warning, source_summary
 
 __all__ = ["measure", "run_checked"]
@@ -57,11 +58,20 @@ __all__ = ["measure", "run_checked"]
 
 def measure(spec: RunSpec, data: DataSplits, supernet: Supernet) -> StepTimes:
     """The step times a plan needs, measured on this machine now: one pre-training epoch
-    (from timed sandwich steps) and one evaluation, the mean of the space's smallest subnet's
-    and the pre-training anchor's at the budget. The search evaluates subnets spread between
-    the two: the anchor's time alone, about 3x the mean on CIFAR-10 at 300k, left no
-    iteration in a 30-minute plan although one fitted (docs/benchmarks.md, section 7)."""
+    (from timed sandwich steps), one evaluation, the mean of the space's smallest subnet's
+    and the pre-training anchor's at the budget, and one final-training epoch of the
+    heuristic's subnet at the budget. The search evaluates subnets spread between the two:
+    the anchor's time alone, about 3x the mean on CIFAR-10 at 300k, left no iteration in a
+    30-minute plan although one fitted (docs/benchmarks.md, section 7)."""
     training = pretraining_keywords(spec, data.num_classes)
+    heuristic = _heuristic_at_budget(spec, data.num_classes)
+    final_epoch = None
+    if heuristic is not None:
+        model = build_static(heuristic, data.num_classes)
+        step = measure_step_seconds(
+            model, data, heuristic.resolution, spec.batch_size, training["device"]
+        )
+        final_epoch = step * max(1, len(data.train) // spec.batch_size)
     epoch = measure_pretrain_epoch(supernet, data, spec.pretrain, **training)
     evaluator = SubnetEvaluator(
         data, spec.search.bn_batches, spec.batch_size, spec.seed, device=training["device"]
@@ -69,7 +79,17 @@ def measure(spec: RunSpec, data: DataSplits, supernet: Supernet) -> StepTimes:
     start = time.perf_counter()
     for arch in (supernet.space.smallest(), training["anchor"]):
         evaluator.evaluate_one(supernet, arch)
-    return StepTimes(pretrain_epoch=epoch, evaluation=(time.perf_counter() - start) / 2)
+    evaluation = (time.perf_counter() - start) / 2
+    return StepTimes(pretrain_epoch=epoch, evaluation=evaluation, final_epoch=final_epoch)
+
+
+def _heuristic_at_budget(spec: RunSpec, num_classes: int):
+    """The Feillet heuristic's subnet at the run's analytic budgets (None without any)."""
+    budgets = run_budgets(spec, num_classes)
+    if not budgets.cost_limits:
+        return None
+    scaled = feillet_within(budgets.cost_limits, num_classes, budgets.space, budgets.precision)
+    return scaled.arch
 
 
 def run_checked(
@@ -132,6 +152,8 @@ def _run(
         if spec.plan.time_limit is not None:
             clock.begin("measure")
             plan = _plan(spec, data, supernet, trains, clock, say)
+            metadata["strategy"] = plan.strategy
+            trains = trains and plan.strategy == "search"
     if out is not None and not resume:  # a resume keeps run.json until it has succeeded
         if overwrite:
             remove_outputs(out)
@@ -152,7 +174,9 @@ def _run(
             )
             if spec.plan.time_limit is not None:
                 clock.begin("measure")
-                plan = _plan(spec, data, search.supernet, False, clock, say)
+                strategy = _saved_strategy(out)
+                plan = _plan(spec, data, search.supernet, False, clock, say, strategy)
+                metadata["strategy"] = plan.strategy
         if not resuming_search:
             clock.begin("pretrain")
             if trains:
@@ -182,10 +206,15 @@ def _run(
         clock.begin("search")
         budget = None
         if plan is not None:
-            say(
-                f"search: {plan.doe_size} random subnets, up to {plan.iterations} "
-                f"iteration(s), adaptation {plan.adapt_seconds:.0f} s each"
-            )
+            if plan.strategy == "heuristic":  # one seed per handed-back model's target
+                k = spec.finetune.front_size
+                search.heuristic_fractions = tuple(2.0**-j for j in range(k - 1, -1, -1))
+                say(f"no supernet and no search: {plan.reason}; the heuristic's subnets train")
+            else:
+                say(
+                    f"search: {plan.doe_size} random subnets, up to {plan.iterations} "
+                    f"iteration(s), adaptation {plan.adapt_seconds:.0f} s each"
+                )
             budget = SearchBudget(
                 plan.doe_size,
                 plan.iterations,
@@ -209,6 +238,7 @@ def _run(
         device=device_of(spec),
         progress=progress,
         log=say,
+        scratch=plan is not None and plan.strategy == "heuristic",
     )
     handed = replace(result, models=models)
     clock.begin("export")
@@ -230,9 +260,16 @@ def _plan(
     trains: bool,
     clock: RunClock,
     say: Callable[[str], None],
+    strategy: str | None = None,
 ) -> Plan:
-    """Measure, then plan the stages within the time limit; say what the plan is."""
+    """Measure, then plan the stages within the time limit; say what the plan is.
+    ``strategy``: the one a resumed run started with (default: the spec's)."""
     times = measure(spec, data, supernet)
+    strategy = strategy or spec.plan.strategy
+    if strategy == "heuristic" and times.final_epoch is None:
+        raise OptionError(
+            "--strategy", "'heuristic' needs a budget to scale to: give --max-params or --max-macs"
+        )
     search = spec.search
     fixed = 2 + len(search.heuristic_budgets or (1, 2, 3))  # smallest, largest, heuristic
     try:
@@ -249,6 +286,9 @@ def _plan(
             doe_size=search.doe_size,
             candidates=search.candidates,
             adapt=search.adapt_epochs > 0,
+            strategy=strategy,
+            final_epochs=spec.plan.final_epochs,
+            race_size=spec.finetune.race_size,
         )
     except ValueError as err:
         raise OptionError("--time-limit", str(err)) from None
@@ -259,6 +299,15 @@ def _plan(
         f"{plan.final:.0f} s, exports {plan.reserve:.0f} s"
     )
     return plan
+
+
+def _saved_strategy(out: Path) -> str:
+    """The plan strategy a resumed run started with, from its archive.json: a run that
+    trained the heuristic's subnets must not start searching an untrained supernet."""
+    try:
+        return json.loads((out / "archive.json").read_text()).get("strategy", "search")
+    except (OSError, ValueError, AttributeError):
+        return "search"
 
 
 def _planned_seconds(checkpoint: Path) -> float | None:

@@ -4,7 +4,16 @@ import math
 
 import pytest
 
-from nat.planner import EXPORT_SECONDS, REPORT_SECONDS, RunClock, StepTimes, plan_final, plan_run
+from nat.planner import (
+    EXPORT_SECONDS,
+    FIRST_RUNG,
+    REPORT_SECONDS,
+    TOP_SHARE,
+    RunClock,
+    StepTimes,
+    plan_final,
+    plan_run,
+)
 from nat.race import race_cost
 
 TIMES = StepTimes(pretrain_epoch=200.0, evaluation=4.0)
@@ -52,6 +61,48 @@ def test_the_search_is_sized_by_the_measured_evaluation_time():
 def test_a_run_from_a_trained_checkpoint_gives_pre_training_time_to_the_rest():
     plan = _plan(pretrain=False)
     assert plan.pretrain == 0 and plan.final > _plan().final
+
+
+def _top_epochs(plan, final_epoch, race_size=4):
+    return TOP_SHARE * plan.final / (1 + race_cost(race_size, FIRST_RUNG)) / final_epoch
+
+
+def test_auto_searches_only_when_the_model_at_the_budget_still_gets_its_epochs():
+    def auto(final_epoch, pretrain_epoch=200.0, **extra):
+        times = StepTimes(pretrain_epoch=pretrain_epoch, evaluation=4.0, final_epoch=final_epoch)
+        options = dict(strategy="auto", final_epochs=60, race_size=4)
+        return _plan(times=times, **(options | extra))
+
+    searched = _plan(strategy="search")
+    # 1 s epochs: the search's plan leaves the model at the budget hundreds of epochs
+    fast = auto(1.0)
+    assert fast.strategy == "search" and fast.pretrain == searched.pretrain
+    assert _top_epochs(fast, 1.0) >= 60
+    # 20 s epochs: after a search it would get about 19; the heuristic's subnets get it all
+    slow = auto(20.0)
+    assert _top_epochs(searched, 20.0) < 60
+    assert slow.strategy == "heuristic" and "--final-epochs 60" in slow.reason
+    assert slow.pretrain == 0 and slow.iterations == 0 and slow.doe_size == 0
+    assert slow.search == pytest.approx(5 * 4.0)  # the seeds' evaluations, for the archive
+    assert slow.final == pytest.approx(1800 - 30 - slow.reserve - slow.search)
+    # final_epochs 0 never gives up the search for the final training's sake
+    assert auto(20.0, final_epochs=0).strategy == "search"
+    # a supernet that would train for less than two epochs is not searched either
+    short = auto(1.0, pretrain_epoch=400.0)
+    assert short.strategy == "heuristic" and "1.3 epochs" in short.reason
+    # ... unless it starts trained (a checkpoint): then pre-training does not count
+    assert auto(1.0, pretrain=False).strategy == "search"
+
+
+def test_a_strategy_given_is_kept_whatever_the_measurements():
+    times = StepTimes(pretrain_epoch=200.0, evaluation=4.0, final_epoch=20.0)
+    assert _plan(times=times, strategy="search", final_epochs=60).strategy == "search"
+    fast = StepTimes(pretrain_epoch=200.0, evaluation=4.0, final_epoch=1.0)
+    forced = _plan(times=fast, strategy="heuristic")
+    assert forced.strategy == "heuristic" and forced.pretrain == 0
+    assert "--strategy heuristic" in forced.reason
+    with pytest.raises(ValueError, match="unknown strategy"):
+        _plan(strategy="fastest")
 
 
 def test_a_limit_too_short_is_an_error_naming_what_it_needs():

@@ -56,6 +56,7 @@ def _other_value(option):
         "objectives": "params,macs",
         "surrogate": "rbf",
         "augment": "trivial",
+        "strategy": "heuristic",
         "time_limit": "30m",
         "ema_decay": "0.99",
         "pretrain_share": "0.2",

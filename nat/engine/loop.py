@@ -96,7 +96,7 @@ def sample_feasible(
 ) -> np.ndarray:
     """Up to ``n`` distinct random encodings within budget and not in ``exclude``."""
     space, found, seen = budgets.space, [], set()
-    for _ in range(50):
+    for _ in range(50 if n > 0 else 0):
         X = space.sample(max(4 * n, 64), rng)
         for x in X[budgets.feasible(X)]:
             key = tuple(x)
@@ -181,6 +181,7 @@ class NATSearch:
         self.budget: SearchBudget | None = None  # run()'s, under a time limit
         self.adapt_seconds = 0.0  # under a time limit, this iteration's adaptation
         self.evaluations, self.evaluation_seconds = 0, 0.0  # as measured in this process
+        self.heuristic_fractions = (1 / 4, 1 / 2, 1.0)  # of the budgets: the seeds' sizes
 
     def teacher(self) -> Arch:
         """The subnet the others are distilled from: the largest within
@@ -209,11 +210,10 @@ class NATSearch:
                 (m for m in self.config.metrics if m in COST_METRICS), "macs"
             )
             limit = limits.get(metric) or self.budgets.scale[metric]
-            targets = [
-                {metric: b} for b in self.config.heuristic_budgets or (limit / 4, limit / 2, limit)
-            ]
+            sizes = self.config.heuristic_budgets or [f * limit for f in self.heuristic_fractions]
+            targets = [{metric: b} for b in sizes]
         else:
-            targets = [{m: v * f for m, v in limits.items()} for f in (1 / 4, 1 / 2, 1)]
+            targets = [{m: v * f for m, v in limits.items()} for f in self.heuristic_fractions]
         seeds = []
         for target in targets:
             try:

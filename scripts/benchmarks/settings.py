@@ -204,7 +204,14 @@ QUICK = Settings(
     quality_curve_fractions=(),
     quality_epochs=1,
     quality_max_epochs=2,
-    quality_options={"width_mults": [0.25, 0.5], "onnx": False, "bn_batches": 2},
+    # "search": the quick run checks the search's path; in 40 s "auto" would skip it (the
+    # heuristic's path has its own test, tests/test_time_limit.py)
+    quality_options={
+        "width_mults": [0.25, 0.5],
+        "onnx": False,
+        "bn_batches": 2,
+        "strategy": "search",
+    },
     recipe_epochs=1.0,
     recipe_variants={"flip and crop (the defaults)": {}, "+ EMA": {"ema_decay": 0.99}},
     cil_budgets=(3e5,),
