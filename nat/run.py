@@ -56,15 +56,16 @@ from .transfer import budget_warning, source_summary
 __all__ = ["measure", "run_checked"]
 
 
-def measure(spec: RunSpec, data: DataSplits, supernet: Supernet) -> StepTimes:
+def measure(spec: RunSpec, data: DataSplits, supernet: Supernet, final: bool = True) -> StepTimes:
     """The step times a plan needs, measured on this machine now: one pre-training epoch
     (from timed sandwich steps), one evaluation, the mean of the space's smallest subnet's
     and the pre-training anchor's at the budget, and one final-training epoch of the
     heuristic's subnet at the budget. The search evaluates subnets spread between the two:
     the anchor's time alone, about 3x the mean on CIFAR-10 at 300k, left no iteration in a
-    30-minute plan although one fitted (docs/benchmarks.md, section 7)."""
+    30-minute plan although one fitted (docs/benchmarks.md, section 7). ``final``: False
+    leaves the final-training epoch out (a plan that searches whatever it costs)."""
     training = pretraining_keywords(spec, data.num_classes)
-    heuristic = _heuristic_at_budget(spec, data.num_classes)
+    heuristic = _heuristic_at_budget(spec, data.num_classes) if final else None
     final_epoch = None
     if heuristic is not None:
         model = build_static(heuristic, data.num_classes)
@@ -264,8 +265,8 @@ def _plan(
 ) -> Plan:
     """Measure, then plan the stages within the time limit; say what the plan is.
     ``strategy``: the one a resumed run started with (default: the spec's)."""
-    times = measure(spec, data, supernet)
     strategy = strategy or spec.plan.strategy
+    times = measure(spec, data, supernet, final=strategy != "search")
     if strategy == "heuristic" and times.final_epoch is None:
         raise OptionError(
             "--strategy", "'heuristic' needs a budget to scale to: give --max-params or --max-macs"
