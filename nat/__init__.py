@@ -40,7 +40,10 @@ def search(progress: bool = True, resume: bool = False, overwrite: bool = False,
     run.json, archive.json, pareto.csv, pareto.png, history.csv, the front's subnets,
     report.md and a resume/ snapshot after every iteration.
     """
-    spec = RunSpec.from_options(**options)
+    from .transfer import spec_for_checkpoint
+
+    # With a checkpoint, the space the source supernet was trained for, as `nat search` does.
+    spec = spec_for_checkpoint(RunSpec.from_options(**options), options)
     return run_spec(spec, progress=progress, resume=resume, overwrite=overwrite)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,10 +85,11 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
             raise OptionError("out", f"{out} holds no {RUN_FILE}: nothing to resume")
         if _finished(out / RUN_FILE):
             # Resuming would redo the hand-back and rewrite the report over a complete run.
+            damage = _damaged_output(out)
             raise OptionError(
                 "out",
-                f"{out} holds a finished run: nothing to resume; pass --overwrite instead of "
-                "--resume to run it again, or choose another --out",
+                f"{out} holds a finished run{damage}: nothing to resume; pass --overwrite "
+                "instead of --resume to run it again, or choose another --out",
             )
         return
     if not entries:
@@ -104,6 +106,24 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
             f"{out} already holds a run: pass --resume to continue it, --overwrite to replace "
             "it, or choose another --out",
         )
+
+
+def _damaged_output(out: Path) -> str:
+    """ ", whose FILE is damaged (why)" for the first of a finished run's archive and supernet
+    that does not read whole (a truncated copy, a full disk), else "". Read without torch: the
+    archive is JSON, a checkpoint a zip file whose members carry checksums."""
+    try:
+        json.loads((out / "archive.json").read_text())
+    except (OSError, ValueError) as err:
+        return f", whose archive.json is damaged ({err})"
+    try:
+        with zipfile.ZipFile(out / "supernet.pt") as checkpoint:
+            bad = checkpoint.testzip()
+        if bad is not None:
+            return f", whose supernet.pt is damaged (member {bad} fails its checksum)"
+    except (OSError, zipfile.BadZipFile) as err:
+        return f", whose supernet.pt is damaged ({err})"
+    return ""
 
 
 @contextmanager
@@ -234,7 +254,7 @@ def preflight(spec: RunSpec, resume: bool = False, overwrite: bool = False) -> R
 def remove_outputs(out: Path) -> None:
     for name in RUN_OUTPUTS:
         path = out / name
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():  # a link goes, never what it points to
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)

@@ -109,15 +109,17 @@ def hand_back(
     device: torch.device | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
-    scratch: bool = False,
+    heuristic_only: bool = False,
+    fresh_weights: bool = False,
 ) -> list[FrontModel]:
     """The handed-back models, smallest target first, the raced one last.
 
     ``seconds``: the time for all training (race included), planned across the models by
     their measured epoch times; None trains each for ``spec.epochs`` epochs. ``deadline``
     (``time.perf_counter()`` seconds) guards the whole run: no training past it.
-    ``scratch``: the heuristic's subnets only, each trained from fresh weights without a
-    teacher (the supernet is untrained: a plan with the "heuristic" strategy)."""
+    ``heuristic_only``: the heuristic's subnets only, without a teacher (a plan with the
+    "heuristic" strategy: no search, no supernet training), each from fresh weights with
+    ``fresh_weights`` (no source supernet to inherit from)."""
     began = time.perf_counter()
     cfg, data, archive = search.config, search.data, result.archive
     entries = archive.entries
@@ -126,7 +128,7 @@ def hand_back(
     budget = search.budgets.limits[metric] or float(values.max())
     evaluator = SubnetEvaluator(data, cfg.bn_batches, cfg.batch_size, cfg.seed, device=device)
     test_batches = evaluator.batches(data.test)
-    if scratch:  # the heuristic's subnets, the largest within each target
+    if heuristic_only:  # the heuristic's subnets, the largest within each target
         # The space's smallest stands in for a seed it equals (the archive holds it once).
         seeds = [i for i, e in enumerate(entries) if e.source in ("heuristic", "smallest")]
         entrants = [max(seeds, key=lambda i: values[i])]
@@ -141,7 +143,7 @@ def hand_back(
 
     def inherited(i: int, target: float) -> FrontModel:
         arch = archive.space.decode(entries[i].x)
-        if scratch:
+        if fresh_weights:
             torch.manual_seed(cfg.seed)
             model = build_static(arch, search.supernet.num_classes)
             val = evaluate(model, evaluator.val_batches, arch.resolution)
@@ -154,7 +156,7 @@ def hand_back(
         best = max(entrants, key=lambda i: entries[i].accuracy)
         return [inherited(i, t) for t, i in smaller] + [inherited(best, budget)]
     teacher = None
-    if spec.distill_weight > 0 and not scratch:
+    if spec.distill_weight > 0 and not heuristic_only:
         arch = search.teacher()
         teacher = (evaluator.evaluate_one(search.supernet, arch)[1], arch.resolution)
     scored = time.perf_counter()

@@ -50,6 +50,8 @@ FIRST_RUNG = 1 / 16
 # the heuristic's subnets instead (at 1.5 epochs, on CIFAR-10 at 300k, the race chose the
 # heuristic's subnet over every searched one, docs/benchmarks.md section 7).
 MIN_PRETRAIN_EPOCHS = 2.0
+# The heuristic's seeds by default, as fractions of the budgets: the models handed back.
+SEED_FRACTIONS = (1 / 4, 1 / 2, 1.0)
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,16 @@ class SearchBudget:
     """A time-limited search's shape, from :func:`nat.planner.plan_run`: the design of
     experiments' random subnets, at most ``iterations`` iterations, each adapting the supernet
     for ``adapt_seconds`` (0: no adaptation), all before ``deadline``
-    (``time.perf_counter()`` seconds). ``evaluation_seconds``: one evaluation, measured."""
+    (``time.perf_counter()`` seconds). ``evaluation_seconds``: one evaluation, measured.
+    ``seed_fractions``: the heuristic's seeds, as fractions of the budgets (one per model a
+    heuristic plan hands back)."""
 
     doe_size: int
     iterations: int
     adapt_seconds: float
     deadline: float
     evaluation_seconds: float
+    seed_fractions: tuple[float, ...] = SEED_FRACTIONS
 
 
 def _search_shape(

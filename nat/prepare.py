@@ -76,9 +76,9 @@ def initial_supernet(
     return supernet, trains
 
 
-def pretraining_keywords(spec: RunSpec, num_classes: int) -> dict:
-    """The keywords of :func:`train_supernet` that fit pre-training to the budgets."""
-    budgets = run_budgets(spec, num_classes)
+def pretraining_keywords(spec: RunSpec, budgets: Budgets) -> dict:
+    """The keywords of :func:`train_supernet` that fit pre-training to ``budgets`` (the
+    spec's, :func:`run_budgets`)."""
     multiple = spec.pretrain.sample_multiple
     return {
         "sampler": budgets.sampler(multiple) if multiple and budgets.constrained else None,
@@ -96,12 +96,14 @@ def pretrain_supernet(
     resume: bool = False,
     progress: bool = True,
     seconds: float | None = None,
+    budgets: Budgets | None = None,
     **training: Any,
 ) -> Supernet:
     """Pre-train ``supernet`` with ``spec.pretrain`` for its epochs, or for ``seconds``
     (a run's time budget). ``checkpoint``: where training is saved after every epoch, and
     continued from with ``resume``. ``training``: further keywords of :func:`train_supernet`
-    (a device, data-parallel hooks), over those fitted to the budget."""
+    (a device, data-parallel hooks), over those fitted to ``budgets`` (the spec's, built
+    here when not given)."""
     config = spec.pretrain
     if seconds is not None and seconds <= 0:
         return supernet.cpu()
@@ -116,7 +118,7 @@ def pretrain_supernet(
         progress=progress,
         resume=resume,
         seconds=seconds,
-        **(pretraining_keywords(spec, data.num_classes) | training),
+        **(pretraining_keywords(spec, budgets or run_budgets(spec, data.num_classes)) | training),
     )
     return supernet.cpu()
 

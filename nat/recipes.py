@@ -240,9 +240,8 @@ class PlanSpec:
             choices=PLAN_STRATEGIES,
         ),
     )
-    # At 300k on CIFAR-10 the heuristic's subnet trained from scratch reached 80.4 % test in
-    # 58 epochs and 80.7 % in 178, while a run that searched first and left its model 11-49
-    # epochs ended 1.3-11.9 points below it (docs/benchmarks.md, section 7).
+    # Where a from-scratch model's accuracy levels off on CIFAR-10 at 300k, and below which a
+    # search that shortens its training costs more than it finds (docs/benchmarks.md, §7).
     final_epochs: float = field(
         default=60.0,
         metadata=option_help(

@@ -21,7 +21,7 @@ _STAGES = (
 )
 
 
-def time_lines(timing: dict | None) -> list[str]:
+def time_lines(timing: dict | None, transferred: bool = False) -> list[str]:
     """The run's time as a markdown table: each stage's planned and actual seconds."""
     if not timing:
         return []
@@ -56,7 +56,7 @@ def time_lines(timing: dict | None) -> list[str]:
             if plan
             else "; this run had no plan."
         ),
-        *_strategy_lines(plan),
+        *_strategy_lines(plan, transferred),
         "",
         "| stage | planned s | actual s |",
         "|---|---|---|",
@@ -78,16 +78,21 @@ def _final_epoch(plan: dict) -> str:
     return "" if seconds is None else f", a final-training epoch at the budget {seconds:.1f} s"
 
 
-def _strategy_lines(plan: dict | None) -> list[str]:
-    """What the plan spent the time on, and why (a plan has a strategy since 2026-12)."""
+def _strategy_lines(plan: dict | None, transferred: bool) -> list[str]:
+    """What the plan spent the time on, and why (a plan has a strategy since 2026-12).
+    ``transferred``: the supernet came from a source checkpoint."""
     if not plan or plan.get("strategy", "search") == "search":
         return []
+    how, scored = (
+        ("fine-tuned from the source supernet's weights", "with the source's weights")
+        if transferred
+        else ("trained from scratch", "with untrained weights")
+    )
     return [
         "",
-        "**No supernet and no search**: the Feillet heuristic's subnets were trained from "
-        f"scratch for the whole final training, because {plan['reason']}. The archive holds "
-        "the seeds scored with untrained weights; a longer --time-limit (or --strategy "
-        "search) searches.",
+        f"**No search**: the Feillet heuristic's subnets were {how} for the whole final "
+        f"training, because {plan['reason']}. The archive holds the seeds scored {scored}; "
+        "a longer --time-limit (or --strategy search) searches.",
     ]
 
 
@@ -173,7 +178,9 @@ def report_text(result: SearchResult, search: NATSearch, rows: list[dict]) -> st
     latency = archive.latency is not None
     iterations = len(result.history) - 1
     plan = (result.timing or {}).get("plan") or {}
-    scratch = plan.get("strategy") == "heuristic"  # no supernet: inherited = fresh weights
+    transferred = "source_supernet" in search.metadata
+    # No supernet trained: a heuristic plan's models start from fresh weights, or a source's.
+    scratch = plan.get("strategy") == "heuristic" and not transferred
     lines = [
         f"# Search report: {archive.space.name}",
         "",
@@ -195,7 +202,7 @@ def report_text(result: SearchResult, search: NATSearch, rows: list[dict]) -> st
         f"seed {cfg.seed}",
         f"- Final hypervolume: {result.hypervolume:.4f} (normalised objectives, reference "
         "point 1.01)",
-        *time_lines(result.timing),
+        *time_lines(result.timing, transferred),
         "",
         "## Handed-back models (trained from "
         + ("fresh weights" if scratch else "their inherited weights")

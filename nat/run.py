@@ -25,7 +25,7 @@ from supernets import Supernet, build_static
 from .data import DataSplits
 from .engine.heuristic import budget_width_mults, feillet_within
 from .engine.loop import NATSearch, SearchResult
-from .engine.problem import BudgetError
+from .engine.problem import BudgetError, Budgets
 from .folder import (
     PRETRAIN_FILE,
     RUN_FILE,
@@ -38,7 +38,7 @@ from .folder import (
 from .handback import hand_back
 from .io.checkpoint import read_supernet_header, save_supernet
 from .io.files import write_json
-from .planner import Plan, RunClock, SearchBudget, StepTimes, plan_run
+from .planner import SEED_FRACTIONS, Plan, RunClock, SearchBudget, StepTimes, plan_run
 from .prepare import (
     data_settings_of,
     initial_supernet,
@@ -56,7 +56,9 @@ from .transfer import budget_warning, source_summary
 __all__ = ["measure", "run_checked"]
 
 
-def measure(spec: RunSpec, data: DataSplits, supernet: Supernet, final: bool = True) -> StepTimes:
+def measure(
+    spec: RunSpec, data: DataSplits, supernet: Supernet, budgets: Budgets, final: bool = True
+) -> StepTimes:
     """The step times a plan needs, measured on this machine now: one pre-training epoch
     (from timed sandwich steps), one evaluation, the mean of the space's smallest subnet's
     and the pre-training anchor's at the budget, and one final-training epoch of the
@@ -64,8 +66,8 @@ def measure(spec: RunSpec, data: DataSplits, supernet: Supernet, final: bool = T
     the anchor's time alone, about 3x the mean on CIFAR-10 at 300k, left no iteration in a
     30-minute plan although one fitted (docs/benchmarks.md, section 7). ``final``: False
     leaves the final-training epoch out (a plan that searches whatever it costs)."""
-    training = pretraining_keywords(spec, data.num_classes)
-    heuristic = _heuristic_at_budget(spec, data.num_classes) if final else None
+    training = pretraining_keywords(spec, budgets)
+    heuristic = _heuristic_at_budget(budgets, data.num_classes) if final else None
     final_epoch = None
     if heuristic is not None:
         model = build_static(heuristic, data.num_classes)
@@ -84,9 +86,8 @@ def measure(spec: RunSpec, data: DataSplits, supernet: Supernet, final: bool = T
     return StepTimes(pretrain_epoch=epoch, evaluation=evaluation, final_epoch=final_epoch)
 
 
-def _heuristic_at_budget(spec: RunSpec, num_classes: int):
+def _heuristic_at_budget(budgets: Budgets, num_classes: int):
     """The Feillet heuristic's subnet at the run's analytic budgets (None without any)."""
-    budgets = run_budgets(spec, num_classes)
     if not budgets.cost_limits:
         return None
     scaled = feillet_within(budgets.cost_limits, num_classes, budgets.space, budgets.precision)
@@ -152,7 +153,7 @@ def _run(
             check_free_space(out, supernet)
         if spec.plan.time_limit is not None:
             clock.begin("measure")
-            plan = _plan(spec, data, supernet, trains, clock, say)
+            plan = _plan(spec, data, supernet, budgets, trains, clock, say)
             metadata["strategy"] = plan.strategy
             trains = trains and plan.strategy == "search"
     if out is not None and not resume:  # a resume keeps run.json until it has succeeded
@@ -165,18 +166,18 @@ def _run(
                 out,
                 data,
                 spec.search,
-                runner,
-                progress,
-                metadata,
-                device_of(spec),
-                adapter,
-                spec.pretrain,
-                budgets,
+                runner=runner,
+                progress=progress,
+                metadata=metadata,
+                adapter=adapter,
+                device=device_of(spec),
+                pretrain=spec.pretrain,
+                budgets=budgets,
             )
             if spec.plan.time_limit is not None:
                 clock.begin("measure")
                 strategy = _saved_strategy(out)
-                plan = _plan(spec, data, search.supernet, False, clock, say, strategy)
+                plan = _plan(spec, data, search.supernet, budgets, False, clock, say, strategy)
                 metadata["strategy"] = plan.strategy
         if not resuming_search:
             clock.begin("pretrain")
@@ -186,7 +187,7 @@ def _run(
                 if seconds is not None and resume and pretrain is not None:
                     seconds = _planned_seconds(pretrain) or seconds
                 supernet = pretrain_supernet(
-                    spec, data, supernet, pretrain, resume, progress, seconds
+                    spec, data, supernet, pretrain, resume, progress, seconds, budgets
                 )
             if out is not None:
                 save_supernet(out / "supernet.pt", supernet, pretrained=True)
@@ -207,9 +208,10 @@ def _run(
         clock.begin("search")
         budget = None
         if plan is not None:
+            fractions = SEED_FRACTIONS
             if plan.strategy == "heuristic":  # one seed per handed-back model's target
                 k = spec.finetune.front_size
-                search.heuristic_fractions = tuple(2.0**-j for j in range(k - 1, -1, -1))
+                fractions = tuple(2.0**-j for j in range(k - 1, -1, -1))
                 say(f"no supernet and no search: {plan.reason}; the heuristic's subnets train")
             else:
                 say(
@@ -222,9 +224,11 @@ def _run(
                 plan.adapt_seconds,
                 time.perf_counter() + max(0.0, clock.left() - plan.final - plan.reserve),
                 plan.times.evaluation,
+                fractions,
             )
         result = search.run(budget)
     clock.begin("final")
+    heuristic = plan is not None and plan.strategy == "heuristic"
     seconds = deadline = None
     if plan is not None:
         deadline = clock.deadline - plan.reserve
@@ -239,7 +243,8 @@ def _run(
         device=device_of(spec),
         progress=progress,
         log=say,
-        scratch=plan is not None and plan.strategy == "heuristic",
+        heuristic_only=heuristic,
+        fresh_weights=heuristic and spec.checkpoint is None,
     )
     handed = replace(result, models=models)
     clock.begin("export")
@@ -258,6 +263,7 @@ def _plan(
     spec: RunSpec,
     data: DataSplits,
     supernet: Supernet,
+    budgets: Budgets,
     trains: bool,
     clock: RunClock,
     say: Callable[[str], None],
@@ -266,7 +272,7 @@ def _plan(
     """Measure, then plan the stages within the time limit; say what the plan is.
     ``strategy``: the one a resumed run started with (default: the spec's)."""
     strategy = strategy or spec.plan.strategy
-    times = measure(spec, data, supernet, final=strategy != "search")
+    times = measure(spec, data, supernet, budgets, final=strategy != "search")
     if strategy == "heuristic" and times.final_epoch is None:
         raise OptionError(
             "--strategy", "'heuristic' needs a budget to scale to: give --max-params or --max-macs"

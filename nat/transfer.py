@@ -41,10 +41,18 @@ def spec_for_budgets(spec: RunSpec, budgets: Iterable[float], num_classes: int) 
     return RunSpec.from_options(spec, **options)
 
 
-def spec_for_checkpoint(spec: RunSpec, given: Iterable[str], header: dict) -> RunSpec:
-    """``spec`` with the space and space options of the checkpoint ``header``
-    (:func:`nat.io.checkpoint.read_supernet_header`) where the user gave none. A ``--space``
-    or a space option that differs from the checkpoint's is an OptionError naming both."""
+def spec_for_checkpoint(spec: RunSpec, given: Iterable[str], header: dict | None = None) -> RunSpec:
+    """``spec`` with the space and space options of its checkpoint, from ``header``
+    (:func:`nat.io.checkpoint.read_supernet_header`, read here when not given), where the
+    options ``given`` by the user name none; ``spec`` as it is without a checkpoint. A
+    ``--space`` or a space option that differs from the checkpoint's is an OptionError naming
+    both."""
+    if spec.checkpoint is None:
+        return spec
+    if header is None:
+        from .io.checkpoint import read_supernet_header  # torch, only with a checkpoint
+
+        header = read_supernet_header(spec.checkpoint)
     given = set(given)
     source = f"--checkpoint {spec.checkpoint}"
     if "space" in given and spec.space != header["space"]:

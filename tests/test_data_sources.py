@@ -385,3 +385,24 @@ def test_class_names_with_outer_spaces_can_be_chosen() -> None:
     assert class_numbers(names, ["cat", "fox"]) == [0, 2]
     with pytest.raises(ValueError, match="' cat', dog, fox"):
         class_numbers(names, ["cow"])
+
+
+def test_odd_but_legitimate_files_load(tmp_path: Path) -> None:
+    """What the second probe found fine, kept: a palette PNG, a non-ASCII class name, images
+    of 4x4 and 3000x3000 px, and .DS_Store files beside the images."""
+    root = _make_image_folder(tmp_path / "pets")
+    (root / "fox").rename(root / "été")
+    palette = Image.new("RGB", (10, 10), (200, 10, 50)).quantize(colors=4)
+    assert palette.mode == "P"
+    palette.save(root / "cat" / "palette.png")
+    Image.new("RGB", (4, 4), (0, 255, 0)).save(root / "dog" / "tiny.png")
+    Image.new("RGB", (3000, 3000), (0, 0, 255)).save(root / "été" / "huge.png")
+    for folder in (root, root / "cat"):
+        (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    splits = load_dataset(root, image_size=8, cache_dir=tmp_path / "cache")
+    assert splits.class_names == ["cat", "dog", "été"]
+    parts = (splits.train, splits.val, splits.test)
+    assert sum(len(p) for p in parts) == 3 * IMAGES_PER_CLASS + 3
+    images = splits.test._images  # every image, as decoded
+    colours = {tuple(round(float(v)) for v in image.flatten(1).float().mean(1)) for image in images}
+    assert {(200, 10, 50), (0, 255, 0), (0, 0, 255)} <= colours

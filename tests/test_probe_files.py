@@ -69,17 +69,100 @@ def test_a_damaged_resume_state_leaves_the_run_untouched(unfinished, capsys, dam
     assert _digest(unfinished) == before
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete state"])
-def test_a_damaged_snapshot_leaves_the_run_untouched(unfinished, capsys, damage):
+@pytest.mark.parametrize("name", ["archive.json", "supernet.pt"])
+def test_a_finished_run_with_a_truncated_output_names_it(run, tmp_path, capsys, name):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    (damaged / name).write_bytes((damaged / name).read_bytes()[:200])
+    before = _digest(damaged)
+    _fails(["search", "--resume", str(damaged), "--quiet"], capsys, f"{name} is damaged")
+    assert _digest(damaged) == before
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("truncate", "snapshot cannot be read"),
+        ("missing", "snapshot cannot be read"),
+        ("payload", "snapshot cannot be read"),
+        ("another space", "another space"),
+        ("delete state", "resume"),
+    ],
+)
+def test_a_damaged_snapshot_leaves_the_run_untouched(
+    unfinished, tmp_path, capsys, damage, expected
+):
+    import torch
+
+    import search_spaces
+    from nat.io.checkpoint import save_supernet
+    from supernets import build_supernet
+
     folder = unfinished / "resume"
+    weights = next(folder.glob("supernet-*.pt"))
+    marker = tmp_path / "payload-ran"
     if damage == "truncate":
-        weights = next(folder.glob("supernet-*.pt"))
         weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "missing":
+        weights.unlink()
+    elif damage == "payload":
+        torch.save({"format": "x", "state_dict": _Payload(marker)}, weights)
+    elif damage == "another space":  # the run's family at its default widths, not 0.25/0.5
+        save_supernet(weights, build_supernet(search_spaces.get("shufflenetv2"), 10))
     else:
         (folder / "state.json").unlink()
     before = _digest(unfinished)
-    _fails(["search", "--resume", str(unfinished), "--quiet"], capsys, "resume")
+    _fails(["search", "--resume", str(unfinished), "--quiet"], capsys, expected)
     assert _digest(unfinished) == before
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "payload"])
+def test_a_damaged_pretraining_checkpoint_is_refused_on_resume(run, tmp_path, capsys, damage):
+    """A run killed in pre-training holds run.json and pretrain.pt alone; a damaged
+    pretrain.pt is refused, not silently trained over."""
+    import torch
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / ".lock").touch()  # left by the killed run's lock, as in every run folder
+    doc = json.loads((run / "run.json").read_text())
+    doc.pop("timing")
+    (killed / "run.json").write_text(json.dumps(doc))
+    marker = tmp_path / "payload-ran"
+    if damage == "truncated":
+        (killed / "pretrain.pt").write_bytes((run / "supernet.pt").read_bytes()[:4000])
+    else:
+        torch.save({"metadata": "{}", "training_state": _Payload(marker)}, killed / "pretrain.pt")
+    before = _digest(killed)
+    _fails(["search", "--resume", str(killed), "--quiet"], capsys, "cannot be resumed")
+    assert _digest(killed) == before
+    assert not marker.exists()
+
+
+def test_a_run_overwritten_over_symlinks_leaves_their_targets_alone(run, tmp_path):
+    """Outputs that are links (a report, the front folder) are replaced, never written
+    through."""
+    out, elsewhere = tmp_path / "linked", tmp_path / "elsewhere"
+    shutil.copytree(run, out)
+    elsewhere.mkdir()
+    (out / "front").rename(elsewhere / "front")
+    (out / "front").symlink_to(elsewhere / "front", target_is_directory=True)
+    (out / "report.md").rename(elsewhere / "report.md")
+    (out / "report.md").symlink_to(elsewhere / "report.md")
+    before = _digest(elsewhere)
+    assert main(["search", *FAST, "--out", str(out), "--overwrite"]) == 0
+    assert _digest(elsewhere) == before
+    assert not (out / "front").is_symlink() and (out / "front" / "00" / "config.json").is_file()
+    assert not (out / "report.md").is_symlink()
 
 
 @pytest.fixture

@@ -119,3 +119,32 @@ def test_data_parallel_source_training_checks_its_flags_first(tmp_path, capsys):
     (tmp_path / "source.pt.ray-train").mkdir()
     _fails([*argv, "--workers", "2"], capsys, "unfinished data-parallel training", "--resume")
     assert not out.exists()
+
+
+def test_the_heuristic_strategy_fine_tunes_the_sources_weights(source, tmp_path):
+    """With no time to search, a run from a source supernet starts the heuristic's subnets
+    from the source's weights, not from fresh ones: each model's inherited accuracy is the
+    one its archive entry was scored with, on the supernet."""
+    import nat
+
+    result = nat.search(
+        checkpoint=str(source),
+        data="digits",
+        classes=[str(c) for c in range(6)],  # the source's classes: its classifier is kept
+        subset=300,
+        max_params=150_000,
+        time_limit=30.0,
+        strategy="heuristic",
+        bn_batches=4,
+        onnx=False,
+        progress=False,
+        seed=0,
+        out=tmp_path / "run",
+    )
+    entries = result.archive.entries
+    assert result.models and all(m.trained for m in result.models)
+    for m in result.models:
+        assert entries[m.index].source in ("smallest", "heuristic")
+        assert m.inherited_val_accuracy == pytest.approx(entries[m.index].accuracy)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "fine-tuned from the source supernet's weights" in report

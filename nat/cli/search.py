@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..spec import OptionError, RunSpec
+from ..transfer import spec_for_checkpoint
 from .options import add_spec_options, given_options, spec_from_args
 
 # What may change when a run is resumed: where it is evaluated.
@@ -64,12 +65,9 @@ def run(args: argparse.Namespace) -> int:
         if not hasattr(args, "out") and Path(args.spec).name == "run.json":
             base = RunSpec.from_options(base, out=str(Path(args.spec).parent))
     spec = spec_from_args(args, base)
-    if spec.checkpoint is not None:  # the space the source supernet was trained for
-        from ..io.checkpoint import read_supernet_header
-        from ..transfer import spec_for_checkpoint
-
-        given = set(given_options(args)) | ({"space"} if base is not None else set())
-        spec = spec_for_checkpoint(spec, given, read_supernet_header(spec.checkpoint))
+    # With a checkpoint, the space the source supernet was trained for.
+    given = set(given_options(args)) | ({"space"} if base is not None else set())
+    spec = spec_for_checkpoint(spec, given)
     if spec.out is None:
         spec = RunSpec.from_options(spec, out=f"runs/search-{spec.space}")
     result = run_spec(spec, overwrite=args.overwrite, progress=progress)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from supernets import Supernet
 from ..data import DataSplits
 from ..io.checkpoint import save_supernet
 from ..latency import latency_table_of
-from ..planner import SearchBudget
+from ..planner import SEED_FRACTIONS, SearchBudget
 from ..spec import SearchConfig
 from ..training.evaluate import SubnetEvaluator
 from ..training.train import TrainConfig, train_supernet
@@ -161,7 +162,13 @@ class NATSearch:
         self.space = supernet.space
         self.out_dir = Path(out_dir) if out_dir is not None else None
         log = (lambda text: tqdm.write(text)) if progress else None
-        if budgets is None or budgets.space != self.space:
+        if budgets is not None and budgets.space != self.space:
+            where = f"the search saved in {self.out_dir}" if saved is not None else "the supernet"
+            raise ValueError(
+                f"{where} is over {self.space!r}, the run's budgets over {budgets.space!r}: "
+                "run it with the space it was started with, or pass --overwrite to start again"
+            )
+        if budgets is None:
             table = latency_table_of(config, self.space, supernet.num_classes, log)
             budgets = Budgets.of(config, self.space, supernet.num_classes, table)
         self.budgets, self.latency = budgets, budgets.latency
@@ -181,7 +188,6 @@ class NATSearch:
         self.budget: SearchBudget | None = None  # run()'s, under a time limit
         self.adapt_seconds = 0.0  # under a time limit, this iteration's adaptation
         self.evaluations, self.evaluation_seconds = 0, 0.0  # as measured in this process
-        self.heuristic_fractions = (1 / 4, 1 / 2, 1.0)  # of the budgets: the seeds' sizes
 
     def teacher(self) -> Arch:
         """The subnet the others are distilled from: the largest within
@@ -205,15 +211,16 @@ class NATSearch:
         # seed by the tightest of them; a run with none (latency only, or unbounded) scales
         # by its first such objective, else by MACs, and keeps the seeds its budgets admit.
         limits, precision = self.budgets.cost_limits, self.budgets.precision
+        fractions = self.budget.seed_fractions if self.budget is not None else SEED_FRACTIONS
         if not limits or self.config.heuristic_budgets:
             metric = next((m for m in limits), None) or next(
                 (m for m in self.config.metrics if m in COST_METRICS), "macs"
             )
             limit = limits.get(metric) or self.budgets.scale[metric]
-            sizes = self.config.heuristic_budgets or [f * limit for f in self.heuristic_fractions]
+            sizes = self.config.heuristic_budgets or [f * limit for f in fractions]
             targets = [{metric: b} for b in sizes]
         else:
-            targets = [{m: v * f for m, v in limits.items()} for f in self.heuristic_fractions]
+            targets = [{m: v * f for m, v in limits.items()} for f in fractions]
         seeds = []
         for target in targets:
             try:
@@ -445,34 +452,12 @@ class NATSearch:
 
     @classmethod
     def resume(
-        cls,
-        out_dir: str | Path,
-        data: DataSplits,
-        config: SearchConfig,
-        runner: Runner | None = None,
-        progress: bool = True,
-        metadata: dict | None = None,
-        device: torch.device | None = None,
-        adapter: Adapter | None = None,
-        pretrain: TrainConfig | None = None,
-        budgets: Budgets | None = None,
+        cls, out_dir: str | Path, data: DataSplits, config: SearchConfig, **options: Any
     ) -> NATSearch:
-        """The search saved in ``out_dir`` with ``config``, at its last completed iteration."""
+        """The search saved in ``out_dir`` with ``config``, at its last completed iteration.
+        ``options``: the other keywords of :class:`NATSearch` (a runner, budgets...)."""
         saved = read_snapshot(Path(out_dir) / "resume")
-        return cls(
-            saved.supernet,
-            data,
-            config,
-            out_dir,
-            runner,
-            progress,
-            metadata,
-            adapter,
-            device,
-            pretrain,
-            budgets,
-            saved,
-        )
+        return cls(saved.supernet, data, config, out_dir, saved=saved, **options)
 
     def result(self) -> SearchResult:
         feasible = self.budgets.feasible(self.archive.X)

@@ -79,7 +79,16 @@ def read_snapshot(folder: Path) -> Snapshot:
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"resume state {path} is corrupt or of another version: {err}") from err
     weights = folder / state["supernet"]
-    supernet, _ = load_supernet(weights, space=archive.space.name)
+    try:
+        supernet, _ = load_supernet(weights, space=archive.space.name)
+    except (OSError, ValueError) as err:  # missing, damaged, a payload, another space
+        raise ValueError(
+            f"the search's snapshot cannot be read ({err}); the run cannot continue: pass "
+            "--overwrite instead of --resume to start it again"
+        ) from err
     if supernet.space != archive.space:
-        raise ValueError(f"{weights} does not match the archive's space")
+        raise ValueError(
+            f"{weights} holds a supernet over another space than {path}'s archive: the run "
+            "cannot continue; pass --overwrite instead of --resume to start it again"
+        )
     return Snapshot(archive, supernet, history, rng.bit_generator.state)

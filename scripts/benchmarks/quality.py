@@ -169,6 +169,11 @@ def _heuristic_arch(folder: Path) -> search_spaces.Arch:
     return space.decode(np.asarray(heuristic["x"]))
 
 
+def _strategy(folder: Path) -> str:
+    """The plan run ``folder`` followed: "search" or "heuristic" (archive.json)."""
+    return json.loads((folder / "archive.json").read_text()).get("strategy", "search")
+
+
 def _heuristic_alone(arch: search_spaces.Arch, seconds: float, base: RunSpec, data, batches):
     """(e): ``arch`` trained from scratch with the engine's recipe for ``seconds``: what a
     user gets with neither a supernet nor a search."""
@@ -264,6 +269,11 @@ def bench_quality(bench: Bench) -> Result:
                     rows.append({"budget": label, **row})
                     if peer == s.quality_peers[0]:
                         curve[kind].append((row["seconds"] / 60, row["test"]))
+        if _strategy(first_folder) == "heuristic":
+            # (a) trained the heuristic's subnets from scratch with the same recipe: (d) and
+            # (e) would train the same architectures again for as long.
+            print(f"{label}: (d) and (e) are (a)'s own models (strategy heuristic)", flush=True)
+            continue
         arch = _heuristic_arch(first_folder)
         for fraction in (*(s.quality_curve_fractions if b == 0 else ()), 1.0):
             seconds = min(fraction * limit, s.peer_seconds or limit)
