@@ -201,3 +201,47 @@ def test_a_run_folder_in_use_is_refused(unfinished, tmp_path, held, capsys):
     held(fresh)
     _fails(["search", *FAST, "--out", str(fresh)], capsys, "another nat search", "--out")
     assert [p.name for p in fresh.iterdir()] == [".lock"]
+
+
+# Run as a script in its own process: the CLI, killed by SIGKILL right after the first
+# handed-back model is exported (no Python cleanup runs, as with kill -9).
+_KILLED_AFTER_FIRST_EXPORT = """
+import os, signal, sys
+import nat.report as report
+real = report.export_subnet
+def export_then_die(*args, **kwargs):
+    path = real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+report.export_subnet = export_then_die
+from nat.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_killed_during_export_resumes_complete_and_consistent(tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    from nat.io.checkpoint import load_subnet
+
+    out = tmp_path / "run"
+    argv = [a for a in FAST if a != "--no-onnx"]  # the ONNX files are part of an export
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_FIRST_EXPORT, "search", *argv, "--out", str(out)],
+        capture_output=True,
+    )
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    assert [p.name for p in (out / "front").iterdir()] == ["00"]  # killed mid-export
+    assert not (out / "report.md").exists()
+    assert main(["search", "--resume", str(out), "--quiet"]) == 0
+    with open(out / "pareto.csv") as f:
+        listed = sorted(r["folder"] for r in csv.DictReader(f) if r["folder"])
+    folders = sorted((out / "front").iterdir())
+    assert listed == [f"front/{p.name}" for p in folders] and len(folders) > 1
+    for folder in folders:
+        assert {"config.json", "weights.pt", "model.onnx"} <= {p.name for p in folder.iterdir()}
+        _, config = load_subnet(folder)  # the weights fit the config's architecture
+        assert config["trained"] and config["test_accuracy"] is not None
+    assert "timing" in json.loads((out / "run.json").read_text())
+    assert (out / "report.md").is_file()

@@ -228,6 +228,9 @@ def quality_base(bench: Bench) -> RunSpec:
 
 def bench_quality(bench: Bench) -> Result:
     s = bench.s
+    unknown = set(s.quality_peer_kinds) - {"(c)", "(c')"}
+    if unknown:
+        raise ValueError(f"quality_peer_kinds: {sorted(unknown)} are none of (c), (c')")
     base = quality_base(bench)
     data = load_data(base)
     batches = (SubnetEvaluator.batches(data.val), SubnetEvaluator.batches(data.test))
@@ -262,6 +265,8 @@ def bench_quality(bench: Bench) -> Result:
                     ("(c)", partial(_stock, peer, budget, span, per_epoch, data, s, batches)),
                     ("(c')", partial(_ours, peer, budget, span, base, data, s, batches)),
                 ):
+                    if kind not in s.quality_peer_kinds:
+                        continue
                     name = f"quality-{kind[1:-1]}-{peer}-{label}-{span:.0f}s"
                     row = bench.cached(
                         name, {**key, "kind": kind, "recipe": str(base.finetune)}, train

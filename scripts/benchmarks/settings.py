@@ -62,6 +62,9 @@ class Settings:
     quality_seeds: tuple[int, ...] = (0, 1, 2)  # of the first budget's search; one elsewhere
     quality_peers: tuple[str, ...] = ("mobilenet_v2",)  # ShuffleNetV2 scored 5 points lower
     quality_curve_fractions: tuple[float, ...] = (1 / 3, 2 / 3)  # of the first limit
+    # which peer rows to train for as long as the search: "(c)" stock recipe, "(c')" the
+    # engine's (a partial rerun keeps the others' cached rows out of the table)
+    quality_peer_kinds: tuple[str, ...] = ("(c)", "(c')")
     quality_epochs: int = 15  # (b): the peers' 15 epochs, which time their epochs
     quality_max_epochs: int = 1000  # cap of (c)
     quality_options: dict = field(default_factory=dict)  # flat run options beyond the defaults
