@@ -1,4 +1,5 @@
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 
@@ -8,6 +9,26 @@ import pytest
 import search_spaces
 
 SPACES = search_spaces.list_spaces()
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two pytest workers share the two cores: one thread each (and in every process a test
+    # starts, which inherits the variable), not two threads each fighting for both cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (README's ``-n 2 --dist loadgroup``), one worker runs a module's
+    tests together, so its module fixtures are built once, and every test marked ``ray`` or
+    ``clock`` one after another: a Ray cluster one test starts would be joined, or stopped by
+    ``ray stop --force``, by another test's Ray, and a time limit is checked against the clock
+    while the other worker runs one thread on the other core."""
+    for item in items:
+        serial = item.get_closest_marker("ray") or item.get_closest_marker("clock")
+        group = "ray-and-clock" if serial else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

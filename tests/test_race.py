@@ -17,6 +17,8 @@ from nat.training.evaluate import SubnetEvaluator
 from nat.training.train import evaluate
 from nat.training.trainer import Trainer, measure_step_seconds
 
+pytestmark = pytest.mark.clock  # times measured against each other
+
 RECIPE = FinetuneSpec(lr=0.05, ema_decay=0.0, label_smoothing=0.0)
 
 

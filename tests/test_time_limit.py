@@ -9,6 +9,8 @@ import torch
 
 import nat
 
+pytestmark = pytest.mark.clock  # the run's own limit, with 5 % slack
+
 # The README's digits space, small enough for a 60-second run.
 TIMED = dict(
     space="mbv2",
