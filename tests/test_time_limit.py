@@ -99,7 +99,9 @@ def test_the_heuristic_strategy_trains_the_heuristics_subnets_alone(tmp_path):
     for m in models:
         assert entries[m.index].source in ("smallest", "heuristic")
         assert m.trained and m.seconds > 0 and not m.race
-    assert models[-1].val_accuracy > 0.5  # digits: trained, not the 10 % of fresh weights
+    # digits: trained, not the 10 % of fresh weights (three times that: at one thread, as under
+    # xdist, the model at the budget scored 49 % in its seconds, so 50 % was a coin toss)
+    assert models[-1].val_accuracy > 0.3
     assert "were trained from scratch" in (tmp_path / "report.md").read_text()
     # killed before its last write (run.json gains its timing then), a resume keeps the
     # strategy the run started with, whatever "auto" would choose now (with final_epochs 0 and
