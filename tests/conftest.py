@@ -19,6 +19,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the group into the node id
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (README's ``-n 2 --dist loadgroup``), one worker runs a module's
     tests together, so its module fixtures are built once, and every test marked ``ray`` or
@@ -29,6 +30,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         serial = item.get_closest_marker("ray") or item.get_closest_marker("clock")
         group = "ray-and-clock" if serial else item.module.__name__
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """Stop when xdist did not group the tests (it writes the group into the node id, which
+    pytest 9.2 no longer lets it do): Ray tests on two workers at once join or stop each
+    other's clusters and fail far from the cause."""
+    if node.config.getoption("dist") == "loadgroup" and not all("@" in i for i in ids):
+        pytest.exit(
+            "pytest-xdist did not group the tests (--dist loadgroup): install the pytest that "
+            "pyproject.toml's dev extra asks for, or run one process with -n 0",
+            returncode=4,
+        )
 
 
 @pytest.fixture

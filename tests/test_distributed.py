@@ -130,6 +130,14 @@ class TestOnATwoNodeLoopbackCluster:
         assert _entries(result) == _entries(reference[0])
         assert _exported(tmp_path) == _exported(reference[1])
 
+    def test_a_run_without_address_starts_its_own_ray_beside_the_cluster(self, cluster):
+        # Ray's plain init() joins the machine's `ray start` cluster, and refuses num_cpus there.
+        with ray_session(workers=1) as cpus:
+            import ray
+
+            assert cpus == 1  # not the cluster's two
+            assert ray.get_runtime_context().gcs_address != cluster
+
     def test_data_parallel_pretraining_matches_one_process_and_resumes_a_killed_worker(
         self, cluster, tmp_path
     ):

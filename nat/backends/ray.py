@@ -76,6 +76,7 @@ def ray_session(workers: int | None = None, address: str | None = None) -> Itera
     else:
         workers = check_workers(workers or 1)
         ray.init(
+            address="local",  # a new instance even while a `ray start` cluster is up here
             num_cpus=workers,
             include_dashboard=False,
             _node_ip_address=LOCAL_NODE_IP,
