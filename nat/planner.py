@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from .race import race_cost
 
 __all__ = [
+    "EXPORT_MARGIN",
     "EXPORT_SECONDS",
     "FIRST_RUNG",
     "TOP_SHARE",
@@ -30,10 +31,13 @@ __all__ = [
     "plan_run",
 ]
 
-# Seconds kept back for each handed-back model's export and scoring (the dynamo ONNX export
-# took 4-16 s per subnet here, docs/benchmarks.md §9; 3 s on digits) and for the report.
+# Seconds kept back for each handed-back model's export and scoring when the run could not
+# time one (no budget to build the heuristic's subnet at): the dynamo ONNX export took 4-16 s
+# per subnet here, docs/benchmarks.md §9. A measured export is kept back EXPORT_MARGIN times
+# over (it is the largest model's; the smaller ones export faster), and the report beside.
 EXPORT_SECONDS = {"onnx": 10.0, "plain": 2.0}
-REPORT_SECONDS = 10.0
+EXPORT_MARGIN = 1.25
+REPORT_SECONDS = 2.0  # writing the report took 0.3 s of a run on digits
 # An adaptation shorter than this fraction of a pre-training epoch is not worth its
 # re-evaluation of the archive: the iteration runs without it.
 MIN_ADAPT_EPOCHS = 0.25
@@ -59,15 +63,17 @@ class StepTimes:
     """Times measured at the start of a run, in seconds: one epoch of supernet training
     (sandwich rule, at the pre-training batch size), one subnet evaluation (extraction,
     BatchNorm recalibration, validation) and, when the run has a budget, one epoch of final
-    training of the heuristic's subnet at it (None: no budget)."""
+    training of the heuristic's subnet at it and that subnet's export as the run writes it
+    (ONNX, int8 and their scoring; None: not measured)."""
 
     pretrain_epoch: float
     evaluation: float
     final_epoch: float | None = None
+    export: float | None = None
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value is None and name == "final_epoch":
+            if value is None and name in ("final_epoch", "export"):
                 continue
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
@@ -172,18 +178,22 @@ def plan_run(
     final_epochs: float = 0.0,
     race_size: int = 1,
 ) -> Plan:
-    """Split ``limit - spent`` seconds: a reserve for exporting ``models`` models (ONNX or
-    not) and the report, then ``pretrain_share`` of the rest to supernet pre-training (none
-    when ``pretrain`` is False: the run starts from a trained checkpoint), ``search_share``
-    to the search, the rest to the race and final training. Raises ValueError when the limit
-    leaves no time to train.
+    """Split ``limit - spent`` seconds: a reserve for exporting ``models`` models (by the
+    measured ``times.export``, else a guess for ONNX or not) and the report, then
+    ``pretrain_share`` of the rest to supernet pre-training (none when ``pretrain`` is False:
+    the run starts from a trained checkpoint), ``search_share`` to the search, the rest to
+    the race and final training. Raises ValueError when the limit leaves no time to train.
 
     ``strategy`` "heuristic" gives all of it but the seeds' evaluations to final training
     (no pre-training, no search); "auto" does so when searching would leave the model at the
     budget (``TOP_SHARE`` of the final training when ``models`` > 1, less its race of
     ``race_size``) fewer than ``final_epochs`` epochs at ``times.final_epoch``, or the
     supernet fewer than ``MIN_PRETRAIN_EPOCHS``; else, and with "search", the shares hold."""
-    reserve = models * EXPORT_SECONDS["onnx" if onnx else "plain"] + REPORT_SECONDS
+    if times.export is None:
+        per_model = EXPORT_SECONDS["onnx" if onnx else "plain"]
+    else:
+        per_model = EXPORT_MARGIN * times.export
+    reserve = models * per_model + REPORT_SECONDS
     available = limit - spent - reserve
     # The least a run can do: one evaluation per fixed seed and a little training.
     least = fixed_evaluations * times.evaluation + 0.5 * times.pretrain_epoch

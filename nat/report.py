@@ -8,10 +8,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tempfile
+import time
 from pathlib import Path
 
+import torch
 from matplotlib.figure import Figure
+from torch import nn
 
+from search_spaces import Arch
+
+from .data import DataSplits
 from .engine.loop import NATSearch, SearchResult
 from .io.checkpoint import export_subnet
 from .io.deploy import INPUT_FORMAT, sample_images
@@ -169,13 +176,32 @@ def write_outputs(
     atomic_write(out_dir / "report.md", lambda f: f.write(text.encode()))
 
 
+def _int8_inputs(data: DataSplits) -> tuple[torch.Tensor, dict[str, list]]:
+    """The int8 export's calibration images (training ones) and the splits it is scored on,
+    those the float model was."""
+    calibration = sample_images(data.train_eval, INT8_CALIBRATION_IMAGES)
+    return calibration, {s: SubnetEvaluator.batches(getattr(data, s)) for s in ("val", "test")}
+
+
+def measure_export(model: nn.Module, arch: Arch, data: DataSplits, onnx: bool, int8: bool) -> float:
+    """Seconds to export ``model`` as :func:`write_outputs` does (weights, ONNX when ``onnx``,
+    the int8 file and its scores when ``int8`` too), timed now into a temporary folder: what
+    a time-limited run keeps back for each model it hands back."""
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        images = sample_images(data.val) if onnx else None
+        path = export_subnet(model, arch, Path(folder) / "model", {}, images)
+        if onnx and int8:
+            quantize_subnet(path, arch.resolution, *_int8_inputs(data), {})
+    return time.perf_counter() - start
+
+
 def _export(search: NATSearch, result: SearchResult, out_dir: Path, onnx: bool) -> None:
     space, supernet = result.archive.space, search.supernet
     images = sample_images(search.data.val) if onnx else None
     int8 = onnx and search.config.precision == "int8"
     if int8:  # calibrated on training images; scored on the splits the float model was
-        calibration = sample_images(search.data.train_eval, INT8_CALIBRATION_IMAGES)
-        splits = {s: SubnetEvaluator.batches(getattr(search.data, s)) for s in ("val", "test")}
+        calibration, splits = _int8_inputs(search.data)
     for folder, m in handed_back(result):
         entry = result.archive.entries[m.index]
         path = export_subnet(

@@ -61,20 +61,26 @@ def measure(
 ) -> StepTimes:
     """The step times a plan needs, measured on this machine now: one pre-training epoch
     (from timed sandwich steps), one evaluation, the mean of the space's smallest subnet's
-    and the pre-training anchor's at the budget, and one final-training epoch of the
-    heuristic's subnet at the budget. The search evaluates subnets spread between the two:
-    the anchor's time alone, about 3x the mean on CIFAR-10 at 300k, left no iteration in a
-    30-minute plan although one fitted (docs/benchmarks.md, section 7). ``final``: False
-    leaves the final-training epoch out (a plan that searches whatever it costs)."""
+    and the pre-training anchor's at the budget, one final-training epoch of the heuristic's
+    subnet at the budget and that subnet's export. The search evaluates subnets spread
+    between the two: the anchor's time alone, about 3x the mean on CIFAR-10 at 300k, left no
+    iteration in a 30-minute plan although one fitted (docs/benchmarks.md, section 7).
+    ``final``: False leaves the final-training epoch out (a plan that searches whatever it
+    costs)."""
+    from .report import measure_export  # matplotlib: imported by the report all the same
+
     training = pretraining_keywords(spec, budgets)
-    heuristic = _heuristic_at_budget(budgets, data.num_classes) if final else None
-    final_epoch = None
+    heuristic = _heuristic_at_budget(budgets, data.num_classes)
+    final_epoch = export = None
     if heuristic is not None:
         model = build_static(heuristic, data.num_classes)
-        step = measure_step_seconds(
-            model, data, heuristic.resolution, spec.batch_size, training["device"]
-        )
-        final_epoch = step * max(1, len(data.train) // spec.batch_size)
+        if final:
+            step = measure_step_seconds(
+                model, data, heuristic.resolution, spec.batch_size, training["device"]
+            )
+            final_epoch = step * max(1, len(data.train) // spec.batch_size)
+        int8 = spec.search.precision == "int8"
+        export = measure_export(model, heuristic, data, spec.finetune.onnx, int8)
     epoch = measure_pretrain_epoch(supernet, data, spec.pretrain, **training)
     evaluator = SubnetEvaluator(
         data, spec.search.bn_batches, spec.batch_size, spec.seed, device=training["device"]
@@ -83,7 +89,7 @@ def measure(
     for arch in (supernet.space.smallest(), training["anchor"]):
         evaluator.evaluate_one(supernet, arch)
     evaluation = (time.perf_counter() - start) / 2
-    return StepTimes(pretrain_epoch=epoch, evaluation=evaluation, final_epoch=final_epoch)
+    return StepTimes(epoch, evaluation, final_epoch, export)
 
 
 def _heuristic_at_budget(budgets: Budgets, num_classes: int):

@@ -1,10 +1,12 @@
 """The time planner: a pure function of the limit and the measured step times."""
 
+import dataclasses
 import math
 
 import pytest
 
 from nat.planner import (
+    EXPORT_MARGIN,
     EXPORT_SECONDS,
     FIRST_RUNG,
     REPORT_SECONDS,
@@ -122,11 +124,25 @@ def test_final_training_gives_the_budget_model_its_share_and_the_rest_equal_epoc
     assert alone.top == pytest.approx(1000.0) and alone.race == 0 and alone.front == ()
 
 
+def test_a_measured_export_is_what_the_run_keeps_back():
+    measured = _plan(times=dataclasses.replace(TIMES, export=2.0))
+    assert measured.reserve == pytest.approx(3 * EXPORT_MARGIN * 2.0 + REPORT_SECONDS)
+    # what the guess for three ONNX exports kept back goes to the stages when they are timed
+    guessed = _plan()
+    gained = sum(
+        getattr(measured, k) - getattr(guessed, k) for k in ("pretrain", "search", "final")
+    )
+    assert gained == pytest.approx(guessed.reserve - measured.reserve)
+    assert measured.final > guessed.final
+
+
 def test_step_times_must_be_positive():
     with pytest.raises(ValueError, match="evaluation"):
         StepTimes(pretrain_epoch=1.0, evaluation=0.0)
     with pytest.raises(ValueError, match="pretrain_epoch"):
         StepTimes(pretrain_epoch=math.nan, evaluation=1.0)
+    with pytest.raises(ValueError, match="export"):
+        StepTimes(pretrain_epoch=1.0, evaluation=1.0, export=-1.0)
 
 
 def test_the_clock_records_stages_that_add_up_to_the_wall_time():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import nat
+from nat.planner import EXPORT_MARGIN, REPORT_SECONDS
 
 pytestmark = pytest.mark.clock  # the run's own limit, with 5 % slack
 
@@ -46,6 +47,10 @@ def test_a_time_limited_run_ends_within_its_limit(timed):
     plan = timing["plan"]
     assert plan["pretrain"] > 0 and plan["search"] > 0 and plan["final"] > 0
     assert plan["times"]["pretrain_epoch"] > 0 and plan["times"]["evaluation"] > 0
+    # the exports are timed, not guessed: what the run keeps back for them follows
+    assert plan["reserve"] == pytest.approx(
+        3 * EXPORT_MARGIN * plan["times"]["export"] + REPORT_SECONDS
+    )
     assert "## Time" in (out / "report.md").read_text()
     # run.json still describes the run: it reloads, and its timing is not a setting
     spec = nat.RunSpec.from_dict(json.loads((out / "run.json").read_text()))
